@@ -1,0 +1,223 @@
+"""Pydantic models of the wire format of ``narrative-api.md``, field for field.
+
+Requests are strict (out-of-range values fail here, before anything is sent); responses are
+lenient (unknown fields kept, unknown job states accepted, timestamps without a zone parsed).
+"""
+
+from __future__ import annotations
+
+import warnings
+from datetime import datetime, timezone
+from typing import Any, Literal, get_args
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+)
+
+__all__ = [
+    "KNOWN_MODELS",
+    "TERMINAL_STATES",
+    "InferenceConfig",
+    "InferenceMessage",
+    "InferenceUsage",
+    "Job",
+    "JobFailure",
+    "JobsPage",
+    "ModelId",
+    "ModelInferenceRunRequest",
+    "ModelInferenceRunResult",
+    "parse_timestamp",
+    "request_fingerprint",
+]
+
+ModelId = Literal[
+    "anthropic.claude-haiku-4.5",
+    "anthropic.claude-sonnet-4.5",
+    "anthropic.claude-opus-4.5",
+    "anthropic.claude-sonnet-4.6",
+    "anthropic.claude-opus-4.6",
+    "openai.gpt-oss-120b",
+    "openai.gpt-4.1",
+    "openai.o4-mini",
+]
+"""Model ids the contract lists. The list grows: other ids are sent with a warning."""
+
+KNOWN_MODELS: tuple[str, ...] = get_args(ModelId)
+
+TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+"""Job states after which nothing changes. Unknown states are treated as not terminal."""
+
+JobState = Literal[
+    "pending", "running", "completed", "failed", "cancelled", "pending_cancellation"
+]
+
+
+class _Wire(BaseModel):
+    """Request models: strict, and ``None`` fields are left out of the JSON sent."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON-ready body, without ``None`` fields."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class InferenceMessage(_Wire):
+    """One chat turn; serialises to ``{"role", "text"}`` as in the SDK reference."""
+
+    role: Literal["system", "user", "assistant"]
+    text: str
+
+
+class InferenceConfig(_Wire):
+    """Generation settings; ``output_format_schema`` is the JSON Schema the answer must follow."""
+
+    output_format_schema: dict[str, Any]
+    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop_sequences: list[str] | None = None
+
+
+class ModelInferenceRunRequest(_Wire):
+    """The body of ``POST /model-inference/run``."""
+
+    data_plane_id: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    messages: list[InferenceMessage] = Field(min_length=1)
+    inference_config: InferenceConfig
+    tags: list[str] | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _warn_unknown_model(cls, value: str) -> str:
+        if value not in KNOWN_MODELS:
+            warnings.warn(
+                f"model {value!r} is not one narrative_pandas knows ({', '.join(KNOWN_MODELS)}); "
+                "sending it anyway — the service decides.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return value
+
+
+class _Lenient(BaseModel):
+    """Response models: unknown fields are kept, nothing is refused that the server may send."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class InferenceUsage(_Lenient):
+    """Token counts of one completed job."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ModelInferenceRunResult(_Lenient):
+    """``result`` of a completed inference job."""
+
+    structured_output: Any = None
+    usage: InferenceUsage | None = None
+
+
+class JobFailure(_Lenient):
+    """One entry of a job's ``failures``."""
+
+    message: str = ""
+    timestamp: str | None = None
+    value: Any = None
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """Parse the service's timestamps leniently; zone-less ones are taken as UTC."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, (int, float)):
+        parsed = datetime.fromtimestamp(value, tz=timezone.utc)
+    else:
+        text = str(value).strip().replace("Z", "+00:00")
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+class Job(_Lenient):
+    """A job as ``GET /jobs/{id}`` and the listing return it.
+
+    ``id`` is an alias of ``job_id``. Unknown states are accepted and count as not terminal.
+    """
+
+    job_id: str
+    data_plane_id: str | None = None
+    type: str | None = None
+    state: str = "pending"
+    input: Any = None
+    result: ModelInferenceRunResult | None = None
+    failures: list[JobFailure] = Field(default_factory=list)
+    request_source: Any = None
+    executor: Any = None
+    execution_cluster: Any = None
+    idempotency_key: Any = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @field_validator("created_at", "updated_at", "ended_at", mode="before")
+    @classmethod
+    def _lenient_time(cls, value: Any) -> datetime | None:
+        return parse_timestamp(value)
+
+    @field_validator("failures", mode="before")
+    @classmethod
+    def _null_failures(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+    @property
+    def id(self) -> str:
+        """The job id (alias of ``job_id``)."""
+        return self.job_id
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job can no longer change (completed, failed or cancelled)."""
+        return self.state in TERMINAL_STATES
+
+    def failure_message(self) -> str:
+        """The failures joined into one line, for a row's ``narrative_error``."""
+        messages = [f.message for f in self.failures if f.message]
+        return "; ".join(messages) if messages else f"job ended {self.state}"
+
+
+class JobsPage(_Lenient):
+    """One page of ``GET /jobs``; older servers send only ``records``."""
+
+    current_page: int | None = None
+    total_records: int | None = None
+    total_pages: int | None = None
+    records: list[Job] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _drop_none(self, handler: Any) -> Any:
+        data = handler(self)
+        return {k: v for k, v in data.items() if v is not None}
+
+
+def request_fingerprint(body: dict[str, Any]) -> str:
+    """A stable hash of what makes two requests the same job: data plane, model, messages and
+    inference config. Tags and the key are left out, so they never split a cache hit."""
+    import hashlib
+    import json
+
+    material = {k: body.get(k) for k in ("data_plane_id", "model", "messages", "inference_config")}
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
