@@ -1,0 +1,665 @@
+"""The async HTTP client of the Narrative REST API: submit jobs, read them, list them.
+
+Everything that talks to the network goes through :class:`Client`, so the rules that keep a run
+safe and cheap live in one place: the retry policy (named constants and small pure functions
+below), the mapping of error answers onto the exception tree, one client-wide 429 gate, a bound on
+concurrent connections, and the rule that a POST is only repeated when the job was surely not
+created (there is no idempotency key). All waiting goes through the :mod:`._clock` seam.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import importlib.metadata
+import json
+import logging
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from ._clock import Clock, system_clock
+from ._config import Settings, resolve_settings
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    APIUnknownOutcomeError,
+    AuthenticationError,
+    ConfigurationError,
+    JobTimeoutError,
+    PermissionDeniedError,
+    RateLimitError,
+    status_error_class,
+)
+from ._models import Job, JobsPage, ModelInferenceRunRequest
+
+__all__ = [
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_POLL_INTERVAL",
+    "DEFAULT_TIMEOUT",
+    "Client",
+    "ClientStats",
+    "backoff_delay",
+    "make_status_error",
+    "parse_retry_after",
+]
+
+logger = logging.getLogger("narrative_pandas")
+
+try:
+    USER_AGENT = f"narrative-pandas/{importlib.metadata.version('narrative-pandas')}"
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    USER_AGENT = "narrative-pandas"
+
+ROUTE_RUN = "/model-inference/run"
+ROUTE_JOB = "/jobs/{id}"
+ROUTE_JOBS = "/jobs"
+
+# --- retry policy ---------------------------------------------------------------------------
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds for connecting, reading and writing one request."""
+DEFAULT_MAX_RETRIES = 5
+"""Retries after the first attempt (the reference advises about 5)."""
+INITIAL_RETRY_DELAY = 1.0
+"""Backoff before retry n is ``INITIAL_RETRY_DELAY * 2**n`` plus jitter ..."""
+MAX_RETRY_JITTER = 1.0
+"""... plus up to this many seconds of random jitter ..."""
+MAX_RETRY_DELAY = 30.0
+"""... capped at this many seconds."""
+MAX_RETRY_AFTER = 600.0
+"""A server's ``Retry-After`` is honoured up to this many seconds."""
+
+RETRYABLE_GET_STATUSES: frozenset[int] = frozenset({429, 500, 502, 503, 504})
+"""Statuses after which a read is repeated."""
+RETRYABLE_POST_STATUSES: frozenset[int] = frozenset({429, 502, 503})
+"""Statuses after which the job was surely not created, so a POST may be repeated."""
+
+# --- polling --------------------------------------------------------------------------------
+
+DEFAULT_POLL_INTERVAL = 1.0
+"""First wait between two polls of one job, in seconds."""
+POLL_BACKOFF_FACTOR = 1.5
+"""The wait grows by this factor while a job's state does not change ..."""
+MAX_POLL_INTERVAL = 30.0
+"""... up to this many seconds."""
+
+_MAX_ERROR_TEXT = 300
+_MISSING = object()
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def backoff_delay(retry: int, rng: random.Random) -> float:
+    """Seconds to wait before retry number ``retry`` (0-based) when the server named no wait."""
+    base = INITIAL_RETRY_DELAY * 2.0 ** min(retry, 32)
+    return min(MAX_RETRY_DELAY, base + rng.uniform(0.0, MAX_RETRY_JITTER))
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delta seconds or an HTTP date.
+
+    ``now`` is the current time as epoch seconds (the response's ``Date`` header, ideally), used
+    for the date form. Returns None when the value is absent or unreadable.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - now
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _response_time(response: httpx.Response) -> float:
+    """The server's idea of now (its ``Date`` header), else the local wall clock."""
+    date = response.headers.get("date")
+    if date:
+        try:
+            return email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError, IndexError):
+            pass
+    return time.time()
+
+
+# --- error mapping --------------------------------------------------------------------------
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _hint(status_code: int) -> str:
+    cls = status_error_class(status_code)
+    if issubclass(cls, AuthenticationError):
+        return "Check the API key (NARRATIVE_API_KEY or api_key=...)."
+    if issubclass(cls, PermissionDeniedError):
+        return "The key may lack rights on this resource or data plane, or the plane is unknown."
+    return ""
+
+
+def make_status_error(
+    response: httpx.Response,
+    *,
+    method: str,
+    path: str,
+    retry_after: float | None = None,
+    secret: str | None = None,
+) -> APIStatusError:
+    """The exception for an error answer, with the fields of either documented body shape.
+
+    RFC 7807-like bodies give ``title``/``detail``/``logId``; ``{"error", "error_description"}``
+    bodies give title and detail. ``secret`` (the key) is scrubbed from every text kept.
+    """
+    status = response.status_code
+    body: Any
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        body = response.text[:2000] if response.content else None
+    title = detail = log_id = None
+    if isinstance(body, Mapping):
+        title = _as_text(body.get("title")) or _as_text(body.get("error"))
+        detail = _as_text(body.get("detail")) or _as_text(body.get("error_description"))
+        log_id = _as_text(body.get("logId")) or _as_text(body.get("log_id"))
+    elif isinstance(body, str) and body.strip():
+        detail = body.strip()[:_MAX_ERROR_TEXT]
+    if secret:
+        title, detail, log_id = (_scrub(t, secret) for t in (title, detail, log_id))
+        dumped = json.dumps(body)
+        if secret in dumped:
+            body = json.loads(dumped.replace(secret, "***"))
+    reason = httpx.codes.get_reason_phrase(status) or response.reason_phrase or "Error"
+    message = f"{status} {reason} on {method} {path}"
+    explanation = ": ".join(part for part in (title, detail) if part)
+    if explanation:
+        message += f": {explanation}"
+    if log_id:
+        message += f" (logId {log_id})"
+    hint = _hint(status)
+    if hint:
+        message += f"{'' if message.endswith('.') else '.'} {hint}"
+    cls = status_error_class(status)
+    fields: dict[str, Any] = {
+        "status_code": status,
+        "title": title,
+        "detail": detail,
+        "log_id": log_id,
+        "method": method,
+        "path": path,
+        "body": body,
+    }
+    if cls is RateLimitError:
+        return RateLimitError(message, retry_after=retry_after, **fields)
+    return cls(message, **fields)
+
+
+def _scrub(text: str | None, secret: str) -> str | None:
+    return text.replace(secret, "***") if text and secret else text
+
+
+def _aiohttp_cause(exc: BaseException) -> aiohttp.ClientError | None:
+    """The aiohttp exception behind an error of the aiohttp transport, if there is one.
+
+    httpx_aiohttp maps ``ClientConnectionError`` (including "server disconnected" after the
+    request was written) onto ``httpx.ConnectTimeout``, so its httpx class alone is not trusted.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, aiohttp.ClientError):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+def surely_not_sent(exc: BaseException) -> bool:
+    """True when a transport error happened before the request reached the server."""
+    cause = _aiohttp_cause(exc)
+    if cause is not None:
+        return isinstance(cause, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    cause = _aiohttp_cause(exc)
+    if cause is not None:
+        return isinstance(cause, asyncio.TimeoutError)
+    return isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError))
+
+
+def _is_retryable_transport_error(exc: BaseException) -> bool:
+    """Connection failures and timeouts are worth another try; a malformed request is not."""
+    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
+        return False
+    cause = _aiohttp_cause(exc)
+    if cause is not None:
+        return isinstance(cause, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError))
+    return isinstance(exc, (httpx.TransportError, asyncio.TimeoutError))
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+@dataclass
+class ClientStats:
+    """What a client sent: requests (retries included), per route, retries and 429s received."""
+
+    requests: int = 0
+    by_route: Counter[tuple[str, str]] = field(default_factory=Counter)
+    retries: int = 0
+    rate_limited: int = 0
+
+
+class Client:
+    """Async client of the Narrative REST API over ``httpx.AsyncClient``.
+
+    Parameters
+    ----------
+    api_key, base_url, data_plane_id
+        Connection settings; missing ones come from the environment, then ``configure()``.
+    timeout
+        Seconds for connecting, reading and writing one request.
+    max_retries
+        Retries after the first attempt for retryable failures.
+    max_connections
+        Most requests in flight at once (also the connection pool size).
+    transport
+        Replaces the default aiohttp transport (tests pass ``httpx.MockTransport``).
+    http_client
+        Replaces the whole httpx client; it is not closed by :meth:`aclose`.
+    clock
+        Where time is read and waits happen (tests pass ``FakeClock``).
+    allow_insecure_http
+        Allow plain ``http://`` to a host that is not loopback.
+    rng
+        Source of retry jitter (seed it for reproducible waits).
+
+    Examples
+    --------
+    >>> async with Client() as client:  # doctest: +SKIP
+    ...     job = await client.run_model_inference(request)
+    ...     job = await client.wait_for_job(job.job_id)
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        data_plane_id: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_connections: int = 32,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        clock: Clock | None = None,
+        allow_insecure_http: bool | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not timeout > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}.")
+        if max_retries < 0:
+            raise ConfigurationError(f"max_retries must be >= 0, got {max_retries!r}.")
+        if max_connections < 1:
+            raise ConfigurationError(f"max_connections must be >= 1, got {max_connections!r}.")
+        self.settings: Settings = resolve_settings(
+            api_key, base_url, data_plane_id, allow_insecure_http=allow_insecure_http
+        )
+        if http_client is None:
+            self.settings.require_key()
+        self.stats = ClientStats()
+        self.max_retries = max_retries
+        self.max_connections = max_connections
+        self._clock: Clock = clock if clock is not None else system_clock
+        self._rng = rng if rng is not None else random.Random()
+        self._rate_limited_until = 0.0
+        self._semaphore = asyncio.Semaphore(max_connections)
+        self._owns_http = http_client is None
+        if http_client is not None:
+            self._http = http_client
+        else:
+            if transport is None:
+                transport = _default_transport(max_connections)
+            self._http = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout))
+
+    # --- lifecycle ---
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections this client opened (not a caller's ``http_client``)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    def __repr__(self) -> str:
+        key = "'***'" if self.settings.api_key is not None else "None"
+        return (
+            f"Client(base_url={self.settings.base_url!r}, api_key={key}, "
+            f"data_plane_id={self.settings.data_plane_id!r})"
+        )
+
+    @property
+    def data_plane_id(self) -> str | None:
+        """The default data plane of this client's settings."""
+        return self.settings.data_plane_id
+
+    @property
+    def rate_limited_until(self) -> float:
+        """Clock time before which no request is sent after a 429 (0 if none)."""
+        return self._rate_limited_until
+
+    # --- endpoints ---
+
+    async def run_model_inference(
+        self, request: ModelInferenceRunRequest | Mapping[str, Any]
+    ) -> Job:
+        """Submit one inference job (``POST /model-inference/run``); the job is ``pending``.
+
+        A mapping is sent as given (``None`` values at its top level and in
+        ``inference_config`` left out), so shapes the model does not know still pass; a missing
+        ``data_plane_id`` is taken from the settings.
+
+        Raises APIUnknownOutcomeError when the job may or may not have been created (500/504,
+        a timeout or a broken connection after sending): reconcile through :meth:`list_jobs`.
+        """
+        body = _request_body(request)
+        if not body.get("data_plane_id"):
+            body["data_plane_id"] = self.settings.require_data_plane()
+        data = await self._request("POST", ROUTE_RUN, ROUTE_RUN, json_body=body)
+        job_id = (data.get("job_id") or data.get("id")) if isinstance(data, Mapping) else None
+        if not job_id:
+            raise APIUnknownOutcomeError(
+                f"POST {ROUTE_RUN} answered without a job_id; the job may or may not have been "
+                "created. Reconcile through GET /jobs before resubmitting.",
+                method="POST",
+                path=ROUTE_RUN,
+            )
+        return Job(
+            job_id=str(job_id),
+            state="pending",
+            data_plane_id=body["data_plane_id"],
+            type="model_inference",
+        )
+
+    async def get_job(self, job_id: str) -> Job:
+        """One job (``GET /jobs/{job_id}``); NotFoundError when it is unknown or expired."""
+        if not job_id:
+            raise ValueError("job_id must be a non-empty string.")
+        path = f"/jobs/{quote(str(job_id), safe='')}"
+        data = await self._request("GET", ROUTE_JOB, path)
+        if isinstance(data, Mapping) and "job_id" not in data:
+            data = {**data, "job_id": data.get("id") or job_id}
+        return self._parse(Job, data, "GET", path)
+
+    async def list_jobs(
+        self,
+        *,
+        type: str | None = None,
+        state: str | None = None,
+        data_plane_id: str | None = None,
+        per_page: int | None = None,
+        offset: int | None = None,
+        order_by: str | None = None,
+    ) -> JobsPage:
+        """One page of ``GET /jobs``; only the parameters given are sent."""
+        given = {
+            "type": type,
+            "state": state,
+            "data_plane_id": data_plane_id,
+            "per_page": per_page,
+            "offset": offset,
+            "order_by": order_by,
+        }
+        params = {name: str(value) for name, value in given.items() if value is not None}
+        data = await self._request("GET", ROUTE_JOBS, ROUTE_JOBS, params=params)
+        if isinstance(data, list):
+            data = {"records": data}
+        if isinstance(data, Mapping):
+            records = data.get("records") or []
+            if isinstance(records, list):
+                data = {**data, "records": [_with_job_id(r) for r in records]}
+        return self._parse(JobsPage, data, "GET", ROUTE_JOBS)
+
+    async def wait_for_job(
+        self, job_id: str, *, timeout: float | None = None, poll_interval: float | None = None
+    ) -> Job:
+        """Poll a job until it is completed, failed or cancelled, and return it.
+
+        The wait starts at ``poll_interval`` (default 1 s) and grows x1.5 up to 30 s while the
+        state stays the same; it starts over when the state changes. Unknown states are polled
+        through. Raises JobTimeoutError when ``timeout`` seconds pass first.
+        """
+        first = DEFAULT_POLL_INTERVAL if poll_interval is None else poll_interval
+        if first < 0:
+            raise ValueError(f"poll_interval must be >= 0, got {poll_interval!r}.")
+        ceiling = max(MAX_POLL_INTERVAL, first)
+        deadline = None if timeout is None else self._clock.now() + timeout
+        interval = first
+        last_state: str | None = None
+        while True:
+            job = await self.get_job(job_id)
+            if job.is_terminal:
+                return job
+            if last_state is not None:
+                same = job.state == last_state
+                interval = min(ceiling, interval * POLL_BACKOFF_FACTOR) if same else first
+            last_state = job.state
+            wait = interval
+            if deadline is not None:
+                remaining = deadline - self._clock.now()
+                if remaining <= 0:
+                    raise JobTimeoutError(
+                        f"Job {job_id} did not finish within {timeout:g} s (last state "
+                        f"{job.state!r}). It may still run and be billed; wait again with "
+                        "wait_for_job or look it up with get_job.",
+                        job_id=job_id,
+                    )
+                wait = min(wait, remaining)
+            await self._clock.sleep(wait)
+
+    # --- the request loop ---
+
+    async def _request(
+        self,
+        method: str,
+        route: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = _MISSING,
+    ) -> Any:
+        """Send one API request with the retry policy, and return its JSON answer."""
+        secret = self.settings.require_key().reveal()
+        headers = {
+            "Authorization": f"Bearer {secret}",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        content: bytes | None = None
+        if json_body is not _MISSING:
+            headers["Content-Type"] = "application/json"
+            content = json.dumps(json_body, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        url = self.settings.base_url + path
+        is_post = method == "POST"
+        retry = 0
+        while True:
+            try:
+                async with self._semaphore:
+                    await self._wait_for_gate()
+                    self.stats.requests += 1
+                    self.stats.by_route[(method, route)] += 1
+                    response = await self._http.request(
+                        method, url, params=params or None, content=content, headers=headers
+                    )
+            except (httpx.RequestError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                conn_error = self._transport_error(exc, method, path, secret)
+                if is_post and not surely_not_sent(exc):
+                    raise APIUnknownOutcomeError(
+                        f"{method} {path} got no answer ({_describe(exc, secret)}); the job may "
+                        "or may not have been created. Reconcile through GET /jobs before "
+                        "resubmitting.",
+                        method=method,
+                        path=path,
+                    ) from exc
+                if retry >= self.max_retries or not _is_retryable_transport_error(exc):
+                    raise conn_error from exc
+                delay = backoff_delay(retry, self._rng)
+                reason = type(exc).__name__
+                gated = False
+            else:
+                if response.is_success:
+                    return self._json(response, method, path)
+                status = response.status_code
+                retry_after = parse_retry_after(
+                    response.headers.get("retry-after"), now=_response_time(response)
+                )
+                status_error = make_status_error(
+                    response, method=method, path=path, retry_after=retry_after, secret=secret
+                )
+                delay = retry_after if retry_after is not None else backoff_delay(retry, self._rng)
+                if status == 429:
+                    self.stats.rate_limited += 1
+                    self._rate_limited_until = max(
+                        self._rate_limited_until, self._clock.now() + delay
+                    )
+                if is_post and status >= 500 and status not in RETRYABLE_POST_STATUSES:
+                    raise APIUnknownOutcomeError(
+                        f"{status_error.message} — the job may or may not have been created; "
+                        "reconcile through GET /jobs before resubmitting.",
+                        method=method,
+                        path=path,
+                    ) from status_error
+                retryable = RETRYABLE_POST_STATUSES if is_post else RETRYABLE_GET_STATUSES
+                if retry >= self.max_retries or status not in retryable:
+                    raise status_error
+                reason = f"{status} {httpx.codes.get_reason_phrase(status)}"
+                gated = status == 429
+            retry += 1
+            self.stats.retries += 1
+            logger.info(
+                "Retrying %s %s in %.2f s after %s (retry %d of %d)",
+                method,
+                path,
+                delay,
+                reason,
+                retry,
+                self.max_retries,
+            )
+            if not gated:  # after a 429 the client-wide gate does the waiting
+                await self._clock.sleep(delay)
+
+    async def _wait_for_gate(self) -> None:
+        """Wait until the client-wide 429 gate is open (it may move while waiting)."""
+        while True:
+            remaining = self._rate_limited_until - self._clock.now()
+            if remaining <= 0:
+                return
+            await self._clock.sleep(remaining)
+
+    def _transport_error(
+        self, exc: BaseException, method: str, path: str, secret: str
+    ) -> APIConnectionError:
+        what = _describe(exc, secret)
+        if _is_timeout(exc):
+            return APITimeoutError(
+                f"{method} {path} timed out ({what}). The service may be slow or unreachable; "
+                "try again, or raise timeout=.",
+                method=method,
+                path=path,
+            )
+        return APIConnectionError(
+            f"{method} {path} failed: could not talk to {self.settings.base_url} ({what}). "
+            "Check the network and base_url.",
+            method=method,
+            path=path,
+        )
+
+    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
+        try:
+            return response.json()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise APIError(
+                f"{method} {path} answered {response.status_code} with a body that is not JSON.",
+                method=method,
+                path=path,
+            ) from exc
+
+    def _parse(self, model: type[_M], data: Any, method: str, path: str) -> _M:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise APIError(
+                f"{method} {path} answered with an unexpected shape: "
+                f"{exc.error_count()} validation error(s), first: {exc.errors()[0]['msg']}.",
+                method=method,
+                path=path,
+            ) from exc
+
+
+def _default_transport(max_connections: int) -> httpx.AsyncBaseTransport:
+    """The aiohttp transport, its pool bounded by ``max_connections``."""
+    from httpx_aiohttp import AiohttpTransport
+
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits)
+    return transport
+
+
+def _request_body(request: ModelInferenceRunRequest | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(request, ModelInferenceRunRequest):
+        return request.to_body()
+    if not isinstance(request, Mapping):
+        raise TypeError(
+            "request must be a ModelInferenceRunRequest or a mapping, "
+            f"not {type(request).__name__}."
+        )
+    body = {k: v for k, v in request.items() if v is not None}
+    config = body.get("inference_config")
+    if isinstance(config, Mapping):
+        body["inference_config"] = {k: v for k, v in config.items() if v is not None}
+    return body
+
+
+def _with_job_id(record: Any) -> Any:
+    if isinstance(record, Mapping) and "job_id" not in record and "id" in record:
+        return {**record, "job_id": record["id"]}
+    return record
+
+
+def _describe(exc: BaseException, secret: str) -> str:
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return _scrub(f"{name}: {text}" if text else name, secret) or name
