@@ -1,0 +1,897 @@
+"""The result cache and the journal of in-flight jobs, so that no inference job is paid for twice.
+
+Inference jobs are billed. Re-running a cell, interrupting a run or restarting the kernel must
+neither pay again for a row already answered nor lose a job already submitted. Three stores make
+that true, all behind one :class:`Cache` interface:
+
+``results``
+    One entry per *completed, schema-valid* request, keyed by
+    :func:`narrative_pandas._models.request_fingerprint` of the request body (a SHA-256 hex digest
+    of data plane, model, messages and inference config). Only successes are stored (the engine
+    puts a result only after it validated the output against the schema), so failed, timed-out or
+    invalid rows are retried by the next run instead of being remembered.
+``journal``
+    One entry per request whose job is in flight: written just *before* the POST is sent (an
+    "intent", no job id yet), updated with the job id once the server answered, and removed once the
+    result is cached or the job failed / is gone. After a crash the engine re-attaches to the listed
+    job ids, and reconciles intents (unknown outcome) through the job listing by ``tag``.
+``runs``
+    One JSON record per run (its options, input rows and requests), so ``attach(run_id)`` can
+    finish a run after a restart.
+
+What is stored, exactly
+-----------------------
+========  ===================================================================================
+results   ``key`` (the request hash), ``output`` (the model's validated ``structured_output``, as
+          JSON text), ``usage`` (token counts, as JSON text), ``job_id``, ``model``,
+          ``created_at`` (epoch seconds)
+journal   ``key``, ``job_id`` (or NULL for an intent), ``tag`` (the label sent with the job),
+          ``run_id``, ``submitted_at`` (epoch seconds)
+runs      ``run_id``, the caller's record as JSON text (options, input rows, requests),
+          ``status``, ``rows``, ``created_at``, ``updated_at``
+meta      ``schema_version``
+========  ===================================================================================
+
+``results`` and ``journal`` hold no prompt (only its hash), but **outputs are stored in clear
+text, and a run record holds what is needed to finish the run elsewhere: its options, its input
+rows and the rendered requests (prompts included)**. Treat a cache file like the data it came
+from; delete a run's record with :meth:`Cache.delete_run` once it is done if that matters.
+
+Everything is stored as JSON text, never pickled, so nothing but these fields can slip in. The
+API key is never stored: the cache is never given it, run records lose any ``api_key`` /
+``authorization`` field, and a record that still contains the key's value is refused.
+
+Where
+-----
+* :class:`MemoryCache` (``cache=True``, the default): process-local dictionaries; gone when the
+  process ends. One instance per process (:func:`default_cache`), so re-running a cell is free
+  and an interrupted cell resumes its jobs; only a file survives a kernel restart.
+* :class:`SQLiteCache` (``cache="path/to/file.sqlite"``): one SQLite file (plus its ``-wal`` and
+  ``-shm`` companions while open), created with owner-only permissions where the OS allows. Safe
+  for several threads and processes at once (WAL journal, busy timeout, short transactions).
+* ``cache=False``: nothing is cached or journaled.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import json
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import _config
+from ._exceptions import ConfigurationError
+from ._models import InferenceUsage
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Cache",
+    "CachedResult",
+    "JournalEntry",
+    "MemoryCache",
+    "SQLiteCache",
+    "default_cache",
+    "resolve_cache",
+]
+
+logger = logging.getLogger("narrative_pandas")
+
+SCHEMA_VERSION = 1
+"""Version of the SQLite layout; a file written by a newer version is refused, not damaged."""
+
+_CHUNK = 500
+"""Keys per ``IN (...)`` query: well under SQLite's variable limit on every version."""
+
+_LOCK_RETRIES = 5
+"""Attempts of one transaction when SQLite still says "database is locked" after its timeout."""
+
+_SECRET_FIELDS = frozenset({"api_key", "apikey", "api-key", "authorization", "x-api-key"})
+"""Field names dropped from run records, whatever their value, so a key never reaches a file."""
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class CachedResult:
+    """One completed, schema-valid result, keyed by the request fingerprint."""
+
+    key: str
+    output: dict[str, Any]
+    usage: InferenceUsage | None
+    job_id: str | None
+    model: str | None = None
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """A job in flight; ``job_id`` is None while only the intent to POST is known."""
+
+    key: str
+    job_id: str | None
+    tag: str
+    run_id: str | None
+    submitted_at: float
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding shared by both backends, so they behave identically (JSON in, fresh objects out).
+
+_ResultRow = tuple[str, str, str | None, str | None, str | None, float]
+_JournalRow = tuple[str, str | None, str, str | None, float]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _encode_result(result: CachedResult, now: float) -> _ResultRow:
+    if not isinstance(result, CachedResult):
+        raise TypeError(f"expected a CachedResult, got {type(result).__name__}")
+    if not isinstance(result.output, dict):
+        raise TypeError(
+            f"CachedResult.output must be a dict (the structured output), "
+            f"got {type(result.output).__name__}"
+        )
+    usage = None if result.usage is None else _dumps(result.usage.model_dump(mode="json"))
+    created = result.created_at if result.created_at > 0 else now
+    return (result.key, _dumps(result.output), usage, result.job_id, result.model, float(created))
+
+
+def _decode_result(row: Sequence[Any]) -> CachedResult:
+    key, output, usage, job_id, model, created_at = row
+    return CachedResult(
+        key=key,
+        output=json.loads(output),
+        usage=None if usage is None else InferenceUsage.model_validate_json(usage),
+        job_id=job_id,
+        model=model,
+        created_at=float(created_at),
+    )
+
+
+def _decode_journal(row: Sequence[Any]) -> JournalEntry:
+    key, job_id, tag, run_id, submitted_at = row
+    return JournalEntry(key, job_id, tag, run_id, float(submitted_at))
+
+
+def _unique(keys: Iterable[str]) -> list[str]:
+    if isinstance(keys, str):
+        raise TypeError("expected an iterable of keys, got a single str")
+    return list(dict.fromkeys(keys))
+
+
+def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _is_fresh(entry: JournalEntry, max_age: float | None, now: float) -> bool:
+    return max_age is None or entry.submitted_at >= now - max_age
+
+
+def _scrub(value: Any) -> Any:
+    """Drop secret-named fields from dicts (nested dicts too; lists such as rows are kept)."""
+    if not isinstance(value, dict):
+        return value
+    return {k: _scrub(v) for k, v in value.items() if str(k).lower() not in _SECRET_FIELDS}
+
+
+def _known_secrets() -> list[str]:
+    candidates = [os.environ.get(_config.ENV_API_KEY)]
+    configured = getattr(_config, "_configured", None)
+    candidates.append(getattr(configured, "api_key", None))
+    return [c for c in candidates if isinstance(c, str) and len(c) >= 8]
+
+
+def _encode_record(record: dict[str, Any]) -> str:
+    """The run record as JSON text, without secret fields; refuses one that holds the API key."""
+    if not isinstance(record, dict):
+        raise TypeError(f"a run record must be a dict, got {type(record).__name__}")
+    text = _dumps(_scrub(record))
+    for secret in _known_secrets():
+        if secret in text or _dumps(secret)[1:-1] in text:
+            raise ConfigurationError(
+                "Refusing to store a run record that contains the API key; "
+                "pass the key through settings, never inside run arguments."
+            )
+    return text
+
+
+def _run_summary(record: dict[str, Any], now: float) -> tuple[float, str, int | None]:
+    """``created_at``, ``status`` and ``rows`` of a run record (see :meth:`Cache.save_run`)."""
+    created = record.get("created_at")
+    created_at = float(created) if isinstance(created, (int, float)) else now
+    status = record.get("status")
+    rows = record.get("rows")
+    if isinstance(rows, bool):
+        n_rows = None
+    elif isinstance(rows, int):
+        n_rows = rows
+    elif isinstance(rows, (list, dict)):
+        n_rows = len(rows)
+    else:
+        n_rows = None
+    return created_at, status if isinstance(status, str) else "running", n_rows
+
+
+def _run_listing(
+    run_id: str, created_at: float, updated_at: float, status: str, rows: int | None
+) -> dict[str, Any]:
+    return {
+        "id": run_id,
+        "created_at": created_at,
+        "updated_at": updated_at,
+        "status": status,
+        "rows": rows,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class Cache(abc.ABC):
+    """Where results, in-flight jobs and run records live.
+
+    Thread-safe; every method is synchronous and fast (no network). Only completed results whose
+    output passed the schema are ever ``put`` (the engine's rule), so failures are always retried.
+    See the module docstring for exactly what is stored.
+    """
+
+    # results ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_many(self, keys: Iterable[str]) -> dict[str, CachedResult]:
+        """The cached results among ``keys`` (missing keys are simply absent)."""
+
+    def put(self, result: CachedResult) -> None:
+        """Store one result (``created_at`` 0 means now)."""
+        self.put_many([result])
+
+    @abc.abstractmethod
+    def put_many(self, results: Iterable[CachedResult]) -> None:
+        """Store many results at once (one transaction on disk); a key stored again is replaced."""
+
+    @abc.abstractmethod
+    def delete(self, keys: Iterable[str]) -> None:
+        """Forget the results of ``keys`` (e.g. for ``refresh=True``)."""
+
+    @abc.abstractmethod
+    def clear(self) -> None:
+        """Forget every cached result. The journal and run records are kept: they stand for jobs
+        already paid for."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of cached results."""
+
+    # journal ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def journal_intent(self, key: str, tag: str, run_id: str | None) -> None:
+        """Record that a POST for ``key`` is about to be sent (replaces any older entry)."""
+
+    @abc.abstractmethod
+    def journal_job(self, key: str, job_id: str, tag: str, run_id: str | None) -> None:
+        """Record the job id of ``key``. ``submitted_at`` stays the intent's time when the intent
+        with the same tag is still the entry, else it is now."""
+
+    @abc.abstractmethod
+    def journal_get_many(
+        self, keys: Iterable[str], max_age: float | None = None
+    ) -> dict[str, JournalEntry]:
+        """The journal entries among ``keys``; with ``max_age`` (seconds), entries submitted
+        longer ago are left out of the answer (they stay stored until replaced or removed)."""
+
+    @abc.abstractmethod
+    def journal_remove(self, keys: Iterable[str]) -> None:
+        """Drop the entries of ``keys`` (result cached, job failed or gone)."""
+
+    @abc.abstractmethod
+    def journal_entries(self, run_id: str | None = None) -> list[JournalEntry]:
+        """All entries, oldest first; only those of ``run_id`` when it is given."""
+
+    # runs ------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def save_run(self, run_id: str, record: dict[str, Any]) -> None:
+        """Store a run's JSON-serialisable record, replacing any earlier one of that id.
+
+        The listing's ``status`` is ``record["status"]`` (default ``"running"``), ``rows`` is
+        ``record["rows"]`` if an int or its length if a list/dict, ``created_at`` is
+        ``record["created_at"]`` if a number, else the time of the first save. Fields named like
+        an API key (``api_key``, ``authorization``...) are dropped; a record holding the key's
+        value raises :class:`~narrative_pandas.ConfigurationError`.
+        """
+
+    @abc.abstractmethod
+    def load_run(self, run_id: str) -> dict[str, Any] | None:
+        """The stored record of ``run_id`` (with updates merged), or None."""
+
+    @abc.abstractmethod
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Merge ``fields`` into the record of ``run_id`` (e.g. ``status="done"``).
+
+        Raises KeyError when no run has that id.
+        """
+
+    @abc.abstractmethod
+    def delete_run(self, run_id: str) -> None:
+        """Forget the record of ``run_id`` (no error if there is none)."""
+
+    @abc.abstractmethod
+    def list_runs(self) -> list[dict[str, Any]]:
+        """Summaries of the stored runs, newest first: ``id``, ``created_at``, ``updated_at``,
+        ``status``, ``rows``."""
+
+    # lifecycle -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release OS resources (the cache stays usable: it reopens on the next call)."""
+
+    @property
+    @abc.abstractmethod
+    def persistent(self) -> bool:
+        """True when entries outlive the process."""
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# Locks of live caches are replaced in a forked child, where another thread may have held them.
+_live_caches: weakref.WeakSet[Cache] = weakref.WeakSet()
+
+
+def _reset_locks_after_fork() -> None:
+    for cache in list(_live_caches):
+        cache._lock = threading.RLock()  # type: ignore[attr-defined]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks_after_fork)
+
+
+class MemoryCache(Cache):
+    """A process-local cache: dictionaries behind a lock, gone when the process ends.
+
+    Outputs, usage and run records are kept as JSON text, exactly as :class:`SQLiteCache` keeps
+    them, so both behave alike and callers always get fresh objects they may modify.
+    ``now`` (epoch seconds) is a seam for tests.
+    """
+
+    def __init__(self, *, now: Callable[[], float] = time.time) -> None:
+        self._now = now
+        self._lock = threading.RLock()
+        self._results: dict[str, _ResultRow] = {}
+        self._journal: dict[str, _JournalRow] = {}
+        self._runs: dict[str, tuple[str, float, float, str, int | None]] = {}
+        _live_caches.add(self)
+
+    def __repr__(self) -> str:
+        return f"MemoryCache(results={len(self)})"
+
+    @property
+    def persistent(self) -> bool:
+        return False
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CachedResult]:
+        wanted = _unique(keys)
+        with self._lock:
+            rows = [self._results[k] for k in wanted if k in self._results]
+        return {row[0]: _decode_result(row) for row in rows}
+
+    def put_many(self, results: Iterable[CachedResult]) -> None:
+        now = self._now()
+        rows = [_encode_result(r, now) for r in results]
+        with self._lock:
+            for row in rows:
+                self._results[row[0]] = row
+
+    def delete(self, keys: Iterable[str]) -> None:
+        wanted = _unique(keys)
+        with self._lock:
+            for key in wanted:
+                self._results.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._results.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._results)
+
+    def journal_intent(self, key: str, tag: str, run_id: str | None) -> None:
+        with self._lock:
+            self._journal[key] = (key, None, tag, run_id, self._now())
+
+    def journal_job(self, key: str, job_id: str, tag: str, run_id: str | None) -> None:
+        with self._lock:
+            old = self._journal.get(key)
+            keep = old is not None and old[1] is None and old[2] == tag
+            submitted = old[4] if keep and old is not None else self._now()
+            self._journal[key] = (key, job_id, tag, run_id, submitted)
+
+    def journal_get_many(
+        self, keys: Iterable[str], max_age: float | None = None
+    ) -> dict[str, JournalEntry]:
+        wanted = _unique(keys)
+        now = self._now()
+        with self._lock:
+            rows = [self._journal[k] for k in wanted if k in self._journal]
+        entries = (_decode_journal(row) for row in rows)
+        return {e.key: e for e in entries if _is_fresh(e, max_age, now)}
+
+    def journal_remove(self, keys: Iterable[str]) -> None:
+        wanted = _unique(keys)
+        with self._lock:
+            for key in wanted:
+                self._journal.pop(key, None)
+
+    def journal_entries(self, run_id: str | None = None) -> list[JournalEntry]:
+        with self._lock:
+            rows = list(self._journal.values())
+        entries = [_decode_journal(r) for r in rows if run_id is None or r[3] == run_id]
+        return sorted(entries, key=lambda e: (e.submitted_at, e.key))
+
+    def save_run(self, run_id: str, record: dict[str, Any]) -> None:
+        text = _encode_record(record)
+        now = self._now()
+        created_at, status, rows = _run_summary(record, now)
+        with self._lock:
+            old = self._runs.get(run_id)
+            if old is not None and not isinstance(record.get("created_at"), (int, float)):
+                created_at = old[1]
+            self._runs[run_id] = (text, created_at, now, status, rows)
+
+    def load_run(self, run_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            stored = self._runs.get(run_id)
+        if stored is None:
+            return None
+        record: dict[str, Any] = json.loads(stored[0])
+        return record
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        with self._lock:
+            stored = self._runs.get(run_id)
+            if stored is None:
+                raise KeyError(f"no run {run_id!r} in this cache")
+            record = {**json.loads(stored[0]), **fields}
+            text = _encode_record(record)
+            now = self._now()
+            _, status, rows = _run_summary(record, now)
+            self._runs[run_id] = (text, stored[1], now, status, rows)
+
+    def delete_run(self, run_id: str) -> None:
+        with self._lock:
+            self._runs.pop(run_id, None)
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            items = list(self._runs.items())
+        listing = [_run_listing(rid, c, u, s, n) for rid, (_, c, u, s, n) in items]
+        return sorted(listing, key=lambda r: (r["created_at"], r["id"]), reverse=True)
+
+    def close(self) -> None:
+        """Nothing to release; the entries stay (the default cache is shared by every run)."""
+
+
+# --------------------------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    key TEXT PRIMARY KEY,
+    output TEXT NOT NULL,
+    usage TEXT,
+    job_id TEXT,
+    model TEXT,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS journal (
+    key TEXT PRIMARY KEY,
+    job_id TEXT,
+    tag TEXT NOT NULL,
+    run_id TEXT,
+    submitted_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS journal_run_id ON journal (run_id);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rows INTEGER,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+# Connections inherited through fork() are never used or closed in the child (closing could
+# disturb the parent's WAL); they are parked here for the life of the child.
+_inherited_connections: list[sqlite3.Connection] = []
+
+
+def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
+
+
+class SQLiteCache(Cache):
+    """A cache in one SQLite file, shared safely by threads and processes.
+
+    The file (and its parent folders) is created on first use, with owner-only permissions where
+    the OS allows; while it is open SQLite also keeps ``<path>-wal`` and ``<path>-shm`` beside it.
+    Tables ``results``, ``journal``, ``runs`` and ``meta`` hold exactly the fields listed in the
+    module docstring, as JSON text (never pickles). Outputs and run records (input rows) are
+    stored in clear text: protect the file like the data it came from. The API key is never
+    stored.
+
+    Concurrency: WAL journal, ``busy_timeout`` of ``timeout`` seconds, ``synchronous=NORMAL``,
+    every write a short ``BEGIN IMMEDIATE`` transaction, retried a few times if SQLite still
+    reports "database is locked". One connection per process, guarded by a lock so any thread
+    (the main one, an event-loop thread) may call; it is opened lazily, reopened in a forked
+    child, and the cache pickles as its path (for spawned processes).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = 30.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        raw = os.fspath(path)
+        if not isinstance(raw, str) or not raw or raw == ":memory:":
+            raise ConfigurationError(
+                f"SQLiteCache needs a file path, got {path!r}; "
+                "use cache=True for the in-memory cache."
+            )
+        self.path = Path(raw).expanduser().absolute()  # fixed now: it opens lazily
+        if self.path.is_dir():
+            raise ConfigurationError(
+                f"cache path {str(self.path)!r} is a folder; give a file path such as "
+                f"{str(self.path / 'narrative-cache.sqlite')!r}."
+            )
+        self.timeout = float(timeout)
+        self._now = now
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        _live_caches.add(self)
+
+    def __repr__(self) -> str:
+        return f"SQLiteCache({str(self.path)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reopen_sqlite, (str(self.path), self.timeout))
+
+    @property
+    def persistent(self) -> bool:
+        return True
+
+    # connection ------------------------------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection of this process (caller holds ``self._lock``)."""
+        pid = os.getpid()
+        if self._conn is not None and self._pid != pid:
+            _inherited_connections.append(self._conn)
+            self._conn = None
+        if self._conn is None:
+            self._conn = self._retry(self._open)
+            self._pid = pid
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # Owner-only from the start; SQLite gives -wal/-shm the same mode. If this fails
+            # (read-only media...), SQLite reports the problem itself just below.
+            with contextlib.suppress(OSError):
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        conn = sqlite3.connect(
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                row = conn.execute(
+                    "SELECT value FROM meta WHERE name = 'schema_version'"
+                ).fetchone()
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO meta (name, value) VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),),
+                    )
+                elif int(row[0]) > SCHEMA_VERSION:
+                    raise ConfigurationError(
+                        f"the cache file {str(self.path)!r} was written by a newer "
+                        f"narrative_pandas (schema {row[0]}, this one reads {SCHEMA_VERSION}); "
+                        "upgrade narrative_pandas or use another cache path."
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        logger.debug("opened cache %s", self.path)
+        return conn
+
+    def _retry(self, action: Callable[[], _T]) -> _T:
+        for attempt in range(_LOCK_RETRIES):
+            try:
+                return action()
+            except sqlite3.OperationalError as exc:
+                if not _is_lock_error(exc) or attempt == _LOCK_RETRIES - 1:
+                    raise
+                delay = 0.05 * 2**attempt * (1 + random.random())
+                logger.debug("cache %s is locked; retrying in %.2fs", self.path, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _read(self, action: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._lock:
+            conn = self._connection()
+            return self._retry(lambda: action(conn))
+
+    def _write(self, action: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``action`` in one short write transaction, retried while the file is locked."""
+
+        def attempt() -> _T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                value = action(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return value
+
+        with self._lock:
+            conn = self._connection()
+            return self._retry(attempt)
+
+    # results ---------------------------------------------------------------------------------
+    def get_many(self, keys: Iterable[str]) -> dict[str, CachedResult]:
+        wanted = _unique(keys)
+
+        def read(conn: sqlite3.Connection) -> list[Any]:
+            rows: list[Any] = []
+            for chunk in _chunks(wanted):
+                marks = ",".join("?" * len(chunk))
+                rows += conn.execute(
+                    "SELECT key, output, usage, job_id, model, created_at FROM results "
+                    f"WHERE key IN ({marks})",
+                    chunk,
+                ).fetchall()
+            return rows
+
+        rows = self._read(read) if wanted else []
+        return {row[0]: _decode_result(row) for row in rows}
+
+    def put_many(self, results: Iterable[CachedResult]) -> None:
+        now = self._now()
+        rows = [_encode_result(r, now) for r in results]
+        if rows:
+            self._write(
+                lambda conn: conn.executemany(
+                    "INSERT OR REPLACE INTO results "
+                    "(key, output, usage, job_id, model, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            )
+
+    def _delete_keys(self, table: str, keys: Iterable[str]) -> None:
+        wanted = _unique(keys)
+
+        def delete(conn: sqlite3.Connection) -> None:
+            for chunk in _chunks(wanted):
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM {table} WHERE key IN ({marks})", chunk)
+
+        if wanted:
+            self._write(delete)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        self._delete_keys("results", keys)
+
+    def clear(self) -> None:
+        self._write(lambda conn: conn.execute("DELETE FROM results"))
+
+    def __len__(self) -> int:
+        count: int = self._read(lambda c: c.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+        return count
+
+    # journal ---------------------------------------------------------------------------------
+    def journal_intent(self, key: str, tag: str, run_id: str | None) -> None:
+        row = (key, None, tag, run_id, self._now())
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO journal (key, job_id, tag, run_id, submitted_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                row,
+            )
+        )
+
+    def journal_job(self, key: str, job_id: str, tag: str, run_id: str | None) -> None:
+        row = (key, job_id, tag, run_id, self._now())
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO journal (key, job_id, tag, run_id, submitted_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                "job_id = excluded.job_id, tag = excluded.tag, run_id = excluded.run_id, "
+                "submitted_at = CASE WHEN journal.job_id IS NULL AND journal.tag = excluded.tag "
+                "THEN journal.submitted_at ELSE excluded.submitted_at END",
+                row,
+            )
+        )
+
+    def journal_get_many(
+        self, keys: Iterable[str], max_age: float | None = None
+    ) -> dict[str, JournalEntry]:
+        wanted = _unique(keys)
+        now = self._now()
+
+        def read(conn: sqlite3.Connection) -> list[Any]:
+            rows: list[Any] = []
+            for chunk in _chunks(wanted):
+                marks = ",".join("?" * len(chunk))
+                rows += conn.execute(
+                    "SELECT key, job_id, tag, run_id, submitted_at FROM journal "
+                    f"WHERE key IN ({marks})",
+                    chunk,
+                ).fetchall()
+            return rows
+
+        entries = (_decode_journal(row) for row in (self._read(read) if wanted else []))
+        return {e.key: e for e in entries if _is_fresh(e, max_age, now)}
+
+    def journal_remove(self, keys: Iterable[str]) -> None:
+        self._delete_keys("journal", keys)
+
+    def journal_entries(self, run_id: str | None = None) -> list[JournalEntry]:
+        sql = "SELECT key, job_id, tag, run_id, submitted_at FROM journal"
+        params: tuple[Any, ...] = ()
+        if run_id is not None:
+            sql += " WHERE run_id = ?"
+            params = (run_id,)
+        sql += " ORDER BY submitted_at, key"
+        rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
+        return [_decode_journal(row) for row in rows]
+
+    # runs ------------------------------------------------------------------------------------
+    def save_run(self, run_id: str, record: dict[str, Any]) -> None:
+        text = _encode_record(record)
+        now = self._now()
+        created_at, status, rows = _run_summary(record, now)
+        explicit_created = isinstance(record.get("created_at"), (int, float))
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO runs (run_id, record, status, rows, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+                "record = excluded.record, status = excluded.status, rows = excluded.rows, "
+                "updated_at = excluded.updated_at, created_at = CASE WHEN ? THEN "
+                "excluded.created_at ELSE runs.created_at END",
+                (run_id, text, status, rows, created_at, now, int(explicit_created)),
+            )
+        )
+
+    def load_run(self, run_id: str) -> dict[str, Any] | None:
+        row = self._read(
+            lambda conn: conn.execute(
+                "SELECT record FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        record: dict[str, Any] = json.loads(row[0])
+        return record
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        def update(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no run {run_id!r} in this cache")
+            record = {**json.loads(row[0]), **fields}
+            now = self._now()
+            _, status, rows = _run_summary(record, now)
+            conn.execute(
+                "UPDATE runs SET record = ?, status = ?, rows = ?, updated_at = ? WHERE run_id = ?",
+                (_encode_record(record), status, rows, now, run_id),
+            )
+
+        self._write(update)
+
+    def delete_run(self, run_id: str) -> None:
+        self._write(lambda conn: conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)))
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        rows = self._read(
+            lambda conn: conn.execute(
+                "SELECT run_id, created_at, updated_at, status, rows FROM runs "
+                "ORDER BY created_at DESC, run_id DESC"
+            ).fetchall()
+        )
+        return [_run_listing(*row) for row in rows]
+
+    # lifecycle -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close this process's connection; the next call reopens it."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                if self._pid == os.getpid():
+                    conn.close()
+                else:
+                    _inherited_connections.append(conn)
+
+
+def _reopen_sqlite(path: str, timeout: float) -> SQLiteCache:
+    return SQLiteCache(path, timeout=timeout)
+
+
+# --------------------------------------------------------------------------------------------
+
+_default_lock = threading.Lock()
+_default: MemoryCache | None = None
+_disk_caches: dict[str, SQLiteCache] = {}
+
+
+def default_cache() -> MemoryCache:
+    """The process-wide in-memory cache (one instance, so re-running a cell costs nothing)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = MemoryCache()
+        return _default
+
+
+def resolve_cache(cache: bool | str | os.PathLike[str] | Cache | None) -> Cache | None:
+    """Turn a ``cache=`` argument into a cache.
+
+    ``True`` or ``None`` -> the process-wide :func:`default_cache`; ``False`` -> None (no cache,
+    no journal); a path -> a :class:`SQLiteCache` there (one instance per absolute path in this
+    process); a :class:`Cache` -> itself. Anything else raises ConfigurationError.
+    """
+    if cache is None or cache is True:
+        return default_cache()
+    if cache is False:
+        return None
+    if isinstance(cache, Cache):
+        return cache
+    if isinstance(cache, (str, os.PathLike)):
+        raw = os.fspath(cache)
+        if isinstance(raw, str) and raw and raw != ":memory:":
+            resolved = str(Path(raw).expanduser().resolve())
+            with _default_lock:
+                found = _disk_caches.get(resolved)
+                if found is None:
+                    found = _disk_caches[resolved] = SQLiteCache(resolved)
+            return found
+    raise ConfigurationError(
+        f"cache={cache!r} is not accepted. Use cache=True (in-memory, the default), "
+        "cache=False (no caching), a file path such as cache='narrative-cache.sqlite' "
+        "(kept on disk across restarts), or a narrative_pandas Cache instance."
+    )
