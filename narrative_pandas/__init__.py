@@ -5,6 +5,12 @@ Importing the package registers ``DataFrame.narrative`` and ``Series.narrative``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from . import _accessor  # noqa: F401  (registers DataFrame.narrative and Series.narrative)
+from ._api import ainfer, attach, infer, preview, start
+from ._cache import Cache, MemoryCache, SQLiteCache
+from ._client import Client
 from ._config import configure
 from ._exceptions import (
     APIConnectionError,
@@ -23,6 +29,7 @@ from ._exceptions import (
     PermissionDeniedError,
     RateLimitError,
     RowsFailedError,
+    RowsFailedWarning,
     SchemaError,
     ServerError,
     TemplateError,
@@ -39,6 +46,28 @@ from ._models import (
     ModelInferenceRunRequest,
     ModelInferenceRunResult,
 )
+from ._progress import ProgressEvent, ProgressSnapshot
+from ._run import Run
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
+
+
+def use_sandbox(**knobs: Any) -> Sandbox:
+    """Start the local sandbox in the background and make it the default target.
+
+    Outputs are synthetic (or come from ``responder=``); nothing leaves this machine and no key
+    is needed. ``narrative_pandas.configure(...)`` switches back to real settings. Knobs are those
+    of :class:`narrative_pandas.sandbox.Sandbox` (latency, failure_rate, responder, ...).
+
+    Examples
+    --------
+    >>> import narrative_pandas as npd
+    >>> sandbox = npd.use_sandbox(latency=0.2)  # doctest: +SKIP
+    """
+    from .sandbox import use_sandbox as _use_sandbox
+
+    return _use_sandbox(**knobs)
 
 __version__ = "0.1.0"
 
@@ -51,6 +80,8 @@ __all__ = [
     "APIUnknownOutcomeError",
     "AuthenticationError",
     "BadRequestError",
+    "Cache",
+    "Client",
     "ConfigurationError",
     "InferenceConfig",
     "InferenceMessage",
@@ -60,6 +91,7 @@ __all__ = [
     "JobFailure",
     "JobTimeoutError",
     "JobsPage",
+    "MemoryCache",
     "ModelId",
     "ModelInferenceRunRequest",
     "ModelInferenceRunResult",
@@ -67,11 +99,22 @@ __all__ = [
     "NotFoundError",
     "OutputValidationError",
     "PermissionDeniedError",
+    "ProgressEvent",
+    "ProgressSnapshot",
     "RateLimitError",
     "RowsFailedError",
+    "RowsFailedWarning",
+    "Run",
+    "SQLiteCache",
     "SchemaError",
     "ServerError",
     "TemplateError",
     "__version__",
+    "ainfer",
+    "attach",
     "configure",
+    "infer",
+    "preview",
+    "start",
+    "use_sandbox",
 ]

@@ -20,6 +20,10 @@ class Clock(Protocol):
         """Wait ``seconds`` (0 or less yields to the loop once)."""
         ...
 
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        """Wait until ``event`` is set or ``timeout`` seconds pass; True if it was set."""
+        ...
+
 
 class SystemClock:
     """The real clock: ``time.monotonic`` and ``asyncio.sleep``."""
@@ -29,6 +33,15 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        if event.is_set():
+            return True
+        try:
+            await asyncio.wait_for(event.wait(), max(0.0, timeout))
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     def __repr__(self) -> str:
         return "SystemClock()"
@@ -53,6 +66,12 @@ class FakeClock:
         self.sleeps.append(seconds)
         self.time += seconds
         await asyncio.sleep(0)
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        if event.is_set():
+            return True
+        await self.sleep(timeout)
+        return event.is_set()
 
     def __repr__(self) -> str:
         return f"FakeClock(time={self.time:.3f})"

@@ -51,6 +51,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RowsFailedError",
+    "RowsFailedWarning",
     "SchemaError",
     "ServerError",
     "TemplateError",
@@ -238,3 +239,7 @@ def status_error_class(status_code: int) -> type[APIStatusError]:
     if status_code >= 500:
         return ServerError
     return _STATUS_CLASSES.get(status_code, APIStatusError)
+
+
+class RowsFailedWarning(UserWarning):
+    """Emitted once per run (errors="coerce") when rows failed: how many and the main reasons."""

@@ -1,0 +1,256 @@
+"""Everything decided before the first request: options checked, rows rendered, requests deduped.
+
+A :class:`RunPlan` is built synchronously, so a bad template, schema, option or column collision
+raises before anything is sent, and ``preview`` shows exactly the bodies ``infer`` would send.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import BaseModel, ValidationError
+
+from ._config import Settings
+from ._engine import EngineOptions, JobRequest
+from ._exceptions import ConfigurationError
+from ._frame import check_collisions
+from ._models import InferenceConfig, ModelInferenceRunRequest
+from ._schema import OutputSpec
+from ._template import MessageTemplates
+
+__all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_MODEL", "RunPlan", "build_plan", "request_tag"]
+
+DEFAULT_MODEL = "anthropic.claude-haiku-4.5"
+DEFAULT_CONCURRENCY = 32
+#: Tags the library adds to every job: one to find its jobs, one per request to reconcile POSTs.
+LIBRARY_TAG = "narrative-pandas"
+TAG_PREFIX = "npd-"
+
+ErrorsMode = Literal["coerce", "raise"]
+MissingMode = Literal["empty", "skip"]
+InterruptMode = Literal["raise", "return"]
+
+
+def request_tag(key: str) -> str:
+    """The per-request tag: found through the job listing when a POST's outcome is unknown."""
+    return TAG_PREFIX + key[:32]
+
+
+@dataclass
+class RunPlan:
+    """A run, fully decided: the frame, what each row asks, and how the run behaves."""
+
+    df: pd.DataFrame
+    spec: OutputSpec
+    row_keys: list[str | None]
+    skipped: dict[int, str]
+    requests: list[JobRequest]
+    bodies: dict[str, dict[str, Any]]
+    options: EngineOptions
+    prefix: str = ""
+    flatten: bool = True
+    errors: ErrorsMode = "coerce"
+    on_interrupt: InterruptMode = "raise"
+    model: str = DEFAULT_MODEL
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def deduplicated(self) -> int:
+        """Rows that share another row's job."""
+        return sum(1 for k in self.row_keys if k is not None) - len(self.requests)
+
+
+def _choice(name: str, value: Any, allowed: Sequence[str]) -> Any:
+    if value not in allowed:
+        raise ConfigurationError(
+            f"{name}={value!r} is not valid; use one of {', '.join(repr(a) for a in allowed)}."
+        )
+    return value
+
+
+def _positive(name: str, value: Any, *, integer: bool = False) -> Any:
+    if value is None:
+        return None
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        what = "a positive integer" if integer else "a positive number of seconds"
+        raise ConfigurationError(f"{name}={value!r} is not valid; it must be {what}.")
+    return value
+
+
+def build_inference_config(
+    spec: OutputSpec,
+    *,
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    stop_sequences: Sequence[str] | None,
+) -> dict[str, Any]:
+    """The ``inference_config`` shared by every row; out-of-range values raise here."""
+    try:
+        config = InferenceConfig(
+            output_format_schema=spec.schema,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop_sequences=list(stop_sequences) if stop_sequences is not None else None,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"Invalid inference settings: {problems}.") from None
+    return config.to_body()
+
+
+def _check_model(model: str) -> None:
+    if not isinstance(model, str) or not model:
+        raise ConfigurationError(f"model={model!r} is not valid; pass a model id string.")
+    # Validation (and its warning for unknown ids) lives on the wire model.
+    ModelInferenceRunRequest.model_validate(
+        {
+            "data_plane_id": "check",
+            "model": model,
+            "messages": [{"role": "user", "text": "check"}],
+            "inference_config": {"output_format_schema": {}},
+        }
+    )
+
+
+def build_plan(
+    df: pd.DataFrame,
+    prompt: str | None,
+    *,
+    output: type[BaseModel] | Mapping[str, Any],
+    settings: Settings,
+    system: str | None = None,
+    messages: Sequence[Mapping[str, str]] | None = None,
+    model: str = DEFAULT_MODEL,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    stop_sequences: Sequence[str] | None = None,
+    tags: Sequence[str] | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    poll_interval: float | None = None,
+    timeout: float | None = None,
+    errors: str = "coerce",
+    missing: str = "empty",
+    prefix: str = "",
+    flatten: bool = True,
+    max_total_tokens: int | None = None,
+    refresh: bool = False,
+    on_interrupt: str = "raise",
+    data_plane_placeholder: str | None = None,
+) -> RunPlan:
+    """Check every argument and render every row; raises before anything is sent."""
+    if not isinstance(df, pd.DataFrame):
+        raise ConfigurationError(f"expected a pandas DataFrame, got {type(df).__name__}.")
+    errors = _choice("errors", errors, ("coerce", "raise"))
+    missing = _choice("missing", missing, ("empty", "skip"))
+    on_interrupt = _choice("on_interrupt", on_interrupt, ("raise", "return"))
+    _positive("concurrency", concurrency, integer=True)
+    _positive("poll_interval", poll_interval)
+    _positive("timeout", timeout)
+    _positive("max_total_tokens", max_total_tokens, integer=True)
+    if not isinstance(prefix, str):
+        raise ConfigurationError(f"prefix={prefix!r} is not valid; pass a string.")
+    if tags is not None and (
+        isinstance(tags, str) or not all(isinstance(t, str) for t in tags)
+    ):
+        raise ConfigurationError("tags must be a list of strings, e.g. tags=['labelling'].")
+    _check_model(model)
+
+    templates = MessageTemplates.build(prompt, system=system, messages=messages)
+    bound = templates.bind(list(df.columns))
+    spec = OutputSpec.from_output(output)
+    check_collisions(df.columns, spec, prefix=prefix, flatten=flatten)
+    config = build_inference_config(
+        spec,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop_sequences=stop_sequences,
+    )
+    data_plane_id = settings.data_plane_id or data_plane_placeholder
+    if data_plane_id is None:
+        data_plane_id = settings.require_data_plane()
+
+    rendered = bound.render(df, missing=missing)  # type: ignore[arg-type]
+    user_tags = list(tags or [])
+    # Canonical JSON of the parts every row shares, computed once (see request_fingerprint).
+    head = (
+        '{"data_plane_id":' + _canonical(data_plane_id) + ',"inference_config":'
+        + _canonical(config) + ',"messages":'
+    )
+    tail = ',"model":' + _canonical(model) + "}"
+    row_keys: list[str | None] = []
+    skipped: dict[int, str] = {}
+    requests: dict[str, JobRequest] = {}
+    counts: dict[str, int] = {}
+    bodies: dict[str, dict[str, Any]] = {}
+    for position, row in enumerate(rendered):
+        if isinstance(row, str):
+            row_keys.append(None)
+            skipped[position] = row
+            continue
+        wire_messages = [{"role": m.role, "text": m.text} for m in row]
+        key = hashlib.sha256(
+            (head + _canonical(wire_messages) + tail).encode("utf-8")
+        ).hexdigest()
+        row_keys.append(key)
+        counts[key] = counts.get(key, 0) + 1
+        if key not in bodies:
+            bodies[key] = {
+                "data_plane_id": data_plane_id,
+                "model": model,
+                "messages": wire_messages,
+                "inference_config": config,
+                "tags": [*user_tags, LIBRARY_TAG, request_tag(key)],
+            }
+    for key, body in bodies.items():
+        chars = sum(len(m["text"]) for m in body["messages"])
+        requests[key] = JobRequest(
+            key=key,
+            body=body,
+            tag=request_tag(key),
+            rows=counts[key],
+            prompt_tokens_estimate=max(1, math.ceil(chars / 4)),
+        )
+    options = EngineOptions(
+        concurrency=concurrency,
+        poll_interval=poll_interval,
+        timeout=timeout,
+        max_total_tokens=max_total_tokens,
+        refresh=refresh,
+        data_plane_id=data_plane_id,
+    )
+    return RunPlan(
+        df=df,
+        spec=spec,
+        row_keys=row_keys,
+        skipped=skipped,
+        requests=list(requests.values()),
+        bodies=bodies,
+        options=options,
+        prefix=prefix,
+        flatten=flatten,
+        errors=errors,
+        on_interrupt=on_interrupt,
+        model=model,
+    )
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def column_label(column: Hashable) -> str:
+    """A column name as text, for messages."""
+    return column if isinstance(column, str) else repr(column)

@@ -1,0 +1,352 @@
+"""The Run object: a run of inference jobs working in the background, watched, stopped, resumed.
+
+``df.narrative.start(...)`` returns a :class:`Run` at once; ``infer`` is ``start(...).result()``,
+so there is one code path. The engine runs on the process's background loop (see ``_sync``), the
+progress display is created on the caller's thread (so it lands in the caller's notebook cell) and
+updated from the loop, and every result is cached and every job journaled as it happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+import uuid
+import warnings
+from collections import Counter
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from . import _sync
+from ._engine import Engine, EngineReport, StopReason
+from ._exceptions import RowsFailedError, RowsFailedWarning
+from ._frame import RowOutcome, build_frame
+from ._progress import ProgressTracker, make_progress
+
+if TYPE_CHECKING:
+    from ._cache import Cache
+    from ._client import Client
+    from ._config import Settings
+    from ._plan import RunPlan
+
+__all__ = ["Run"]
+
+logger = logging.getLogger("narrative_pandas")
+
+#: How long ``result()`` waits for a stopping run to journal what is on the wire.
+STOP_WAIT_S = 15.0
+
+
+def new_run_id() -> str:
+    """A short, unique, sortable-enough id for a run."""
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+
+
+class Run:
+    """A run of inference jobs in the background.
+
+    Use ``result()`` (blocking) or ``await run`` for the frame ``infer`` would return; ``done()``,
+    ``status()``, ``report`` and ``partial()`` to watch it; ``cancel()`` to stop submitting.
+    Cancelling leaves submitted jobs running on the service (there is no cancel endpoint, so they
+    are billed); they stay journaled, and a later run or :func:`narrative_pandas.attach` collects
+    them instead of submitting again.
+
+    Examples
+    --------
+    >>> run = df.narrative.start("Review: {review}", output=Sentiment)  # doctest: +SKIP
+    >>> run.status()                                                    # doctest: +SKIP
+    {'total': 300, 'queued': 120, 'pending': 60, 'running': 20, 'completed': 100, ...}
+    >>> out = run.result()                                              # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        *,
+        settings: Settings,
+        cache: Cache | None,
+        client: Client | None = None,
+        progress: Any = None,
+        run_id: str | None = None,
+        on_finish: Callable[[Run, pd.DataFrame], pd.DataFrame] | None = None,
+    ) -> None:
+        self.id = run_id or new_run_id()
+        self._plan = plan
+        self._settings = settings
+        self._cache = cache
+        self._client = client
+        self._on_finish = on_finish
+        self._engine: Engine | None = None
+        self._started = time.monotonic()
+        self._elapsed: float | None = None
+        self._requests_before: Counter[tuple[str, str]] = Counter()
+        self._http: dict[str, int] = {}
+        self._stop_reason: StopReason | None = None
+        self._frame: pd.DataFrame | None = None
+        rows = len(plan.row_keys)
+        self._tracker: ProgressTracker = make_progress(
+            progress, rows, on_cancel=self.cancel, title=f"narrative run {self.id}"
+        )
+        self._future: concurrent.futures.Future[None] | asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _launch(self) -> Run:
+        """Show progress on the caller's thread, then schedule the engine in the background."""
+        self._tracker.start()
+        if self._plan.skipped:
+            self._tracker.transition(len(self._plan.skipped), "queued", "failed")
+            for reason in dict.fromkeys(self._plan.skipped.values()):
+                self._tracker.error(reason)
+        if self._client is not None and _sync.in_running_loop():
+            self._future = asyncio.ensure_future(self._drive())
+        else:
+            self._future = _sync.submit(self._drive())
+        return self
+
+    async def _drive(self) -> None:
+        client = self._client or _sync.shared_client(self._settings)
+        before = Counter(client.stats.by_route)
+        requests_before = client.stats.requests
+        engine = Engine(
+            client,
+            self._plan.requests,
+            self._plan.spec,
+            cache=self._cache,
+            options=self._plan.options,
+            tracker=self._tracker,
+            run_id=self.id,
+        )
+        self._engine = engine
+        if self._stop_reason is not None:
+            engine.stop(self._stop_reason)
+        try:
+            await engine.run()
+        finally:
+            self._elapsed = time.monotonic() - self._started
+            delta = Counter(client.stats.by_route)
+            delta.subtract(before)
+            self._http = {
+                "total": client.stats.requests - requests_before,
+                "post": delta[("POST", "/model-inference/run")],
+                "get_job": delta[("GET", "/jobs/{id}")],
+                "list_jobs": delta[("GET", "/jobs")],
+            }
+            status = engine.report.status
+            finish_status = status if status in ("interrupted", "cancelled") else "done"
+            self._tracker.finish(finish_status)  # type: ignore[arg-type]
+            if self._cache is not None and self._cache.persistent:
+                try:
+                    self._cache.update_run(self.id, status=status)
+                except Exception:  # the record is a convenience; never lose results over it
+                    logger.debug("could not update the run record", exc_info=True)
+
+    # ------------------------------------------------------------------ watching
+
+    def done(self) -> bool:
+        """True once every row has an outcome (or the run stopped)."""
+        return self._future is not None and self._future.done()
+
+    def status(self) -> dict[str, Any]:
+        """Live counts: total, queued, pending, running, completed, failed, cached, tokens."""
+        snap = self._tracker.snapshot()
+        return {
+            "total": snap.total,
+            "queued": snap.queued,
+            "pending": snap.pending,
+            "running": snap.running,
+            "completed": snap.completed,
+            "failed": snap.failed,
+            "cached": snap.cached,
+            "tokens": snap.tokens,
+            "elapsed": snap.elapsed,
+            "status": snap.status,
+        }
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """What the run did so far: rows, jobs, cache, tokens, HTTP requests, elapsed."""
+        engine_report = self._engine.report if self._engine is not None else EngineReport(
+            unique_requests=len(self._plan.requests)
+        )
+        plan = self._plan
+        outcomes = self._row_outcomes(pending_text=None)
+        completed = sum(1 for o in outcomes if o is not None and o.error is None)
+        failed = sum(1 for o in outcomes if o is not None and o.error is not None)
+        elapsed = self._elapsed if self._elapsed is not None else time.monotonic() - self._started
+        return {
+            "run_id": self.id,
+            "status": engine_report.status if self.done() else "running",
+            "rows": len(plan.row_keys),
+            "unique_requests": len(plan.requests),
+            "deduplicated_rows": plan.deduplicated,
+            "skipped_rows": len(plan.skipped),
+            "cached_rows": engine_report.cached,
+            "resumed_rows": engine_report.resumed,
+            "reconciled_jobs": engine_report.reconciled,
+            "jobs_submitted": engine_report.submitted,
+            "not_submitted_rows": engine_report.not_submitted,
+            "completed_rows": completed,
+            "failed_rows": failed,
+            "invalid_rows": engine_report.invalid,
+            "timed_out_rows": engine_report.timed_out,
+            "prompt_tokens": engine_report.prompt_tokens,
+            "completion_tokens": engine_report.completion_tokens,
+            "total_tokens": engine_report.total_tokens,
+            "http_requests": dict(self._http) or {"total": 0, "post": 0, "get_job": 0,
+                                                  "list_jobs": 0},
+            "elapsed_s": round(elapsed, 3),
+            "model": plan.model,
+        }
+
+    def _row_outcomes(self, pending_text: str | None) -> list[RowOutcome | None]:
+        live = self._engine.outcomes if self._engine is not None else {}
+        pending = RowOutcome(error=pending_text, status="pending") if pending_text else None
+        out: list[RowOutcome | None] = []
+        for position, key in enumerate(self._plan.row_keys):
+            if key is None:
+                out.append(RowOutcome(error=self._plan.skipped[position], status="skipped"))
+            else:
+                out.append(live.get(key, pending))
+        return out
+
+    def partial(self) -> pd.DataFrame:
+        """The frame so far: finished rows filled, the rest NA with ``narrative_error`` "pending"."""
+        outcomes = [o or RowOutcome(error="pending") for o in self._row_outcomes("pending")]
+        return self._build(outcomes)
+
+    def _build(self, outcomes: list[RowOutcome]) -> pd.DataFrame:
+        frame = build_frame(
+            self._plan.df,
+            outcomes,
+            self._plan.spec,
+            prefix=self._plan.prefix,
+            flatten=self._plan.flatten,
+        )
+        frame.attrs["narrative"] = self.report
+        return frame
+
+    # ------------------------------------------------------------------ stopping
+
+    def cancel(self) -> None:
+        """Stop submitting. Jobs already submitted stay journaled (and billed); see the class doc."""
+        self._stop("cancelled")
+
+    def _stop(self, reason: StopReason) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        if self._engine is not None:
+            self._engine.stop(reason)
+
+    # ------------------------------------------------------------------ results
+
+    def result(self, timeout: float | None = None) -> pd.DataFrame:
+        """Block until the run ends and return the frame ``infer`` would return.
+
+        Ctrl-C (a kernel interrupt) stops submitting, keeps every finished result in the cache and
+        every submitted job in the journal, then raises ``KeyboardInterrupt`` — or returns the
+        partial frame if the run was started with ``on_interrupt="return"``.
+        """
+        future = self._future
+        assert future is not None, "the run was never started"
+        try:
+            if isinstance(future, concurrent.futures.Future):
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while True:
+                    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    wait = 0.2 if remaining is None else min(0.2, remaining)
+                    try:
+                        future.result(timeout=wait)
+                        break
+                    except concurrent.futures.TimeoutError:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            raise TimeoutError(
+                                f"run {self.id} is still going after {timeout}s; call result() "
+                                "again, or cancel() it"
+                            ) from None
+            else:
+                _sync.run_here(_await_future(future))
+        except KeyboardInterrupt:
+            self._stop("interrupted")
+            self._wait_quietly(future)
+            if self._plan.on_interrupt == "return":
+                return self._final_frame(warn=True)
+            raise
+        return self._final_frame(warn=True)
+
+    def _wait_quietly(self, future: Any) -> None:
+        try:
+            if isinstance(future, concurrent.futures.Future):
+                future.result(timeout=STOP_WAIT_S)
+            else:
+                _sync.run_here(asyncio.wait_for(_await_future(future), STOP_WAIT_S))
+        except BaseException:  # the run's own error is reported by result(); here we only wait
+            logger.debug("run %s ended with an error while stopping", self.id, exc_info=True)
+
+    def __await__(self) -> Generator[Any, None, pd.DataFrame]:
+        return self._result_async().__await__()
+
+    async def _result_async(self) -> pd.DataFrame:
+        future = self._future
+        assert future is not None, "the run was never started"
+        try:
+            if isinstance(future, concurrent.futures.Future):
+                await asyncio.shield(asyncio.wrap_future(future))
+            else:
+                await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self._stop("interrupted")
+            raise
+        return self._final_frame(warn=True)
+
+    def _final_frame(self, *, warn: bool) -> pd.DataFrame:
+        future = self._future
+        if future is not None and future.done():
+            exc = future.exception()
+            if exc is not None:
+                raise exc
+        if self._frame is None:
+            outcomes = [
+                o or RowOutcome(error="cancelled: not submitted", status="cancelled")
+                for o in self._row_outcomes(None)
+            ]
+            frame = self._build(outcomes)
+            if self._on_finish is not None:
+                frame = self._on_finish(self, frame)
+            self._frame = frame
+        frame = self._frame
+        failed = self._failure_summary(frame)
+        if failed is not None and warn:
+            count, message = failed
+            if self._plan.errors == "raise":
+                raise RowsFailedError(message, result=frame, failed=count)
+            warnings.warn(message, RowsFailedWarning, stacklevel=4)
+        return frame.copy(deep=False)
+
+    def _failure_summary(self, frame: pd.DataFrame) -> tuple[int, str] | None:
+        errors = frame[self._plan.prefix + "narrative_error"].dropna()
+        if errors.empty:
+            return None
+        reasons = Counter(str(e) for e in errors).most_common(3)
+        top = "; ".join(f"{n} x {reason}" for reason, n in reasons)
+        message = (
+            f"{len(errors)} of {len(frame)} rows have no output ({top}). See the "
+            f"'{self._plan.prefix}narrative_error' column; re-run only those rows with "
+            "only_failed=<this result>."
+        )
+        return len(errors), message
+
+    def __repr__(self) -> str:
+        snap = self._tracker.snapshot()
+        state = "done" if self.done() else "running"
+        return (
+            f"<Run {self.id} {state}: {snap.finished}/{snap.total} rows finished, "
+            f"{snap.failed} failed, {snap.cached} cached>"
+        )
+
+
+async def _await_future(future: asyncio.Future[None]) -> None:
+    await future
