@@ -386,10 +386,13 @@ class Engine:
 
     def _fill(self) -> None:
         """Submit from the queue while slots are free and the budget allows."""
+        # Until one POST has succeeded, send one at a time: a bad key, a forbidden or unknown data
+        # plane or an unknown model then costs one request, not ``concurrency`` of them.
         while (
             self._queue
             and not self.stopping
             and len(self._outstanding) + len(self._posting) < self._options.concurrency
+            and (self._any_post_succeeded or not self._posting)
         ):
             live = self._queue[0]
             if not self._budget.allows(live.request):

@@ -327,13 +327,17 @@ class Run:
         return frame.copy(deep=False)
 
     def _failure_summary(self, frame: pd.DataFrame) -> tuple[int, str] | None:
-        errors = frame[self._plan.prefix + "narrative_error"].dropna()
+        column = frame[self._plan.prefix + "narrative_error"]
+        if self._plan.skipped:  # skipped on purpose (missing="skip"): not a failure to warn about
+            keep = [p for p in range(len(column)) if p not in self._plan.skipped]
+            column = column.iloc[keep]
+        errors = column.dropna()
         if errors.empty:
             return None
         reasons = Counter(str(e) for e in errors).most_common(3)
         top = "; ".join(f"{n} x {reason}" for reason, n in reasons)
         message = (
-            f"{len(errors)} of {len(frame)} rows have no output ({top}). See the "
+            f"{len(errors)} of {len(frame)} rows failed ({top}). See the "
             f"'{self._plan.prefix}narrative_error' column; re-run only those rows with "
             "only_failed=<this result>."
         )

@@ -1,0 +1,190 @@
+"""Per-row outcomes -> a new frame: the caller's columns, typed output columns, ``narrative_*``.
+
+Columns are built positionally (one list per column, then one concat), never aligned by label,
+so duplicate, MultiIndex, string and shuffled indexes all come back exactly as they went in.
+The same columns appear whatever happened to the rows: a failed row has NA outputs and says why
+in ``narrative_error``, so pipelines downstream never break on a partial failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._exceptions import ConfigurationError
+from ._models import InferenceUsage
+from ._schema import Dtype, OutputSpec
+
+__all__ = [
+    "METADATA_COLUMNS",
+    "METADATA_DTYPES",
+    "RowOutcome",
+    "build_frame",
+    "check_collisions",
+    "output_column_names",
+]
+
+logger = logging.getLogger("narrative_pandas")
+
+# pandas-stubs overloads pd.array per literal dtype; the dtype here is only known at run time.
+_array: Callable[..., Any] = pd.array
+
+METADATA_COLUMNS: tuple[str, ...] = (
+    "narrative_error",
+    "narrative_job_id",
+    "narrative_prompt_tokens",
+    "narrative_completion_tokens",
+    "narrative_total_tokens",
+)
+METADATA_DTYPES: dict[str, Dtype] = {
+    "narrative_error": "string",
+    "narrative_job_id": "string",
+    "narrative_prompt_tokens": "Int64",
+    "narrative_completion_tokens": "Int64",
+    "narrative_total_tokens": "Int64",
+}
+
+
+@dataclass(frozen=True, slots=False)
+class RowOutcome:
+    """How one row ended: its validated output, or why it has none.
+
+    ``output`` is used as given (a failed row carries ``None``); ``status`` is informational:
+    completed, failed, invalid, timeout, skipped, cancelled, pending, budget, cached, ...
+    """
+
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    job_id: str | None = None
+    usage: InferenceUsage | None = None
+    status: str = "completed"
+
+
+def output_column_names(
+    df_columns: Iterable[Hashable], spec: OutputSpec, *, prefix: str = "", flatten: bool = True
+) -> list[str]:
+    """The names of the output columns (prefixed), in order; metadata columns not included."""
+    return [prefix + column.name for column in spec.columns(flatten=flatten)]
+
+
+def check_collisions(
+    df_columns: Iterable[Hashable], spec: OutputSpec, *, prefix: str = "", flatten: bool = True
+) -> None:
+    """Raise ConfigurationError if a new column would overwrite one of ``df``'s, or another."""
+    existing = list(df_columns)
+    new = output_column_names(existing, spec, prefix=prefix, flatten=flatten)
+    new += [prefix + name for name in METADATA_COLUMNS]
+    duplicated = sorted({name for name in new if new.count(name) > 1})
+    if duplicated:
+        raise ConfigurationError(
+            f"the output schema has a property named like a metadata column "
+            f"({', '.join(map(repr, duplicated))}); rename the property"
+        )
+    taken = set()
+    for column in existing:
+        try:
+            taken.add(column)
+        except TypeError:  # pragma: no cover - pandas column labels are hashable
+            continue
+    clashes = [name for name in new if name in taken]
+    if not clashes:
+        return
+    suggestion = _free_prefix(existing, spec, flatten=flatten, start=prefix)
+    previous = any(name.endswith("narrative_error") for name in clashes)
+    why = " (this frame looks like an earlier result of infer)" if previous else ""
+    raise ConfigurationError(
+        f"the output would overwrite existing column{'s' if len(clashes) > 1 else ''} "
+        f"{', '.join(map(repr, clashes))}{why}. Pass prefix={suggestion!r} to name the new "
+        f"columns {suggestion}{new[0][len(prefix) :]}, ..., or drop or rename those columns first."
+    )
+
+
+def _free_prefix(existing: list[Hashable], spec: OutputSpec, *, flatten: bool, start: str) -> str:
+    taken = set(existing)
+    names = [c.name for c in spec.columns(flatten=flatten)] + list(METADATA_COLUMNS)
+    for candidate in ("ai_", "llm_", "out_", "narrative2_", *(f"run{k}_" for k in range(2, 100))):
+        prefix = start + candidate if start else candidate
+        if not any(prefix + name in taken for name in names):
+            return prefix
+    return "ai_"  # pragma: no cover - a frame with every candidate taken
+
+
+def build_frame(
+    df: pd.DataFrame,
+    outcomes: Sequence[RowOutcome],
+    spec: OutputSpec,
+    *,
+    prefix: str = "",
+    flatten: bool = True,
+) -> pd.DataFrame:
+    """A new frame: ``df``'s columns, one typed column per output property, then metadata.
+
+    ``outcomes[i]`` belongs to the row at position ``i``; the index is kept exactly and ``df``
+    is never modified.
+    """
+    n = len(df)
+    if len(outcomes) != n:
+        raise ValueError(f"{len(outcomes)} outcomes for a frame of {n} rows; expected one per row")
+    outputs = [o.output for o in outcomes]
+    data: dict[str, Any] = {}
+    for column, values in spec.column_values(outputs, flatten=flatten):
+        data[prefix + column.name] = _to_array(values, column.dtype)
+    usages = [o.usage for o in outcomes]
+    meta: dict[str, list[Any]] = {
+        "narrative_error": [o.error for o in outcomes],
+        "narrative_job_id": [o.job_id for o in outcomes],
+        "narrative_prompt_tokens": [u.prompt_tokens if u is not None else None for u in usages],
+        "narrative_completion_tokens": [
+            u.completion_tokens if u is not None else None for u in usages
+        ],
+        "narrative_total_tokens": [u.total_tokens if u is not None else None for u in usages],
+    }
+    for name, values in meta.items():
+        data[prefix + name] = _to_array(values, METADATA_DTYPES[name])
+    # Both sides on a fresh RangeIndex, so concat can only pair rows by position; the caller's
+    # index (duplicates, MultiIndex, ...) is put back afterwards, exactly as it was.
+    positions = pd.RangeIndex(n)
+    new = pd.DataFrame(data, index=positions, copy=False)
+    out: pd.DataFrame = (
+        pd.concat([df.set_axis(positions, axis=0), new], axis=1) if len(df.columns) else new
+    )
+    out.index = df.index
+    if not isinstance(df.columns, pd.MultiIndex):
+        out.columns.name = df.columns.name
+    out.attrs = copy.deepcopy(df.attrs)
+    return out
+
+
+def _to_array(values: list[Any], dtype: Dtype) -> Any:
+    """``values`` as a pandas array of ``dtype``; a value that does not fit becomes NA."""
+    if isinstance(dtype, pd.CategoricalDtype):
+        allowed = set(dtype.categories)
+        codes = [v if isinstance(v, str) and v in allowed else None for v in values]
+        return pd.Categorical(codes, dtype=dtype)
+    if dtype == "object":
+        array = np.empty(len(values), dtype=object)
+        for i, value in enumerate(values):
+            array[i] = value
+        return array
+    try:
+        return _array(values, dtype=dtype)
+    except (TypeError, ValueError, OverflowError):
+        return _array([_coerce(v, dtype) for v in values], dtype=dtype)
+
+
+def _coerce(value: Any, dtype: Dtype) -> Any:
+    """One value for ``dtype``, or None when it does not fit (validated outputs always fit)."""
+    if value is None:
+        return None
+    try:
+        _array([value], dtype=dtype)
+    except (TypeError, ValueError, OverflowError):
+        logger.debug("value %r does not fit dtype %s; using NA", value, dtype)
+        return None
+    return value

@@ -1,0 +1,68 @@
+"""Shared fixtures: isolated settings and cache per test, and a sandbox server on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import narrative_pandas as npd
+from narrative_pandas import _cache
+from narrative_pandas.sandbox import Sandbox
+
+ENV_VARS = ("NARRATIVE_API_KEY", "NARRATIVE_BASE_URL", "NARRATIVE_DATA_PLANE_ID")
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with no environment settings, no configure() and an empty default cache."""
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    npd.configure()
+    monkeypatch.setattr(_cache, "_default", None)
+    yield
+    npd.configure()
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[Sandbox]:
+    """One sandbox server for the session; tests get it reset through ``sandbox``."""
+    with Sandbox(queue_latency=0.02, run_latency=0.05) as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(sandbox_server: Sandbox) -> Iterator[Sandbox]:
+    """The session's sandbox with fresh jobs, counters and default knobs."""
+    sandbox_server.configure(**DEFAULT_KNOBS)
+    sandbox_server.reset()
+    yield sandbox_server
+    sandbox_server.configure(**DEFAULT_KNOBS)
+    sandbox_server.reset()
+
+
+DEFAULT_KNOBS: dict[str, Any] = {
+    "queue_latency": 0.02,
+    "run_latency": 0.05,
+    "failure_rate": 0.0,
+    "responder": None,
+    "validate_responder": True,
+    "rate_limit_rps": None,
+    "max_unfinished_jobs": None,
+    "error_rate": 0.0,
+    "error_statuses": (500, 502, 503),
+    "post_500_after_create_rate": 0.0,
+    "response_delay": 0.0,
+    "ttl": None,
+}
+
+
+@pytest.fixture
+def target(sandbox: Sandbox) -> dict[str, str]:
+    """Connection arguments for infer()/start() pointing at the sandbox."""
+    return {
+        "api_key": sandbox.api_key,
+        "base_url": sandbox.base_url,
+        "data_plane_id": sandbox.data_plane_id,
+    }
