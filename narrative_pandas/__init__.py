@@ -69,6 +69,7 @@ def use_sandbox(**knobs: Any) -> Sandbox:
 
     return _use_sandbox(**knobs)
 
+
 __version__ = "0.1.0"
 
 __all__ = [

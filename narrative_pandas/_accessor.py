@@ -22,8 +22,9 @@ def _method_signature(func: Any) -> inspect.Signature:
     """The public function's signature without its leading ``df`` (shown by ``?``)."""
     sig = inspect.signature(func)
     params = list(sig.parameters.values())[1:]
-    return sig.replace(parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
-                                   *params])
+    return sig.replace(
+        parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *params]
+    )
 
 
 @pd.api.extensions.register_dataframe_accessor("narrative")

@@ -268,13 +268,18 @@ def preview(df: pd.DataFrame, prompt: str | None = None, **options: Any) -> pd.D
     """
     unknown = set(options) - set(inspect.signature(start).parameters)
     if unknown:
-        raise TypeError(f"preview() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+        names = ", ".join(sorted(unknown))
+        raise TypeError(f"preview() got unexpected keyword argument(s): {names}")
     plan_options = set(inspect.signature(build_plan).parameters) - {"df", "prompt", "settings"}
     kwargs = {k: v for k, v in options.items() if k in plan_options}
     settings = resolve_settings(None, options.get("base_url"), options.get("data_plane_id"))
-    plan = build_plan(df, prompt, settings=settings, data_plane_placeholder="<data_plane_id>", **kwargs)
+    plan = build_plan(
+        df, prompt, settings=settings, data_plane_placeholder="<data_plane_id>", **kwargs
+    )
     requests = {r.key: r for r in plan.requests}
-    bodies, message_lists, tokens = [], [], []
+    bodies: list[dict[str, Any] | None] = []
+    message_lists: list[list[dict[str, str]] | None] = []
+    tokens: list[Any] = []
     for key in plan.row_keys:
         if key is None:
             bodies.append(None)
@@ -285,7 +290,7 @@ def preview(df: pd.DataFrame, prompt: str | None = None, **options: Any) -> pd.D
         bodies.append(body)
         message_lists.append(body["messages"])
         tokens.append(requests[key].prompt_tokens_estimate)
-    return pd.DataFrame(
+    view: pd.DataFrame = pd.DataFrame(
         {
             "messages": pd.Series(message_lists, index=df.index, dtype=object),
             "body": pd.Series(bodies, index=df.index, dtype=object),
@@ -294,6 +299,7 @@ def preview(df: pd.DataFrame, prompt: str | None = None, **options: Any) -> pd.D
         },
         index=df.index,
     )
+    return view
 
 
 def _failed_positions(df: pd.DataFrame, previous: pd.DataFrame, prefix: str) -> list[int]:
@@ -329,7 +335,8 @@ def _merge_into(
             values[positions] = fresh[column].array
             merged.isetitem(location, pd.Series(values, index=merged.index, name=column))
         merged.attrs["narrative"] = {**run.report, "rerun_rows": len(positions)}
-        return merged
+        result: pd.DataFrame = merged
+        return result
 
     return merge
 
@@ -397,9 +404,7 @@ def attach(
     record = resolved.load_run(run_id)
     if record is None:
         known = ", ".join(r.get("id", "?") for r in resolved.list_runs()[:5]) or "none"
-        raise ConfigurationError(
-            f"no run {run_id!r} in this cache (recent runs: {known})."
-        )
+        raise ConfigurationError(f"no run {run_id!r} in this cache (recent runs: {known}).")
     if df is None:
         if record.get("frame") is None:
             raise ConfigurationError(
@@ -413,8 +418,9 @@ def attach(
     if client is not None:
         settings = client.settings
     else:
-        settings = resolve_settings(api_key, base_url or record.get("base_url"),
-                                    record.get("data_plane_id"))
+        settings = resolve_settings(
+            api_key, base_url or record.get("base_url"), record.get("data_plane_id")
+        )
         settings.require_key()
     spec = OutputSpec.from_output(record["schema"])
     bodies: dict[str, dict[str, Any]] = record["bodies"]
@@ -454,7 +460,7 @@ def attach(
         errors=record.get("errors", "coerce"),
         model=record.get("model", DEFAULT_MODEL),
     )
-    run = Run(plan, settings=settings, cache=resolved, client=client, progress=progress,
-              run_id=run_id)
+    run = Run(
+        plan, settings=settings, cache=resolved, client=client, progress=progress, run_id=run_id
+    )
     return run._launch()
-

@@ -153,9 +153,10 @@ def resolve_settings(
     sandbox = _sandbox_target or _Defaults()
     key_arg = api_key.reveal() if isinstance(api_key, ApiKey) else api_key
     key = _first(key_arg, sandbox.api_key, os.environ.get(ENV_API_KEY), _configured.api_key)
-    url = _first(
-        base_url, sandbox.base_url, os.environ.get(ENV_BASE_URL), _configured.base_url
-    ) or DEFAULT_BASE_URL
+    url = (
+        _first(base_url, sandbox.base_url, os.environ.get(ENV_BASE_URL), _configured.base_url)
+        or DEFAULT_BASE_URL
+    )
     plane = _first(
         data_plane_id,
         sandbox.data_plane_id,

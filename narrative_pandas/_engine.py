@@ -173,8 +173,9 @@ class _Budget:
         if self.max_tokens is not None:
             completion = self.max_tokens
         elif self.completions:
-            completion = max(self.largest_completion, math.ceil(1.5 * self.completion_tokens /
-                                                                self.completions))
+            completion = max(
+                self.largest_completion, math.ceil(1.5 * self.completion_tokens / self.completions)
+            )
         else:
             completion = DEFAULT_COMPLETION_ESTIMATE
         return request.prompt_tokens_estimate + completion
@@ -342,9 +343,7 @@ class Engine:
                         self._cache.journal_job(
                             live.request.key, job.job_id, live.request.tag, self._run_id
                         )
-        logger.info(
-            "resuming %d journaled job(s) instead of resubmitting", len(self._outstanding)
-        )
+        logger.info("resuming %d journaled job(s) instead of resubmitting", len(self._outstanding))
 
     def _adopt(self, live: _Live, job_id: str, now: float, *, resumed: bool) -> None:
         live.job_id = job_id
@@ -471,8 +470,9 @@ class Engine:
             else:
                 self._finish(
                     request,
-                    RowOutcome(error="not submitted: the service never confirmed the job",
-                               status="failed"),
+                    RowOutcome(
+                        error="not submitted: the service never confirmed the job", status="failed"
+                    ),
                     old="queued",
                     new="failed",
                 )
@@ -678,8 +678,9 @@ class Engine:
             self.report.failed += request.rows
             self._finish(
                 request,
-                RowOutcome(error=job.failure_message(), job_id=job.job_id, usage=usage,
-                           status="failed"),
+                RowOutcome(
+                    error=job.failure_message(), job_id=job.job_id, usage=usage, status="failed"
+                ),
                 old=live.phase,
                 new="failed",
             )
@@ -691,8 +692,12 @@ class Engine:
             self.report.invalid += request.rows
             self._finish(
                 request,
-                RowOutcome(error=error or "invalid output", job_id=job.job_id, usage=usage,
-                           status="invalid"),
+                RowOutcome(
+                    error=error or "invalid output",
+                    job_id=job.job_id,
+                    usage=usage,
+                    status="invalid",
+                ),
                 old=live.phase,
                 new="failed",
             )
@@ -828,8 +833,10 @@ class Engine:
             if request.key not in self.outcomes:  # a POST cancelled at the grace limit
                 self._finish(
                     request,
-                    RowOutcome(error=f"{reason}: submission outcome unknown; journaled for "
-                               "reconciliation", status=reason),
+                    RowOutcome(
+                        error=f"{reason}: submission outcome unknown; journaled for reconciliation",
+                        status=reason,
+                    ),
                     old="queued",
                     new="failed",
                 )

@@ -10,7 +10,7 @@ the built-in it resembles, so ``except KeyError`` and ``except ValueError`` keep
     ├── OutputValidationError (ValueError)   a job's structured_output breaks the schema
     ├── JobFailedError                       a job ended failed/cancelled (job_id, failures)
     ├── JobTimeoutError (TimeoutError)       a job did not finish within the per-job timeout
-    ├── RowsFailedError                      errors="raise": some rows failed; .result holds the frame
+    ├── RowsFailedError                      errors="raise": rows failed; .result is the frame
     └── APIError                             anything that came from talking to the service
         ├── APIConnectionError               the request did not get an answer
         │   └── APITimeoutError              ... because it timed out

@@ -51,9 +51,7 @@ KNOWN_MODELS: tuple[str, ...] = get_args(ModelId)
 TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 """Job states after which nothing changes. Unknown states are treated as not terminal."""
 
-JobState = Literal[
-    "pending", "running", "completed", "failed", "cancelled", "pending_cancellation"
-]
+JobState = Literal["pending", "running", "completed", "failed", "cancelled", "pending_cancellation"]
 
 
 class _Wire(BaseModel):

@@ -152,18 +152,16 @@ def build_plan(
     """Check every argument and render every row; raises before anything is sent."""
     if not isinstance(df, pd.DataFrame):
         raise ConfigurationError(f"expected a pandas DataFrame, got {type(df).__name__}.")
-    errors = _choice("errors", errors, ("coerce", "raise"))
-    missing = _choice("missing", missing, ("empty", "skip"))
-    on_interrupt = _choice("on_interrupt", on_interrupt, ("raise", "return"))
+    errors_mode: ErrorsMode = _choice("errors", errors, ("coerce", "raise"))
+    missing_mode: MissingMode = _choice("missing", missing, ("empty", "skip"))
+    interrupt_mode: InterruptMode = _choice("on_interrupt", on_interrupt, ("raise", "return"))
     _positive("concurrency", concurrency, integer=True)
     _positive("poll_interval", poll_interval)
     _positive("timeout", timeout)
     _positive("max_total_tokens", max_total_tokens, integer=True)
     if not isinstance(prefix, str):
         raise ConfigurationError(f"prefix={prefix!r} is not valid; pass a string.")
-    if tags is not None and (
-        isinstance(tags, str) or not all(isinstance(t, str) for t in tags)
-    ):
+    if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
         raise ConfigurationError("tags must be a list of strings, e.g. tags=['labelling'].")
     _check_model(model)
 
@@ -182,12 +180,15 @@ def build_plan(
     if data_plane_id is None:
         data_plane_id = settings.require_data_plane()
 
-    rendered = bound.render(df, missing=missing)  # type: ignore[arg-type]
+    rendered = bound.render(df, missing=missing_mode)
     user_tags = list(tags or [])
     # Canonical JSON of the parts every row shares, computed once (see request_fingerprint).
     head = (
-        '{"data_plane_id":' + _canonical(data_plane_id) + ',"inference_config":'
-        + _canonical(config) + ',"messages":'
+        '{"data_plane_id":'
+        + _canonical(data_plane_id)
+        + ',"inference_config":'
+        + _canonical(config)
+        + ',"messages":'
     )
     tail = ',"model":' + _canonical(model) + "}"
     row_keys: list[str | None] = []
@@ -201,9 +202,7 @@ def build_plan(
             skipped[position] = row
             continue
         wire_messages = [{"role": m.role, "text": m.text} for m in row]
-        key = hashlib.sha256(
-            (head + _canonical(wire_messages) + tail).encode("utf-8")
-        ).hexdigest()
+        key = hashlib.sha256((head + _canonical(wire_messages) + tail).encode("utf-8")).hexdigest()
         row_keys.append(key)
         counts[key] = counts.get(key, 0) + 1
         if key not in bodies:
@@ -241,8 +240,8 @@ def build_plan(
         options=options,
         prefix=prefix,
         flatten=flatten,
-        errors=errors,
-        on_interrupt=on_interrupt,
+        errors=errors_mode,
+        on_interrupt=interrupt_mode,
         model=model,
     )
 

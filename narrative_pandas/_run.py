@@ -169,8 +169,10 @@ class Run:
     @property
     def report(self) -> dict[str, Any]:
         """What the run did so far: rows, jobs, cache, tokens, HTTP requests, elapsed."""
-        engine_report = self._engine.report if self._engine is not None else EngineReport(
-            unique_requests=len(self._plan.requests)
+        engine_report = (
+            self._engine.report
+            if self._engine is not None
+            else EngineReport(unique_requests=len(self._plan.requests))
         )
         plan = self._plan
         outcomes = self._row_outcomes(pending_text=None)
@@ -196,8 +198,8 @@ class Run:
             "prompt_tokens": engine_report.prompt_tokens,
             "completion_tokens": engine_report.completion_tokens,
             "total_tokens": engine_report.total_tokens,
-            "http_requests": dict(self._http) or {"total": 0, "post": 0, "get_job": 0,
-                                                  "list_jobs": 0},
+            "http_requests": dict(self._http)
+            or {"total": 0, "post": 0, "get_job": 0, "list_jobs": 0},
             "elapsed_s": round(elapsed, 3),
             "model": plan.model,
         }
@@ -214,7 +216,8 @@ class Run:
         return out
 
     def partial(self) -> pd.DataFrame:
-        """The frame so far: finished rows filled, the rest NA with ``narrative_error`` "pending"."""
+        """The frame so far: finished rows filled, the rest NA with ``narrative_error``
+        "pending"."""
         outcomes = [o or RowOutcome(error="pending") for o in self._row_outcomes("pending")]
         return self._build(outcomes)
 
@@ -232,7 +235,7 @@ class Run:
     # ------------------------------------------------------------------ stopping
 
     def cancel(self) -> None:
-        """Stop submitting. Jobs already submitted stay journaled (and billed); see the class doc."""
+        """Stop submitting. Submitted jobs stay journaled (and billed); see the class doc."""
         self._stop("cancelled")
 
     def _stop(self, reason: StopReason) -> None:
@@ -324,7 +327,8 @@ class Run:
             if self._plan.errors == "raise":
                 raise RowsFailedError(message, result=frame, failed=count)
             warnings.warn(message, RowsFailedWarning, stacklevel=4)
-        return frame.copy(deep=False)
+        shallow: pd.DataFrame = frame.copy(deep=False)
+        return shallow
 
     def _failure_summary(self, frame: pd.DataFrame) -> tuple[int, str] | None:
         column = frame[self._plan.prefix + "narrative_error"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -109,10 +110,8 @@ async def _close_clients() -> None:
     clients = list(_clients.values())
     _clients.clear()
     for client in clients:
-        try:
+        with contextlib.suppress(Exception):  # closing at exit must never raise
             await client.aclose()
-        except Exception:  # closing at exit must never raise
-            pass
 
 
 @atexit.register
@@ -120,8 +119,6 @@ def _shutdown() -> None:
     loop = _loop
     if loop is None or not loop.is_running():
         return
-    try:
+    with contextlib.suppress(Exception):
         asyncio.run_coroutine_threadsafe(_close_clients(), loop).result(timeout=2)
-    except Exception:
-        pass
     loop.call_soon_threadsafe(loop.stop)

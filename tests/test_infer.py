@@ -59,7 +59,7 @@ EXPECTED_DTYPES = {
 
 def check_parity_rows(out: pd.DataFrame, source: pd.DataFrame) -> None:
     for n, parity, double, half, big, word in zip(
-        source["n"], out["parity"], out["double"], out["half"], out["big"], out["word"]
+        source["n"], out["parity"], out["double"], out["half"], out["big"], out["word"], strict=True
     ):
         assert parity == ("even" if n % 2 == 0 else "odd")
         assert double == 2 * n
@@ -303,7 +303,10 @@ class TestBadInputRaisesBeforeSending:
         """preview returns the exact bodies that would be sent, without a request or a key."""
         df = pd.DataFrame({"n": [1, 1, 2]}, index=["x", "y", "z"])
         view = df.narrative.preview(
-            "Number: {n}", output=Parity, system="Be exact.", temperature=0,
+            "Number: {n}",
+            output=Parity,
+            system="Be exact.",
+            temperature=0,
             data_plane_id=target["data_plane_id"],
         )
         assert sandbox.stats.requests == 0
@@ -321,9 +324,7 @@ class TestBadInputRaisesBeforeSending:
 
 
 class TestRowLevelFaults:
-    def test_failed_jobs_land_on_their_rows(
-        self, sandbox: Sandbox, target: dict[str, str]
-    ) -> None:
+    def test_failed_jobs_land_on_their_rows(self, sandbox: Sandbox, target: dict[str, str]) -> None:
         """Jobs that fail give their rows the failure message; the others are complete."""
         sandbox.configure(failure_rate=0.3, responder=parity_responder)
         df = numbers(60)
@@ -332,7 +333,7 @@ class TestRowLevelFaults:
         failed_jobs = {j["job_id"] for j in sandbox.jobs() if j["state"] == "failed"}
         assert 5 < len(failed_jobs) < 40
         for job_id, error, parity in zip(
-            out["narrative_job_id"], out["narrative_error"], out["parity"]
+            out["narrative_job_id"], out["narrative_error"], out["parity"], strict=True
         ):
             if job_id in failed_jobs:
                 assert isinstance(error, str) and error
@@ -356,9 +357,7 @@ class TestRowLevelFaults:
         assert result["narrative_error"].notna().sum() == caught.value.failed > 0
         assert result["parity"].notna().sum() == 30 - caught.value.failed
 
-    def test_invalid_output_is_a_row_error(
-        self, sandbox: Sandbox, target: dict[str, str]
-    ) -> None:
+    def test_invalid_output_is_a_row_error(self, sandbox: Sandbox, target: dict[str, str]) -> None:
         """An output that breaks the schema becomes that row's error, not a crash."""
 
         def sometimes_wrong(request: dict[str, Any]) -> dict[str, Any]:
@@ -369,8 +368,7 @@ class TestRowLevelFaults:
 
         sandbox.configure(responder=sometimes_wrong, validate_responder=False)
         with pytest.warns(npd.RowsFailedWarning):
-            out = numbers(4).narrative.infer("Number: {n}", output=Parity, progress=False,
-                                             **target)
+            out = numbers(4).narrative.infer("Number: {n}", output=Parity, progress=False, **target)
         assert out["narrative_error"].notna().tolist() == [False, False, True, False]
         assert "maybe" in out["narrative_error"].iloc[2]
         assert out["narrative_job_id"].notna().all()
@@ -388,9 +386,7 @@ class TestRowLevelFaults:
     def test_server_errors_are_retried(self, sandbox: Sandbox, target: dict[str, str]) -> None:
         """Random 500/502/503 answers: every row still ends completed, no request twice."""
         sandbox.configure(error_rate=0.15, seed=3)
-        out = numbers(60).narrative.infer(
-            "Number: {n}", output=Parity, progress=False, **target
-        )
+        out = numbers(60).narrative.infer("Number: {n}", output=Parity, progress=False, **target)
         assert out["narrative_error"].isna().all()
         assert sandbox.stats.count(status=500) + sandbox.stats.count(status=503) > 0
         assert sandbox.stats.jobs_created == 60
