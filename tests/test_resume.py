@@ -336,8 +336,7 @@ class TestInterruptAndResume:
         cache.journal_intent(key, tag, "earlier-run")
         async with npd.Client(**target) as client:
             job = await client.run_model_inference(body)
-        out = await df.narrative.ainfer(PROMPT, output=Label, cache=cache, progress=False,
-                                        **target)
+        out = await df.narrative.ainfer(PROMPT, output=Label, cache=cache, progress=False, **target)
         assert sandbox.stats.jobs_created == 1
         assert out["narrative_job_id"].iloc[0] == job.job_id
         assert out.attrs["narrative"]["reconciled_jobs"] == 1
