@@ -1,4 +1,4 @@
-"""Never pay twice: the cache, the journal, interrupts and resume, against the sandbox's counters."""
+"""Never pay twice: cache, journal, interrupts and resume, against the sandbox's counters."""
 
 from __future__ import annotations
 
@@ -250,7 +250,8 @@ class TestInterruptAndResume:
             except KeyboardInterrupt:
                 print("INTERRUPTED")
                 raise SystemExit(130)
-            print("DONE", out["narrative_error"].isna().sum(), out.attrs["narrative"]["jobs_submitted"])
+            report = out.attrs["narrative"]
+            print("DONE", out["narrative_error"].isna().sum(), report["jobs_submitted"])
             """,
         )
         proc = spawn(script)
