@@ -10,6 +10,7 @@ created (there is no idempotency key). All waiting goes through the :mod:`._cloc
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import importlib.metadata
 import json
@@ -260,6 +261,13 @@ def _is_retryable_transport_error(exc: BaseException) -> bool:
 
 
 # --- the client -----------------------------------------------------------------------------
+
+
+#: Requests sent on behalf of the current run (set by the run; tasks it spawns share the counter),
+#: so runs that share one client still report their own HTTP requests.
+run_requests: contextvars.ContextVar[Counter[tuple[str, str]] | None] = contextvars.ContextVar(
+    "narrative_pandas_run_requests", default=None
+)
 
 
 @dataclass
@@ -519,6 +527,9 @@ class Client:
                     await self._wait_for_gate()
                     self.stats.requests += 1
                     self.stats.by_route[(method, route)] += 1
+                    per_run = run_requests.get()
+                    if per_run is not None:
+                        per_run[(method, route)] += 1
                     response = await self._http.request(
                         method, url, params=params or None, content=content, headers=headers
                     )

@@ -24,6 +24,7 @@ from . import _sync
 from ._engine import Engine, EngineReport, StopReason
 from ._exceptions import RowsFailedError, RowsFailedWarning
 from ._frame import RowOutcome, build_frame
+from ._client import run_requests
 from ._progress import ProgressTracker, make_progress
 
 if TYPE_CHECKING:
@@ -82,7 +83,6 @@ class Run:
         self._engine: Engine | None = None
         self._started = time.monotonic()
         self._elapsed: float | None = None
-        self._requests_before: Counter[tuple[str, str]] = Counter()
         self._http: dict[str, int] = {}
         self._stop_reason: StopReason | None = None
         self._frame: pd.DataFrame | None = None
@@ -109,8 +109,8 @@ class Run:
 
     async def _drive(self) -> None:
         client = self._client or _sync.shared_client(self._settings)
-        before = Counter(client.stats.by_route)
-        requests_before = client.stats.requests
+        sent: Counter[tuple[str, str]] = Counter()
+        run_requests.set(sent)  # this task's context: every request of this run is counted
         engine = Engine(
             client,
             self._plan.requests,
@@ -127,13 +127,11 @@ class Run:
             await engine.run()
         finally:
             self._elapsed = time.monotonic() - self._started
-            delta = Counter(client.stats.by_route)
-            delta.subtract(before)
             self._http = {
-                "total": client.stats.requests - requests_before,
-                "post": delta[("POST", "/model-inference/run")],
-                "get_job": delta[("GET", "/jobs/{id}")],
-                "list_jobs": delta[("GET", "/jobs")],
+                "total": sum(sent.values()),
+                "post": sent[("POST", "/model-inference/run")],
+                "get_job": sent[("GET", "/jobs/{id}")],
+                "list_jobs": sent[("GET", "/jobs")],
             }
             status = engine.report.status
             finish_status = status if status in ("interrupted", "cancelled") else "done"

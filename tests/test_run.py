@@ -146,6 +146,10 @@ class TestSharedClient:
         assert out_a["narrative_error"].isna().all() and out_b["narrative_error"].isna().all()
         assert sandbox.stats.peak_unfinished_jobs <= 8
         assert sandbox.stats.jobs_created == 60
+        requests_a = out_a.attrs["narrative"]["http_requests"]
+        requests_b = out_b.attrs["narrative"]["http_requests"]
+        assert requests_a["post"] == requests_b["post"] == 30
+        assert requests_a["total"] + requests_b["total"] == sandbox.stats.requests
         same_target = [key for key in _sync._clients if key[0] == target["base_url"]]
         assert len(same_target) == 1
 
