@@ -243,6 +243,8 @@ class Engine:
         self._budget_exhausted = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._leases: set[str] = set()
+        self._listing_usable = True
+        self._largest_page = 0
         self._release_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ control
@@ -524,17 +526,23 @@ class Engine:
         self._wake.set()
 
     async def _find_tagged_jobs(self, wanted: Mapping[str, _Live]) -> dict[str, Job]:
-        """Search the newest jobs for the given tags (the contract has no filter by tag)."""
+        """Search the newest jobs for the given requests (the contract has no filter by tag).
+
+        A job matches by our per-request tag in its recorded ``input``, or, where the server
+        records the input without tags, by the same model and messages (the same request).
+        """
         found: dict[str, Job] = {}
+        by_content = {_content_key(live.request.body): tag for tag, live in wanted.items()}
         plane = self._options.data_plane_id
-        for page in range(RECONCILE_PAGES):
+        consumed = 0
+        for _ in range(RECONCILE_PAGES):
             try:
                 listing = await self._client.list_jobs(
                     type="model_inference",
                     data_plane_id=plane,
                     order_by="created_at_desc",
                     per_page=MAX_PER_PAGE,
-                    offset=page * MAX_PER_PAGE,
+                    offset=consumed,
                 )
             except (AuthenticationError, PermissionDeniedError) as exc:
                 self._set_fatal(exc)
@@ -545,10 +553,16 @@ class Engine:
             for job in listing.records:
                 if job.state in ("failed", "cancelled"):
                     continue
-                for tag in _tags_of(job):
-                    if tag in wanted and tag not in found:
-                        found[tag] = job
-            if len(found) == len(wanted) or len(listing.records) < MAX_PER_PAGE:
+                tags = [t for t in _tags_of(job) if t in wanted]
+                if not tags and isinstance(job.input, Mapping):
+                    match = by_content.get(_content_key(job.input))
+                    tags = [match] if match is not None else []
+                for tag in tags:
+                    found.setdefault(tag, job)
+            consumed += len(listing.records)
+            self._largest_page = max(self._largest_page, len(listing.records))
+            last = _last_page(listing, consumed, MAX_PER_PAGE, self._largest_page)
+            if len(found) == len(wanted) or last:
                 break
         return found
 
@@ -566,7 +580,7 @@ class Engine:
 
     async def _poll(self) -> None:
         self.report.polls += 1
-        if len(self._outstanding) <= FEW_JOBS:
+        if len(self._outstanding) <= FEW_JOBS or not self._listing_usable:
             await self._get_each(list(self._outstanding))
             return
         complete = await self._sweep()
@@ -604,20 +618,26 @@ class Engine:
         await asyncio.gather(*(one(job_id) for job_id in job_ids))
 
     async def _sweep(self) -> bool:
-        """One pass over ``GET /jobs`` newest updates first; True if it saw every change."""
+        """One pass over ``GET /jobs`` newest updates first; True if it saw every change.
+
+        Pages go down only to the newest update the previous sweep saw (less a margin). A server
+        that does not order by ``updated_at`` (or leaves it out) makes the listing useless for
+        this: the run then polls job by job and says so once.
+        """
         self.report.listing_sweeps += 1
         unseen = set(self._outstanding)
         newest: datetime | None = None
         per_page = min(MAX_PER_PAGE, max(100, 2 * len(self._outstanding)))
         complete = False
-        for page in range(MAX_SWEEP_PAGES):
+        consumed = 0
+        for _ in range(MAX_SWEEP_PAGES):
             try:
                 listing = await self._client.list_jobs(
                     type="model_inference",
                     data_plane_id=self._options.data_plane_id,
                     order_by="updated_at_desc",
                     per_page=per_page,
-                    offset=page * per_page,
+                    offset=consumed,
                 )
             except (AuthenticationError, PermissionDeniedError) as exc:
                 self._set_fatal(exc)
@@ -626,30 +646,40 @@ class Engine:
                 logger.info("job listing failed (%s); will try again", exc)
                 return False
             records = listing.records
-            oldest_on_page: datetime | None = None
+            consumed += len(records)
+            self._largest_page = max(self._largest_page, len(records))
+            previous: datetime | None = None
             for job in records:
-                stamp = job.updated_at or job.created_at
-                if stamp is not None:
-                    if newest is None or stamp > newest:
-                        newest = stamp
-                    if oldest_on_page is None or stamp < oldest_on_page:
-                        oldest_on_page = stamp
+                stamp = job.updated_at
+                if stamp is None or (previous is not None and stamp > previous):
+                    self._abandon_listing()
+                    return False
+                previous = stamp
+                if newest is None or stamp > newest:
+                    newest = stamp
                 if job.job_id in self._outstanding:
                     unseen.discard(job.job_id)
                     self._observe(job)
-            if len(records) < per_page or not unseen:
+            if _last_page(listing, consumed, per_page, self._largest_page) or not unseen:
                 complete = True
                 break
             if (
                 self._watermark is not None
-                and oldest_on_page is not None
-                and (self._watermark - oldest_on_page).total_seconds() > WATERMARK_MARGIN_S
+                and previous is not None
+                and (self._watermark - previous).total_seconds() > WATERMARK_MARGIN_S
             ):
                 complete = True
                 break
         if newest is not None and (self._watermark is None or newest > self._watermark):
             self._watermark = newest
         return complete
+
+    def _abandon_listing(self) -> None:
+        if self._listing_usable:
+            logger.warning(
+                "the job listing is not ordered by updated_at; polling job by job instead"
+            )
+        self._listing_usable = False
 
     def _observe(self, job: Job) -> None:
         live = self._outstanding.get(job.job_id)
@@ -848,6 +878,34 @@ class Engine:
             await self._release(key)
         if self._release_tasks:
             await asyncio.gather(*self._release_tasks, return_exceptions=True)
+
+
+def _last_page(listing: Any, consumed: int, per_page: int, largest: int) -> bool:
+    """True when a listing page was the last: by the totals when given, else by a short page.
+
+    Without totals, a page is short only against the largest page this server has answered: a
+    server that caps ``per_page`` below what was asked must not look like the end of the list.
+    """
+    if not listing.records:
+        return True
+    if listing.total_records is not None:
+        return bool(consumed >= listing.total_records)
+    return len(listing.records) < min(per_page, largest)
+
+
+def _content_key(request: Mapping[str, Any]) -> str:
+    """Model and messages of a request or a recorded input, normalised, as one string."""
+    messages = []
+    for message in request.get("messages") or []:
+        if not isinstance(message, Mapping):
+            continue
+        text = message.get("text")
+        if text is None and isinstance(message.get("content"), list):
+            text = "".join(
+                block.get("text", "") for block in message["content"] if isinstance(block, Mapping)
+            )
+        messages.append((message.get("role"), text))
+    return repr((request.get("model"), messages))
 
 
 def _tags_of(job: Job) -> list[str]:
