@@ -199,14 +199,14 @@ class TestConcurrencyAndPolling:
         self, sandbox: Sandbox, target: dict[str, str]
     ) -> None:
         """With 500 jobs in flight, the GET requests per row stay well under one."""
-        sandbox.configure(queue_latency=0.2, run_latency=(0.5, 1.5))
+        sandbox.configure(queue_latency=0.5, run_latency=(0.5, 1.5))
         out = numbers(500).narrative.infer(
             "Number: {n}", output=Parity, concurrency=500, progress=False, **target
         )
         assert out["narrative_error"].isna().all()
         gets = sandbox.stats.count(method="GET")
         assert gets / 500 < 0.25, gets
-        assert sandbox.stats.peak_unfinished_jobs == 500
+        assert 400 < sandbox.stats.peak_unfinished_jobs <= 500
 
 
 class TestBadInputRaisesBeforeSending:
