@@ -150,7 +150,11 @@ class TestSharedClient:
         requests_b = out_b.attrs["narrative"]["http_requests"]
         assert requests_a["post"] == requests_b["post"] == 30
         assert requests_a["total"] + requests_b["total"] == sandbox.stats.requests
-        same_target = [key for key in _sync._clients if key[0] == target["base_url"]]
+        same_target = [
+            key
+            for key in _sync._clients
+            if key[0] == target["base_url"] and key[1] == target["api_key"]
+        ]
         assert len(same_target) == 1
 
 
