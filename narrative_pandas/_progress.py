@@ -631,6 +631,7 @@ class WidgetSink:
         self.errors = widgets.HTML(value="", layout=widgets.Layout(display="none"))
         self.errors.add_class("narrative-progress-errors")
         self.cancel_button: Any = None
+        self._blocked = False
         top = [self.bar, self.status]
         if on_cancel is not None:
             self.cancel_button = widgets.Button(
@@ -721,13 +722,40 @@ class WidgetSink:
             self.cancel_button.disabled = True
         self._show()
 
+    def set_blocking(self, blocking: bool) -> None:
+        """While a cell blocks in ``result()``, the kernel cannot see clicks: say how to stop.
+
+        A Jupyter kernel handles widget messages only while its loop is free (between cells, or
+        while a cell awaits), so during a blocking wait the button points at Interrupt instead.
+        """
+        button = self.cancel_button
+        if button is None or self._cancel_requested:
+            return
+        if blocking and not button.disabled:
+            button.disabled = True
+            button.description = "Interrupt the kernel to stop"
+            button.tooltip = (
+                "This cell is waiting for the run, so the kernel cannot take a click. Interrupt "
+                "the kernel (■) to stop it cleanly; use `await run` to keep Cancel clickable."
+            )
+            self._blocked = True
+        elif not blocking and self._blocked:
+            self._blocked = False
+            if not self._finished_shown():
+                button.disabled = False
+                button.description = "Cancel"
+                button.tooltip = "Cancel the remaining rows"
+
+    def _finished_shown(self) -> bool:
+        return bool(self.bar.bar_style) or self.bar.value >= self.bar.max > 0
+
     def _clicked(self, _button: object) -> None:
         if self._cancel_requested or self._on_cancel is None:
             return
         self._cancel_requested = True
         if self.cancel_button is not None:
             self.cancel_button.disabled = True
-            self.cancel_button.description = "Cancelling…"
+            self.cancel_button.description = "Cancelled"
         self.status.value = self._status_html("running", "cancelling…")
         try:
             self._on_cancel()

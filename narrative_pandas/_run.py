@@ -255,6 +255,7 @@ class Run:
         assert future is not None, "the run was never started"
         try:
             if isinstance(future, concurrent.futures.Future):
+                self._hint_blocking(True)
                 deadline = None if timeout is None else time.monotonic() + timeout
                 while True:
                     remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -271,12 +272,24 @@ class Run:
             else:
                 _sync.run_here(_await_future(future))
         except KeyboardInterrupt:
+            self._hint_blocking(False)
             self._stop("interrupted")
             self._wait_quietly(future)
             if self._plan.on_interrupt == "return":
                 return self._final_frame(warn=True)
             raise
+        finally:
+            self._hint_blocking(False)
         return self._final_frame(warn=True)
+
+    def _hint_blocking(self, blocking: bool) -> None:
+        """Tell a notebook widget that this thread is blocked (see WidgetSink.set_blocking)."""
+        if not _sync.in_running_loop():
+            return  # only a kernel's cell (inside its loop) stops widget clicks by blocking
+        for sink in self._tracker.sinks:
+            hint = getattr(sink, "set_blocking", None)
+            if hint is not None:
+                hint(blocking)
 
     def _wait_quietly(self, future: Any) -> None:
         try:
