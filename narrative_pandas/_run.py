@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from . import _sync
+from ._client import run_requests
 from ._engine import Engine, EngineReport, StopReason
 from ._exceptions import RowsFailedError, RowsFailedWarning
 from ._frame import RowOutcome, build_frame
-from ._client import run_requests
 from ._progress import ProgressTracker, make_progress
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ the kernel handles a widget click only between cells, so the Cancel click must c
 kernel is idle, and the cell that collects the cancelled run's frame must run after the click.
 Two more tests: Cancel clicked while a cell *awaits* the run stops it (the kernel's loop is free);
 while a cell *blocks* in ``run.result()`` the kernel cannot take clicks, so the widget says to
-interrupt the kernel, and the interrupt stops the run with the partial frame. Both tests share one server, page and kernel (module fixture).
+interrupt the kernel, and the interrupt stops the run with the partial frame. All tests share
+one server, page and kernel (module fixture).
 
 If the browser cannot start the test skips, unless ``NARRATIVE_BROWSER_REQUIRED=1`` (CI), where it
 fails. A screenshot is saved in the test's temp folder at the end and on failure; its path is
