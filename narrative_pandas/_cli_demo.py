@@ -36,7 +36,7 @@ SNIPPET_CHARS = 48
 DEMO_CODE = """\
 import narrative_pandas as npd
 from narrative_pandas.data import load_reviews
-from narrative_pandas._demo import REVIEW_PROMPT, REVIEW_SYSTEM, ReviewLabel
+from narrative_pandas.data import REVIEW_PROMPT, REVIEW_SYSTEM, ReviewLabel
 
 df = load_reviews()
 out = df.narrative.infer(REVIEW_PROMPT, system=REVIEW_SYSTEM, output=ReviewLabel)

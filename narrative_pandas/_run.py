@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
+import sys
 import time
 import uuid
 import warnings
@@ -88,7 +90,7 @@ class Run:
         self._frame: pd.DataFrame | None = None
         rows = len(plan.row_keys)
         self._tracker: ProgressTracker = make_progress(
-            progress, rows, on_cancel=self.cancel, title=f"narrative run {self.id}"
+            progress, rows, on_cancel=self.cancel, title="narrative"
         )
         self._future: concurrent.futures.Future[None] | asyncio.Future[None] | None = None
 
@@ -337,7 +339,7 @@ class Run:
             count, message = failed
             if self._plan.errors == "raise":
                 raise RowsFailedError(message, result=frame, failed=count)
-            warnings.warn(message, RowsFailedWarning, stacklevel=4)
+            warnings.warn(message, RowsFailedWarning, stacklevel=_user_stacklevel())
         shallow: pd.DataFrame = frame.copy(deep=False)
         return shallow
 
@@ -365,6 +367,17 @@ class Run:
             f"<Run {self.id} {state}: {snap.finished}/{snap.total} rows finished, "
             f"{snap.failed} failed, {snap.cached} cached>"
         )
+
+
+def _user_stacklevel() -> int:
+    """The stacklevel of the first frame outside narrative_pandas (the user's line)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 async def _await_future(future: asyncio.Future[None]) -> None:

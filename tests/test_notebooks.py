@@ -189,12 +189,6 @@ class TestNotebooksCommitted:
 class TestWarningPointsAtTheUsersLine:
     """The failed-rows warning names the user's line (notebooks show it), not library code."""
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="_run.Run._final_frame warns with a fixed stacklevel=4: right for npd.infer, one "
-        "frame short for df.narrative.infer (names _accessor.py) and too far for "
-        "run.result() (names sys:1)",
-    )
     def test_accessor_and_run_result(self, sandbox: Any, target: dict[str, str]) -> None:
         """df.narrative.infer(...) and start(...).result() warn at this file's lines."""
         import pandas as pd

@@ -252,8 +252,8 @@ _atexit_registered = False
 
 _SYNTHETIC_WARNING = (
     "narrative_pandas is using the local sandbox at %s: outputs are SYNTHETIC (generated from "
-    "the output schema, not by a model). Call narrative_pandas.configure(...) to use the real "
-    "service."
+    "the output schema, or by the responder you gave it; never by a model). Call "
+    "narrative_pandas.configure(...) to use the real service."
 )
 
 
