@@ -351,6 +351,7 @@ class Client:
             if transport is None:
                 transport = _default_transport(max_connections)
             self._http = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout))
+        self._urls: dict[str, httpx.URL] = {}
 
     # --- lifecycle ---
 
@@ -498,6 +499,16 @@ class Client:
 
     # --- the request loop ---
 
+    def _url(self, path: str) -> httpx.URL:
+        """The absolute URL of ``path``, parsed once per path (parsing is most of httpx's
+        per-request CPU); job paths are not kept, so the memo stays small."""
+        url = self._urls.get(path)
+        if url is None:
+            url = httpx.URL(self.settings.base_url + path)
+            if not path.startswith("/jobs/"):
+                self._urls[path] = url
+        return url
+
     async def _request(
         self,
         method: str,
@@ -518,7 +529,7 @@ class Client:
         if json_body is not _MISSING:
             headers["Content-Type"] = "application/json"
             content = json.dumps(json_body, ensure_ascii=False, allow_nan=False).encode("utf-8")
-        url = self.settings.base_url + path
+        url = self._url(path)
         is_post = method == "POST"
         retry = 0
         while True:
