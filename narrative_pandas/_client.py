@@ -401,6 +401,18 @@ class Client:
 
         Raises APIUnknownOutcomeError when the job may or may not have been created (500/504,
         a timeout or a broken connection after sending): reconcile through :meth:`list_jobs`.
+
+        Examples
+        --------
+        >>> async with Client() as client:                                   # doctest: +SKIP
+        ...     job = await client.run_model_inference({
+        ...         "model": "anthropic.claude-haiku-4.5",
+        ...         "messages": [{"role": "user", "text": "Say hi"}],
+        ...         "inference_config": {"output_format_schema": {
+        ...             "type": "object", "properties": {"greeting": {"type": "string"}}}},
+        ...     })
+        >>> job.state                                                        # doctest: +SKIP
+        'pending'
         """
         body = _request_body(request)
         if not body.get("data_plane_id"):
@@ -422,7 +434,14 @@ class Client:
         )
 
     async def get_job(self, job_id: str) -> Job:
-        """One job (``GET /jobs/{job_id}``); NotFoundError when it is unknown or expired."""
+        """One job (``GET /jobs/{job_id}``); NotFoundError when it is unknown or expired.
+
+        Examples
+        --------
+        >>> job = await client.get_job(job.job_id)                           # doctest: +SKIP
+        >>> job.state, job.is_terminal                                       # doctest: +SKIP
+        ('running', False)
+        """
         if not job_id:
             raise ValueError("job_id must be a non-empty string.")
         path = f"/jobs/{quote(str(job_id), safe='')}"
@@ -441,7 +460,15 @@ class Client:
         offset: int | None = None,
         order_by: str | None = None,
     ) -> JobsPage:
-        """One page of ``GET /jobs``; only the parameters given are sent."""
+        """One page of ``GET /jobs``; only the parameters given are sent.
+
+        Examples
+        --------
+        >>> page = await client.list_jobs(type="model_inference",            # doctest: +SKIP
+        ...                               order_by="updated_at_desc", per_page=500)
+        >>> [job.state for job in page.records][:3]                          # doctest: +SKIP
+        ['completed', 'running', 'pending']
+        """
         given = {
             "type": type,
             "state": state,
@@ -468,6 +495,12 @@ class Client:
         The wait starts at ``poll_interval`` (default 1 s) and grows x1.5 up to 30 s while the
         state stays the same; it starts over when the state changes. Unknown states are polled
         through. Raises JobTimeoutError when ``timeout`` seconds pass first.
+
+        Examples
+        --------
+        >>> job = await client.wait_for_job(job.job_id, timeout=300)         # doctest: +SKIP
+        >>> job.result.structured_output                                     # doctest: +SKIP
+        {'greeting': 'Hi!'}
         """
         first = DEFAULT_POLL_INTERVAL if poll_interval is None else poll_interval
         if first < 0:

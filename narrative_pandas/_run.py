@@ -147,11 +147,23 @@ class Run:
     # ------------------------------------------------------------------ watching
 
     def done(self) -> bool:
-        """True once every row has an outcome (or the run stopped)."""
+        """True once every row has an outcome (or the run stopped).
+
+        Examples
+        --------
+        >>> run.done()                                                       # doctest: +SKIP
+        False
+        """
         return self._future is not None and self._future.done()
 
     def status(self) -> dict[str, Any]:
-        """Live counts: total, queued, pending, running, completed, failed, cached, tokens."""
+        """Live counts: total, queued, pending, running, completed, failed, cached, tokens.
+
+        Examples
+        --------
+        >>> run.status()["completed"], run.status()["total"]                 # doctest: +SKIP
+        (120, 300)
+        """
         snap = self._tracker.snapshot()
         return {
             "total": snap.total,
@@ -168,7 +180,13 @@ class Run:
 
     @property
     def report(self) -> dict[str, Any]:
-        """What the run did so far: rows, jobs, cache, tokens, HTTP requests, elapsed."""
+        """What the run did so far: rows, jobs, cache, tokens, HTTP requests, elapsed.
+
+        Examples
+        --------
+        >>> run.report["jobs_submitted"], run.report["http_requests"]       # doctest: +SKIP
+        (300, {'total': 331, 'post': 300, 'get_job': 2, 'list_jobs': 29})
+        """
         engine_report = (
             self._engine.report
             if self._engine is not None
@@ -217,7 +235,13 @@ class Run:
 
     def partial(self) -> pd.DataFrame:
         """The frame so far: finished rows filled, the rest NA with ``narrative_error``
-        "pending"."""
+        "pending".
+
+        Examples
+        --------
+        >>> run.partial()["narrative_error"].value_counts()                 # doctest: +SKIP
+        pending    180
+        """
         outcomes = [o or RowOutcome(error="pending") for o in self._row_outcomes("pending")]
         return self._build(outcomes)
 
@@ -235,7 +259,14 @@ class Run:
     # ------------------------------------------------------------------ stopping
 
     def cancel(self) -> None:
-        """Stop submitting. Submitted jobs stay journaled (and billed); see the class doc."""
+        """Stop submitting. Submitted jobs stay journaled (and billed); see the class doc.
+
+        Examples
+        --------
+        >>> run.cancel()                                                     # doctest: +SKIP
+        >>> run.result()["narrative_error"].str.startswith("cancelled").sum()  # doctest: +SKIP
+        180
+        """
         self._stop("cancelled")
 
     def _stop(self, reason: StopReason) -> None:
@@ -252,6 +283,14 @@ class Run:
         Ctrl-C (a kernel interrupt) stops submitting, keeps every finished result in the cache and
         every submitted job in the journal, then raises ``KeyboardInterrupt`` — or returns the
         partial frame if the run was started with ``on_interrupt="return"``.
+
+        In Jupyter, a cell blocked here cannot take a click on the widget's Cancel button (the
+        kernel handles widget messages only while its loop is free): interrupt the kernel
+        instead, or ``await run``, which leaves Cancel clickable.
+
+        Examples
+        --------
+        >>> out = run.result()                                               # doctest: +SKIP
         """
         future = self._future
         assert future is not None, "the run was never started"
