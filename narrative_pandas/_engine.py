@@ -246,6 +246,7 @@ class Engine:
         self._listing_usable = True
         self._largest_page = 0
         self._release_tasks: set[asyncio.Task[None]] = set()
+        self._lease_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ control
 
@@ -355,6 +356,10 @@ class Engine:
         live.resumed = resumed
         self._outstanding[job_id] = live
         self._budget.reserve(live.request)
+        if self._options.slots is not None:
+            task = asyncio.create_task(self._lease_for_adopted(live.request.key))
+            self._lease_tasks.add(task)
+            task.add_done_callback(self._lease_tasks.discard)
         if resumed:
             self.report.resumed += live.request.rows
         self._tracker.transition(live.request.rows, "queued", "pending")
@@ -822,6 +827,16 @@ class Engine:
         self._release_tasks.add(task)
         task.add_done_callback(self._release_tasks.discard)
 
+    async def _lease_for_adopted(self, key: str) -> None:
+        """A job resumed from the journal is unfinished too: it holds a slot like any other
+        (its first attempt's lease may be gone with a lost worker)."""
+        slots = self._options.slots
+        assert slots is not None
+        await slots.acquire()
+        self._leases.add(key)
+        if key in self.outcomes:  # it finished while we waited for the slot
+            await self._release(key)
+
     def _finish(self, request: JobRequest, outcome: RowOutcome, *, old: Phase, new: Phase) -> None:
         self._release_soon(request.key)
         self.outcomes[request.key] = outcome
@@ -874,6 +889,10 @@ class Engine:
         await self._drain_releases()
 
     async def _drain_releases(self) -> None:
+        for task in list(self._lease_tasks):  # leases still being taken are no longer needed
+            task.cancel()
+        if self._lease_tasks:
+            await asyncio.gather(*self._lease_tasks, return_exceptions=True)
         for key in list(self._leases):
             await self._release(key)
         if self._release_tasks:

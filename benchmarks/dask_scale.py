@@ -1,0 +1,206 @@
+"""10,000 rows on a 2-worker Dask cluster vs the pandas path, against a sandbox in its own process.
+
+Starts ``python -m narrative_pandas.sandbox --port 0`` in a separate process, then labels the
+same frame twice with the same ``concurrency``: once with ``df.narrative.infer`` (one process) and
+once with ``ddf.narrative.infer`` on a ``distributed.LocalCluster`` of 2 worker processes. Prints,
+for each: makespan, rows/s, HTTP requests per row (from the run reports), and, from the sandbox's
+own job listing, the jobs created and the peak of unfinished jobs (which must stay within
+``concurrency`` for the cluster as a whole).
+
+    .venv/bin/python benchmarks/dask_scale.py [--rows 10000] [--concurrency 128] [--latency 0.2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+import dask.dataframe as dd
+import httpx
+import pandas as pd
+import psutil
+from distributed import Client, LocalCluster
+
+import narrative_pandas  # noqa: F401  (registers DataFrame.narrative)
+import narrative_pandas.dask as npd_dask
+from narrative_pandas._demo import ReviewLabel
+from narrative_pandas.data import load_reviews
+
+PROMPT = "Review #{n}: {review}\nLabel its sentiment and topics."
+
+
+def start_sandbox(latency: float) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """Start the sandbox CLI on a free port and read the settings it prints."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "narrative_pandas.sandbox",
+            "--port",
+            "0",
+            "--latency",
+            str(latency),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + 60
+    while len(found) < 3 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        match = re.match(r"export (NARRATIVE_\w+)=(\S+)", line.strip())
+        if match:
+            found[match.group(1)] = match.group(2)
+    if len(found) < 3:
+        proc.kill()
+        raise SystemExit("the sandbox did not print its settings")
+    return proc, found
+
+
+def make_frame(rows: int) -> pd.DataFrame:
+    """``rows`` distinct rows: the bundled reviews repeated, each numbered."""
+    reviews = load_reviews()["review"].tolist()
+    return pd.DataFrame(
+        {"n": range(rows), "review": [reviews[i % len(reviews)] for i in range(rows)]}
+    )
+
+
+def job_stats(settings: dict[str, str], tag: str) -> dict[str, Any]:
+    """Jobs created under ``tag`` and the peak of them unfinished at once (sandbox's records)."""
+    headers = {"Authorization": f"Bearer {settings['NARRATIVE_API_KEY']}"}
+    spans: list[tuple[datetime, datetime]] = []
+    with httpx.Client(base_url=settings["NARRATIVE_BASE_URL"], headers=headers) as http:
+        offset = 0
+        while True:
+            page = http.get(
+                "/jobs", params={"per_page": 500, "offset": offset, "order_by": "created_at_desc"}
+            ).json()
+            records = page.get("records", [])
+            for job in records:
+                if tag in (job.get("input") or {}).get("tags", []):
+                    ended = job.get("ended_at") or job["updated_at"]
+                    spans.append(
+                        (datetime.fromisoformat(job["created_at"]), datetime.fromisoformat(ended))
+                    )
+            if len(records) < 500:
+                break
+            offset += 500
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    peak = level = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return {"jobs": len(spans), "peak_unfinished": peak}
+
+
+def client_cpu(sandbox_pid: int) -> float:
+    """CPU seconds used so far by this process and its children (workers), sandbox excluded."""
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        if proc.pid == sandbox_pid:
+            continue
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def summary(
+    name: str, report: dict[str, Any], makespan: float, cpu: float, jobs: dict[str, Any]
+) -> str:
+    http = report["http_requests"]
+    rows = report["rows"]
+    return (
+        f"{name:<7} makespan {makespan:6.1f} s  {rows / makespan:6.1f} rows/s  "
+        f"requests/row {http['total'] / rows:.3f} (post {http['post'] / rows:.3f}, "
+        f"get_job {http['get_job'] / rows:.3f}, list {http['list_jobs'] / rows:.3f})  "
+        f"client CPU {cpu / rows * 1000:.1f} ms/row  "
+        f"jobs {jobs['jobs']}  peak unfinished {jobs['peak_unfinished']}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=128)
+    parser.add_argument("--latency", type=float, default=0.2, help="seconds a job runs")
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    df = make_frame(args.rows)
+    proc, settings = start_sandbox(args.latency)
+    target = {
+        "api_key": settings["NARRATIVE_API_KEY"],
+        "base_url": settings["NARRATIVE_BASE_URL"],
+        "data_plane_id": settings["NARRATIVE_DATA_PLANE_ID"],
+    }
+    common = {"output": ReviewLabel, "concurrency": args.concurrency, "cache": False, **target}
+    ok = True
+    try:
+        cpu = client_cpu(proc.pid)
+        started = time.perf_counter()
+        plain = df.narrative.infer(PROMPT, tags=["bench-pandas"], progress=False, **common)
+        pandas_makespan = time.perf_counter() - started
+        pandas_cpu = client_cpu(proc.pid) - cpu
+        pandas_jobs = job_stats(settings, "bench-pandas")
+        report = plain.attrs["narrative"]
+        print(summary("pandas", report, pandas_makespan, pandas_cpu, pandas_jobs))
+
+        with (
+            LocalCluster(
+                n_workers=args.workers,
+                processes=True,
+                threads_per_worker=1,
+                dashboard_address=None,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            client.run(__import__, "narrative_pandas.dask")  # warm the workers' imports
+            ddf = dd.from_pandas(df, npartitions=args.partitions)
+            out = ddf.narrative.infer(PROMPT, tags=["bench-dask"], **common)
+            cpu = client_cpu(proc.pid)
+            started = time.perf_counter()
+            scaled = npd_dask.compute(out)
+            dask_makespan = time.perf_counter() - started
+            dask_cpu = client_cpu(proc.pid) - cpu
+        dask_jobs = job_stats(settings, "bench-dask")
+        report = scaled.attrs["narrative"]
+        print(summary("dask", report, dask_makespan, dask_cpu, dask_jobs))
+        print(
+            f"dask: {report['partitions']} partitions on {report['workers']} workers; "
+            f"per-partition engine time {report['partition_elapsed_s']:.1f} s in total; "
+            f"429s {report['http_429']}"
+        )
+        # Input columns come back as Dask converted them (text -> string[pyarrow]); compare
+        # what infer added, job ids aside.
+        added = [c for c in plain.columns if c not in df.columns and c != "narrative_job_id"]
+        same = plain[added].equals(scaled[added]) and plain.index.equals(scaled.index)
+        print(f"same outputs, dtypes and order as the pandas path (job ids aside): {same}")
+        ok = (
+            same
+            and dask_jobs["jobs"] == args.rows
+            and dask_jobs["peak_unfinished"] <= args.concurrency
+        )
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,727 @@
+"""The ``narrative`` accessor on Dask DataFrames: the same call, scaled out to a cluster.
+
+When a labelling job outgrows one process (millions of rows, data that does not fit in memory, a
+cluster already in use), ``ddf.narrative.infer(...)`` takes the same arguments as the pandas
+accessor and returns a *lazy* Dask DataFrame built with ``map_partitions``. Each partition runs
+the same async engine as the pandas path; what must hold for the whole run is coordinated
+through the cluster:
+
+- ``concurrency`` is cluster-wide: on a ``distributed`` worker every job holds a lease of a
+  run-specific :class:`distributed.Semaphore` from before its POST until it ends, so N workers
+  together never have more than ``concurrency`` jobs unfinished. Leases are refreshed by the
+  worker's event loop while jobs run, so long jobs keep theirs (see ``lease-timeout`` below).
+  Without ``distributed`` (the threaded or synchronous scheduler) all partitions share one
+  process and one in-process limit; with the multiprocessing scheduler the limit is per process.
+- a 429 seen by one worker holds the others: the "rate limited until" wall time is shared
+  through the scheduler's metadata store (``Client.set_metadata``), which every running
+  partition reads and raises every ``RATE_SHARE_INTERVAL_S``.
+- the cache: by default each worker process keeps its own in-memory cache. Give ``cache=`` a
+  SQLite path that every worker can reach (shared storage) and completed rows are shared, and a
+  retried task (a lost worker) resumes the jobs its first attempt submitted instead of paying
+  for them again (the engine's journal).
+- the run report: every partition's report travels in its frame's ``attrs``; use
+  :func:`compute` (or ``out.narrative.compute()``) to get the pandas frame with one merged
+  report in ``attrs["narrative"]`` (a plain ``.compute()`` concatenates and drops the attrs).
+- the API key: a key the client can resolve (argument, ``use_sandbox()``, environment or
+  ``configure``) travels inside the task as :class:`~narrative_pandas._config.ApiKey`, whose repr
+  is masked in graph reprs, the dashboard and logs (it is pickled in clear over Dask's comms:
+  use TLS between machines). When the client has no key, workers read ``NARRATIVE_API_KEY``
+  (and the other settings) from their own environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import inspect
+import logging
+import os
+import threading
+import time
+import uuid
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import dask
+import dask.dataframe as dd
+import dask.dataframe.extensions
+import pandas as pd
+
+from . import _api, _sync
+from ._cache import Cache, SQLiteCache, resolve_cache
+from ._client import MAX_RETRY_AFTER
+from ._client import Client as _HTTPClient
+from ._config import Settings, resolve_settings
+from ._exceptions import ConfigurationError, RowsFailedError, RowsFailedWarning
+from ._frame import build_frame
+from ._plan import DEFAULT_CONCURRENCY, RunPlan, build_plan
+from ._run import Run
+
+__all__ = [
+    "DaskFrameNarrativeAccessor",
+    "DaskSeriesNarrativeAccessor",
+    "PartitionRowsFailedError",
+    "compute",
+    "infer",
+    "merge_reports",
+    "preview",
+]
+
+logger = logging.getLogger("narrative_pandas")
+
+# Dask's own annotations are partial; these names are used untyped on purpose.
+_dask: Any = dask
+_extensions: Any = dask.dataframe.extensions
+
+#: Lease requests one worker process keeps waiting at the scheduler at once.
+LEASE_REQUESTS_PER_PROCESS = 32
+#: Seconds between two looks at the cluster-wide 429 gate while a partition runs.
+RATE_SHARE_INTERVAL_S = 0.5
+#: Options of ``start`` that cannot travel to workers, with what to do instead.
+_UNSUPPORTED = {
+    "client": "a Client is bound to one process; pass api_key=/base_url=/data_plane_id= instead",
+    "only_failed": "filter the failed rows (out[out.narrative_error.notna()]) and infer those",
+}
+#: Report fields summed over partitions.
+_SUMMED = (
+    "rows",
+    "unique_requests",
+    "deduplicated_rows",
+    "skipped_rows",
+    "cached_rows",
+    "resumed_rows",
+    "reconciled_jobs",
+    "jobs_submitted",
+    "not_submitted_rows",
+    "completed_rows",
+    "failed_rows",
+    "invalid_rows",
+    "timed_out_rows",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "http_429",
+    "rate_limit_holds",
+)
+
+
+# ---------------------------------------------------------------------------------- the task
+
+
+@dataclass(frozen=True, repr=False)
+class _PartitionTask:
+    """Everything a partition needs, picklable; its repr never shows settings or prompts."""
+
+    token: str
+    prompt: str | None
+    plan_options: Mapping[str, Any]
+    settings: Settings | None
+    worker_settings: tuple[str | None, str | None]
+    cache: bool | str
+    concurrency: int
+    progress: Callable[..., Any] | None
+    share_rate_limits: bool = True
+
+    def __repr__(self) -> str:
+        return f"<narrative run {self.token}>"
+
+    def resolve_settings(self) -> Settings:
+        """The client's settings, or the worker's own environment when the client had no key."""
+        settings = self.settings
+        if settings is None:
+            base_url, data_plane_id = self.worker_settings
+            settings = resolve_settings(None, base_url, data_plane_id)
+            if settings.api_key is None:
+                raise ConfigurationError(
+                    "No Narrative API key on this Dask worker: set NARRATIVE_API_KEY in the "
+                    "workers' environment, or pass api_key=... (it travels masked)."
+                )
+        settings.require_data_plane()
+        return settings
+
+
+class PartitionRowsFailedError(RowsFailedError):
+    """``errors="raise"`` on a Dask partition: ``result`` is that partition's frame.
+
+    Raised by ``compute()`` for the first partition with failed rows (the others' results are
+    in the cache when one is shared). It pickles, so it crosses process boundaries intact.
+    """
+
+    def __init__(
+        self, message: str, *, result: pd.DataFrame, failed: int, partition: int | None
+    ) -> None:
+        super().__init__(message, result=result, failed=failed)
+        self.partition = partition
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_rows_failed, (str(self), self.result, self.failed, self.partition))
+
+
+def _rebuild_rows_failed(
+    message: str, result: pd.DataFrame, failed: int, partition: int | None
+) -> PartitionRowsFailedError:
+    return PartitionRowsFailedError(message, result=result, failed=failed, partition=partition)
+
+
+def _infer_partition(
+    part: pd.DataFrame, task: _PartitionTask, partition_info: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    """Run one partition through the engine; the frame's attrs carry its run report."""
+    number = int(partition_info["number"]) if partition_info else None
+    settings = task.resolve_settings()
+    cache = resolve_cache(task.cache)
+    plan = build_plan(part, task.prompt, settings=settings, **task.plan_options)
+    with _slots_for(task) as (slots, gate, kind):
+        plan = dataclasses.replace(plan, options=dataclasses.replace(plan.options, slots=slots))
+        run_id = f"{task.token}-p{number if number is not None else uuid.uuid4().hex[:6]}"
+        run = Run(
+            plan,
+            settings=settings,
+            cache=cache,
+            client=None,
+            progress=task.progress if task.progress is not None else False,
+            run_id=run_id,
+        )
+        with _rate_share(settings, gate) as share:
+            run._launch()
+            frame = _wait(run, raise_failed=plan.errors == "raise", partition=number)
+    report = dict(frame.attrs.get("narrative") or run.report)
+    report.update(
+        partition=number,
+        worker=_worker_address(),
+        slots=kind,
+        http_429=share.rate_limited,
+        rate_limit_holds=share.holds,
+    )
+    frame.attrs["narrative"] = report
+    return frame
+
+
+def _wait(run: Run, *, raise_failed: bool, partition: int | None) -> pd.DataFrame:
+    """Block until ``run`` ends; its frame, without the per-partition failure warning."""
+    future = run._future
+    assert future is not None, "the run was never launched"
+    if not isinstance(future, asyncio.Future):
+        with contextlib.suppress(Exception):  # the run's own error is raised just below
+            future.result()
+    try:
+        return run._final_frame(warn=raise_failed)
+    except RowsFailedError as exc:
+        raise PartitionRowsFailedError(
+            f"partition {partition}: {exc}",
+            result=exc.result,
+            failed=exc.failed,
+            partition=partition,
+        ) from None
+
+
+def _worker_address() -> str | None:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------- slots
+
+
+class _ClusterSlots:
+    """The engine's slot protocol over a :class:`distributed.Semaphore`.
+
+    The engine runs on the narrative runner loop; the semaphore lives on the worker's event loop,
+    so every call is a coroutine scheduled there (no thread blocks while waiting for a lease).
+    The worker's loop also refreshes held leases every ``lease-timeout / 5``, so a lease is kept
+    however long its job runs, as long as the worker is alive.
+
+    A process has at most ``LEASE_REQUESTS_PER_PROCESS`` lease requests waiting at the
+    scheduler (the others queue here): the scheduler wakes every waiting request on each
+    release, so hundreds of waiting requests would cost it hundreds of wake-ups per job.
+    """
+
+    def __init__(self, shared: _SharedSemaphore, gate: _SharedGate | None) -> None:
+        self._shared = shared
+        self._gate = gate
+
+    async def acquire(self) -> None:
+        shared = self._shared
+        if shared.asking is None:  # created on the runner loop, where every engine runs
+            shared.asking = asyncio.Semaphore(LEASE_REQUESTS_PER_PROCESS)
+        async with shared.asking:
+            await _on_loop(shared.loop, shared.semaphore.acquire)
+        if self._gate is not None:
+            await self._gate.wait_open()
+
+    async def release(self) -> None:
+        await _on_loop(self._shared.loop, self._shared.semaphore.release)
+
+
+@dataclass
+class _SharedSemaphore:
+    """A run's semaphore in this worker process, shared by its partitions running here."""
+
+    semaphore: Any
+    loop: asyncio.AbstractEventLoop
+    asking: asyncio.Semaphore | None = None
+
+
+class _ProcessSlots:
+    """The cluster-wide limit when every partition runs in this process (threads scheduler)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._semaphore: asyncio.Semaphore | None = None
+
+    async def acquire(self) -> None:
+        if self._semaphore is None:  # created on the runner loop, where every engine runs
+            self._semaphore = asyncio.Semaphore(self._limit)
+        await self._semaphore.acquire()
+
+    async def release(self) -> None:
+        assert self._semaphore is not None
+        self._semaphore.release()
+
+
+async def _on_loop(loop: asyncio.AbstractEventLoop, method: Callable[[], Any]) -> Any:
+    """Await ``method()`` on ``loop`` (where distributed's objects answer with coroutines)."""
+
+    async def call() -> Any:
+        return await method()
+
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), loop))
+
+
+_registry_lock = threading.Lock()
+_semaphores: dict[str, tuple[_SharedSemaphore, int]] = {}
+_process_slots: dict[str, tuple[_ProcessSlots, int]] = {}
+
+
+@contextlib.contextmanager
+def _slots_for(
+    task: _PartitionTask,
+) -> Iterator[tuple[_ClusterSlots | _ProcessSlots, _SharedGate | None, str]]:
+    """The run's slot limiter for this partition (and the shared 429 gate on a cluster)."""
+    worker = None
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        worker = None
+    if worker is None:
+        with _registry_lock:
+            slots, users = _process_slots.get(task.token, (_ProcessSlots(task.concurrency), 0))
+            _process_slots[task.token] = (slots, users + 1)
+        try:
+            yield slots, None, "process"
+        finally:
+            _forget(_process_slots, task.token)
+        return
+    import distributed
+
+    cluster: Any = distributed
+
+    name = f"narrative-slots-{task.token}"
+    with _registry_lock:  # one Semaphore object per worker process: its leases are refreshed
+        found = _semaphores.get(name)
+        if found is None:
+            semaphore = cluster.Semaphore(max_leases=task.concurrency, name=name)
+            found = (_SharedSemaphore(semaphore, semaphore.loop.asyncio_loop), 0)
+        shared, users = found
+        _semaphores[name] = (shared, users + 1)
+    try:
+        loop = shared.loop
+        gate = None
+        if task.share_rate_limits:
+            client = cluster.get_client()  # the worker's client, bound here on the task thread
+            gate = _SharedGate(
+                _MetadataStore(client, ["narrative-pandas", task.token, "429"], loop)
+            )
+        yield _ClusterSlots(shared, gate), gate, "distributed.Semaphore"
+    finally:
+        _forget(_semaphores, name)
+
+
+def _forget(registry: dict[str, tuple[Any, int]], name: str) -> None:
+    with _registry_lock:
+        value, users = registry.get(name, (None, 1))
+        if users <= 1:
+            registry.pop(name, None)
+        else:
+            registry[name] = (value, users - 1)
+
+
+# ---------------------------------------------------------------------------------- 429 gate
+
+
+class _MetadataStore:
+    """A wall-clock time kept in the scheduler's metadata store (0 while unset)."""
+
+    def __init__(self, client: Any, key: list[str], worker_loop: asyncio.AbstractEventLoop) -> None:
+        self._client = client
+        self._key = key
+        self._loop = worker_loop
+
+    async def read(self) -> float:
+        async def get() -> float:
+            return float(await self._client.get_metadata(self._key, default=0.0))
+
+        return float(await _on_loop(self._loop, get))
+
+    async def raise_to(self, wall: float) -> None:
+        async def update() -> None:
+            # Read-then-write: two workers racing may keep the earlier of two near times.
+            current = float(await self._client.get_metadata(self._key, default=0.0))
+            if wall > current:
+                await self._client.set_metadata(self._key, wall)
+
+        await _on_loop(self._loop, update)
+
+
+class _SharedGate:
+    """The cluster's "rate limited until" wall time, as this partition last saw it."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.until = 0.0
+
+    async def wait_open(self) -> None:
+        """Wait while another worker's 429 holds the cluster (POSTs wait here)."""
+        while True:
+            remaining = min(self.until - time.time(), MAX_RETRY_AFTER)
+            if remaining <= 0:
+                return
+            await asyncio.sleep(remaining)
+
+
+@dataclass
+class _RateShare:
+    """What sharing 429s did for one partition."""
+
+    rate_limited: int = 0
+    holds: int = 0
+    published: float = 0.0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+async def _share_once(client: _HTTPClient, gate: _SharedGate, share: _RateShare) -> None:
+    """Publish this process's 429 gate if it is newer; adopt the cluster's if it is later."""
+    now_m, now_w = time.monotonic(), time.time()
+    local = client.rate_limited_until
+    if local > now_m:
+        wall = now_w + (local - now_m)
+        if wall > max(share.published, gate.until) + 0.05:
+            await gate.store.raise_to(wall)
+            share.published = wall
+    shared = await gate.store.read()
+    gate.until = max(gate.until, shared)
+    if shared > now_w:
+        hold = now_m + min(shared - now_w, MAX_RETRY_AFTER)
+        if hold > client.rate_limited_until + 0.05:
+            # The client's own gate holds every request (GETs too); there is no public setter.
+            client._rate_limited_until = hold
+            share.holds += 1
+
+
+async def _share_loop(settings: Settings, gate: _SharedGate, share: _RateShare) -> None:
+    client = _sync.shared_client(settings)
+    before = client.stats.rate_limited
+    try:
+        while not share.stop.is_set():
+            try:
+                await _share_once(client, gate, share)
+            except Exception:  # sharing is best effort; the local gate still works
+                logger.debug("could not share the 429 gate", exc_info=True)
+            await asyncio.sleep(RATE_SHARE_INTERVAL_S)
+    finally:
+        share.rate_limited = client.stats.rate_limited - before
+
+
+@contextlib.contextmanager
+def _rate_share(settings: Settings, gate: _SharedGate | None) -> Iterator[_RateShare]:
+    share = _RateShare()
+    if gate is None:
+        yield share
+        return
+    future = _sync.submit(_share_loop(settings, gate, share))
+    try:
+        yield share
+    finally:
+        share.stop.set()
+        with contextlib.suppress(Exception):
+            future.result(timeout=RATE_SHARE_INTERVAL_S + 5)
+
+
+# ---------------------------------------------------------------------------------- public
+
+
+def _resolve_cache_spec(cache: Any) -> bool | str:
+    """What travels to workers: True/False, or an absolute SQLite path."""
+    if cache is None or cache is True:
+        return True
+    if cache is False:
+        return False
+    if isinstance(cache, SQLiteCache):
+        return str(cache.path)
+    if isinstance(cache, Cache):
+        raise ConfigurationError(
+            f"cache={cache!r} lives in this process and cannot be shared with Dask workers. "
+            "Use cache=True (each worker's own in-memory cache) or a SQLite path that every "
+            "worker can reach, e.g. cache='/shared/narrative-cache.sqlite'."
+        )
+    if isinstance(cache, (str, os.PathLike)):
+        resolved = resolve_cache(cache)  # checks the value; the file opens lazily
+        assert isinstance(resolved, SQLiteCache)
+        return str(resolved.path)
+    resolve_cache(cache)  # raises the usual ConfigurationError
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _task(
+    ddf: dd.DataFrame, prompt: str | None, options: dict[str, Any]
+) -> tuple[_PartitionTask, RunPlan]:
+    """Check every option on the client (nothing computed) and pack what workers need."""
+    unknown = set(options) - set(inspect.signature(_api.start).parameters)
+    if unknown:
+        raise TypeError(f"infer() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    for name, instead in _UNSUPPORTED.items():
+        if options.get(name) is not None:
+            raise ConfigurationError(f"{name}= is not supported on Dask DataFrames: {instead}.")
+    api_key = options.pop("api_key", None)
+    base_url = options.pop("base_url", None)
+    data_plane_id = options.pop("data_plane_id", None)
+    cache = _resolve_cache_spec(options.pop("cache", True))
+    progress = options.pop("progress", None)
+    options.pop("client", None)
+    options.pop("only_failed", None)
+    if progress is not None and not isinstance(progress, bool) and not callable(progress):
+        raise ConfigurationError(
+            "progress= on a Dask DataFrame is None/True/False (the Dask dashboard shows "
+            "partitions) or a picklable callable, called on the workers with each event."
+        )
+    settings: Settings | None = resolve_settings(api_key, base_url, data_plane_id)
+    assert settings is not None
+    if settings.api_key is None:
+        settings = None  # the workers resolve everything from their own environment
+    else:
+        settings.require_data_plane()
+    plan_options = {
+        k: v
+        for k, v in options.items()
+        if k in inspect.signature(build_plan).parameters and k not in ("df", "prompt", "settings")
+    }
+    # Every check of the pandas path, on the empty meta frame: nothing is computed or sent.
+    probe = build_plan(
+        ddf._meta,
+        prompt,
+        settings=settings or resolve_settings(None, base_url, data_plane_id),
+        data_plane_placeholder="<data_plane_id>",
+        **plan_options,
+    )
+    task = _PartitionTask(
+        token=uuid.uuid4().hex[:16],
+        prompt=prompt,
+        plan_options=plan_options,
+        settings=settings,
+        worker_settings=(base_url, data_plane_id),
+        cache=cache,
+        concurrency=int(plan_options.get("concurrency", DEFAULT_CONCURRENCY)),
+        progress=progress if callable(progress) and not isinstance(progress, bool) else None,
+    )
+    return task, probe
+
+
+def infer(ddf: dd.DataFrame, prompt: str | None = None, **options: Any) -> dd.DataFrame:
+    """Lazily run every row through the model: a Dask DataFrame with the typed output columns.
+
+    The same arguments as :func:`narrative_pandas.infer` (``client=`` and ``only_failed=``
+    excepted); nothing is computed or sent until the result is computed. ``concurrency`` holds
+    for the whole cluster. ``cache=`` is True (each worker's own memory), False, or a SQLite path
+    every worker can reach (shared results; a retried task resumes instead of resubmitting).
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        Lazy; its columns and dtypes come from the output schema. Use :func:`compute` (or
+        ``out.narrative.compute()``) to get the pandas frame with the merged run report in
+        ``attrs["narrative"]``.
+
+    Examples
+    --------
+    >>> import narrative_pandas.dask                                    # doctest: +SKIP
+    >>> out = ddf.narrative.infer("Review: {review}", output=Sentiment)  # doctest: +SKIP
+    >>> df = out.narrative.compute()                                     # doctest: +SKIP
+    >>> df.attrs["narrative"]["jobs_submitted"]                          # doctest: +SKIP
+    """
+    if not isinstance(ddf, dd.DataFrame):
+        raise ConfigurationError(f"expected a Dask DataFrame, got {type(ddf).__name__}.")
+    task, probe = _task(ddf, prompt, dict(options))
+    meta = build_frame(ddf._meta, [], probe.spec, prefix=probe.prefix, flatten=probe.flatten)
+    frame: Any = ddf
+    return cast(
+        dd.DataFrame,
+        frame.map_partitions(
+            _infer_partition,
+            task,
+            meta=meta,
+            transform_divisions=False,
+            align_dataframes=False,
+        ),
+    )
+
+
+def preview(ddf: dd.DataFrame, prompt: str | None = None, **options: Any) -> dd.DataFrame:
+    """Lazily show the requests :func:`infer` would send (see :func:`narrative_pandas.preview`).
+
+    No key is needed or sent; ``api_key``/``client`` are dropped so they never enter the graph.
+    """
+    options = {k: v for k, v in options.items() if k not in ("api_key", "client")}
+    meta = _api.preview(ddf._meta, prompt, **options)
+    frame: Any = ddf
+    return cast(
+        dd.DataFrame,
+        frame.map_partitions(
+            _api.preview,
+            prompt,
+            meta=meta,
+            transform_divisions=False,
+            align_dataframes=False,
+            **options,
+        ),
+    )
+
+
+def merge_reports(
+    reports: Sequence[Mapping[str, Any]], *, elapsed: float | None = None
+) -> dict[str, Any]:
+    """One run report from the partitions' reports: counts summed, ``partitions`` listed."""
+    merged: dict[str, Any] = {name: 0 for name in _SUMMED}
+    http: Counter[str] = Counter()
+    statuses: list[str] = []
+    for report in reports:
+        for name in _SUMMED:
+            merged[name] += int(report.get(name) or 0)
+        http.update({k: int(v) for k, v in (report.get("http_requests") or {}).items()})
+        statuses.append(str(report.get("status", "done")))
+    run_ids = {str(r.get("run_id", "")).rsplit("-p", 1)[0] for r in reports}
+    merged.update(
+        run_id=run_ids.pop() if len(run_ids) == 1 else None,
+        status=next((s for s in statuses if s != "done"), "done"),
+        http_requests={k: http.get(k, 0) for k in ("total", "post", "get_job", "list_jobs")},
+        partitions=len(reports),
+        workers=len({r.get("worker") for r in reports if r.get("worker")}),
+        partition_elapsed_s=round(sum(float(r.get("elapsed_s") or 0.0) for r in reports), 3),
+        elapsed_s=round(elapsed, 3) if elapsed is not None else None,
+        model=next((r.get("model") for r in reports if r.get("model")), None),
+        partition_reports=[dict(r) for r in reports],
+    )
+    return merged
+
+
+def compute(ddf: dd.DataFrame, **compute_kwargs: Any) -> pd.DataFrame:
+    """Compute a frame returned by :func:`infer` and merge its partitions' run reports.
+
+    The partitions are computed once (one ``dask.compute``), concatenated in order like
+    ``frame.compute()``, and ``attrs["narrative"]`` holds the merged report (counts summed over
+    partitions, ``elapsed_s`` the wall time of this call, ``partition_reports`` each one). Like
+    the pandas path, a warning summarises failed rows.
+    """
+    frame: Any = ddf
+    started = time.monotonic()
+    parts: list[pd.DataFrame] = list(_dask.compute(*frame.to_delayed(), **compute_kwargs))
+    elapsed = time.monotonic() - started
+    reports = [p.attrs["narrative"] for p in parts if isinstance(p.attrs.get("narrative"), dict)]
+    filled = [p for p in parts if len(p)]
+    out: pd.DataFrame
+    if not filled:
+        out = parts[0].copy() if parts else cast(pd.DataFrame, frame._meta).copy()
+    elif len(filled) == 1:
+        out = filled[0].copy()
+    else:
+        out = pd.concat(filled)
+    out.attrs = {"narrative": merge_reports(reports, elapsed=elapsed)}
+    error_columns = [c for c in out.columns if isinstance(c, str) and c.endswith("narrative_error")]
+    if error_columns:
+        failed = int(out[error_columns[-1]].notna().sum())
+        if failed:
+            top = Counter(str(e) for e in out[error_columns[-1]].dropna()).most_common(3)
+            reasons = "; ".join(f"{n} x {reason}" for reason, n in top)
+            warnings.warn(
+                f"{failed} of {len(out)} rows have no output ({reasons}). See the "
+                f"'{error_columns[-1]}' column.",
+                RowsFailedWarning,
+                stacklevel=2,
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------------- accessors
+
+
+@_extensions.register_dataframe_accessor("narrative")
+class DaskFrameNarrativeAccessor:
+    """Narrative model inference on the rows of a Dask DataFrame (lazy).
+
+    Examples
+    --------
+    >>> out = ddf.narrative.infer("Review: {review}", output=Sentiment)  # doctest: +SKIP
+    >>> df = out.narrative.compute()                                     # doctest: +SKIP
+    """
+
+    def __init__(self, dask_obj: dd.DataFrame) -> None:
+        self._obj = dask_obj
+
+    def infer(self, prompt: str | None = None, **options: Any) -> dd.DataFrame:
+        return infer(self._obj, prompt, **options)
+
+    def preview(self, prompt: str | None = None, **options: Any) -> dd.DataFrame:
+        return preview(self._obj, prompt, **options)
+
+    def compute(self, **compute_kwargs: Any) -> pd.DataFrame:
+        """Compute this frame with the merged run report in ``attrs["narrative"]``."""
+        return compute(self._obj, **compute_kwargs)
+
+
+@_extensions.register_series_accessor("narrative")
+class DaskSeriesNarrativeAccessor:
+    """Narrative inference on the values of a Dask Series (``{}`` or ``{value}`` is the value)."""
+
+    def __init__(self, dask_obj: dd.Series) -> None:
+        self._obj = dask_obj
+
+    def _frame(self) -> dd.DataFrame:
+        series: Any = self._obj
+        return cast(dd.DataFrame, series.to_frame(name="value"))
+
+    def infer(self, prompt: str | None = None, **options: Any) -> dd.DataFrame:
+        return infer(self._frame(), prompt, **options)
+
+    def preview(self, prompt: str | None = None, **options: Any) -> dd.DataFrame:
+        return preview(self._frame(), prompt, **options)
+
+
+def _with_start_signature(func: Callable[..., Any], *, method: bool) -> None:
+    params = list(inspect.signature(_api.start).parameters.values())[1:]
+    own = inspect.signature(func)
+    first = (
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+        if method
+        else inspect.Parameter("ddf", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    )
+    func.__signature__ = own.replace(  # type: ignore[attr-defined]
+        parameters=[first, *params], return_annotation=own.return_annotation
+    )
+
+
+for _func in (infer, preview):
+    _with_start_signature(_func, method=False)
+for _cls in (DaskFrameNarrativeAccessor, DaskSeriesNarrativeAccessor):
+    for _name in ("infer", "preview"):
+        _method = getattr(_cls, _name)
+        _method.__doc__ = globals()[_name].__doc__
+        _with_start_signature(_method, method=True)

@@ -1,0 +1,433 @@
+"""The ``narrative`` accessor on Dask DataFrames, on a two-process ``distributed.LocalCluster``.
+
+One cluster (2 worker processes, 1 thread each) serves the whole module; the sandbox runs in this
+process on 127.0.0.1. Semaphore leases time out after 2 s here (30 s by default), so a killed
+worker's leases come back quickly and a job longer than the timeout shows leases are refreshed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import dask
+import dask.dataframe as dd
+import nbformat
+import pandas as pd
+import pytest
+from distributed import Client, LocalCluster
+from jupyter_client.kernelspec import KernelSpecManager
+from nbclient import NotebookClient
+
+import narrative_pandas as npd
+import narrative_pandas.dask as npd_dask
+from narrative_pandas._client import Client as HTTPClient
+from narrative_pandas._config import ApiKey, resolve_settings
+from narrative_pandas._demo import REVIEW_PROMPT, REVIEW_SYSTEM, ReviewLabel
+from narrative_pandas._engine import Engine
+from narrative_pandas._plan import build_plan
+from narrative_pandas._progress import ProgressEvent, make_progress
+from narrative_pandas.data import load_reviews
+from narrative_pandas.sandbox import Sandbox
+
+# Tasks below (the worker killer) are defined here; workers cannot import this test module.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "scale_out_dask.ipynb"
+CLUSTER_CONFIG = {
+    "distributed.scheduler.locks.lease-timeout": "2s",
+    "distributed.scheduler.locks.lease-validation-interval": "200ms",
+}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Client]:
+    """Two worker processes with one thread each, shared by every test of this module."""
+    with (
+        dask.config.set(CLUSTER_CONFIG),
+        LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        ) as local,
+        Client(local) as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    """60 distinct reviews (every row its own request)."""
+    df = load_reviews().drop_duplicates("review").head(60).reset_index(drop=True)
+    assert df["review"].is_unique
+    return df
+
+
+def _options(sandbox: Sandbox, **extra: Any) -> dict[str, Any]:
+    return {
+        "system": REVIEW_SYSTEM,
+        "output": ReviewLabel,
+        "api_key": sandbox.api_key,
+        "base_url": sandbox.base_url,
+        "data_plane_id": sandbox.data_plane_id,
+        **extra,
+    }
+
+
+class _KillOnce:
+    """A progress callable that ends its worker process mid-run, once per marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __call__(self, event: ProgressEvent) -> None:
+        snap = event.snapshot
+        if snap.completed + snap.cached >= 2 and snap.pending + snap.running >= 2:
+            try:
+                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.close(fd)
+            os._exit(1)
+
+
+class TestLazy:
+    """Nothing runs until the result is computed; the schema gives columns and dtypes."""
+
+    def test_meta_comes_from_the_schema_without_requests(
+        self, sandbox: Sandbox, frame: pd.DataFrame
+    ) -> None:
+        """infer returns a lazy frame whose dtypes are the pandas path's, and sends nothing."""
+        ddf = dd.from_pandas(frame, npartitions=3)
+        out = ddf.narrative.infer(REVIEW_PROMPT, **_options(sandbox))
+        assert isinstance(out, dd.DataFrame)
+        assert sandbox.stats.requests == 0
+        expected = frame.head(2).narrative.infer(REVIEW_PROMPT, **_options(sandbox, cache=False))
+        assert list(out.columns) == list(expected.columns)
+        assert out.dtypes.to_dict() == expected.dtypes.to_dict()
+        assert out.dtypes["sentiment"].categories.tolist() == [
+            "positive",
+            "negative",
+            "mixed",
+            "neutral",
+        ]
+
+    def test_bad_template_raises_before_compute(
+        self, sandbox: Sandbox, frame: pd.DataFrame
+    ) -> None:
+        """A placeholder naming no column raises at infer, like the pandas path."""
+        ddf = dd.from_pandas(frame, npartitions=2)
+        with pytest.raises(KeyError, match="nope"):
+            ddf.narrative.infer("Text: {nope}", **_options(sandbox))
+        assert sandbox.stats.requests == 0
+
+    def test_process_bound_options_are_refused(self, sandbox: Sandbox, frame: pd.DataFrame) -> None:
+        """client= and an in-memory Cache instance cannot travel to workers: clear errors."""
+        ddf = dd.from_pandas(frame, npartitions=2)
+        with pytest.raises(npd.ConfigurationError, match="client="):
+            ddf.narrative.infer(REVIEW_PROMPT, client=object(), **_options(sandbox))
+        with pytest.raises(npd.ConfigurationError, match="cannot be shared"):
+            ddf.narrative.infer(REVIEW_PROMPT, cache=npd.MemoryCache(), **_options(sandbox))
+
+    def test_key_is_masked_in_graph_reprs(self, sandbox: Sandbox, frame: pd.DataFrame) -> None:
+        """The graph, its tasks and the expression show the key masked, never in clear."""
+        ddf = dd.from_pandas(frame, npartitions=2)
+        out = ddf.narrative.infer(
+            REVIEW_PROMPT, **_options(sandbox, api_key=ApiKey(sandbox.api_key))
+        )
+        graph = dict(out.__dask_graph__())
+        texts = [repr(out.expr), str(out.expr.operands), repr(graph)]
+        for task in graph.values():
+            texts += [repr(getattr(task, "args", "")), repr(getattr(task, "kwargs", ""))]
+        assert not any(sandbox.api_key in text for text in texts)
+        assert any("<narrative run" in text for text in texts)
+
+    def test_preview_is_lazy_and_keyless(self, sandbox: Sandbox, frame: pd.DataFrame) -> None:
+        """preview gives the pandas preview per partition; the key never enters the graph."""
+        ddf = dd.from_pandas(frame.head(6), npartitions=2)
+        lazy = ddf.narrative.preview(REVIEW_PROMPT, **_options(sandbox))
+        assert sandbox.api_key not in repr(dict(lazy.__dask_graph__()))
+        shown = lazy.compute(scheduler="sync")
+        expected = frame.head(6).narrative.preview(REVIEW_PROMPT, **_options(sandbox))
+        assert shown["request_key"].tolist() == expected["request_key"].tolist()
+        assert sandbox.stats.requests == 0
+
+
+class TestThreadsScheduler:
+    """Without distributed, partitions share one process-wide limit."""
+
+    def test_concurrency_holds_across_threads(self, sandbox: Sandbox, frame: pd.DataFrame) -> None:
+        """Four threads, concurrency 3: never more than 3 unfinished jobs, each row once."""
+        sandbox.configure(run_latency=0.1)
+        ddf = dd.from_pandas(frame.head(24), npartitions=4)
+        out = ddf.narrative.infer(REVIEW_PROMPT, **_options(sandbox, concurrency=3))
+        result = npd_dask.compute(out, scheduler="threads", num_workers=4)
+        assert sandbox.stats.peak_unfinished_jobs <= 3
+        assert sandbox.stats.jobs_created == 24
+        assert result["narrative_error"].isna().all()
+        report = result.attrs["narrative"]
+        assert report["rows"] == 24 and report["partitions"] == 4
+        assert {r["slots"] for r in report["partition_reports"]} == {"process"}
+
+    def test_empty_partitions(self, sandbox: Sandbox, frame: pd.DataFrame) -> None:
+        """Partitions left empty by a filter give no rows, no jobs and no report, and no error."""
+        ddf = dd.from_pandas(frame.head(12), npartitions=3)
+        ddf = ddf[ddf["review_id"] <= int(frame["review_id"].iloc[2])]  # rows of partition 0
+        out = ddf.narrative.infer(REVIEW_PROMPT, **_options(sandbox))
+        result = npd_dask.compute(out, scheduler="threads")
+        assert len(result) == 3 and result["narrative_error"].isna().all()
+        assert result.attrs["narrative"]["partitions"] == 1  # Dask returns meta for empty ones
+        assert sandbox.stats.jobs_created == 3
+
+    def test_plain_compute_gives_the_same_rows(self, sandbox: Sandbox, frame: pd.DataFrame) -> None:
+        """out.compute() returns the same frame, without the merged report (attrs are dropped)."""
+        ddf = dd.from_pandas(frame.head(12), npartitions=3)
+        out = ddf.narrative.infer(REVIEW_PROMPT, **_options(sandbox))
+        merged = npd_dask.compute(out, scheduler="threads")
+        plain = out.compute(scheduler="threads")  # served by this process's memory cache
+        pd.testing.assert_frame_equal(plain, merged)
+        assert plain.attrs == {} and merged.attrs["narrative"]["rows"] == 12
+        assert sandbox.stats.jobs_created == 12
+
+
+class TestCluster:
+    """Two worker processes against the sandbox."""
+
+    def test_same_result_as_pandas_and_cluster_wide_concurrency(
+        self, cluster: Client, sandbox: Sandbox, frame: pd.DataFrame
+    ) -> None:
+        """Same outputs, dtypes and order as the pandas path; peak unfinished <= concurrency."""
+        sandbox.configure(run_latency=0.2)
+        ddf = dd.from_pandas(frame, npartitions=6)
+        out = ddf.narrative.infer(REVIEW_PROMPT, **_options(sandbox, concurrency=4))
+        result = out.narrative.compute()
+        stats = sandbox.stats.snapshot()
+        assert stats["peak_unfinished_jobs"] <= 4
+        assert stats["duplicate_submissions"] == 0
+        assert stats["jobs_created"] == 60
+
+        report = result.attrs["narrative"]
+        assert report["rows"] == 60 and report["partitions"] == 6 and report["workers"] == 2
+        assert report["jobs_submitted"] == 60 and report["completed_rows"] == 60
+        assert report["http_requests"]["post"] == 60
+        assert {r["slots"] for r in report["partition_reports"]} == {"distributed.Semaphore"}
+        assert [r["partition"] for r in report["partition_reports"]] == list(range(6))
+
+        sandbox.reset()
+        expected = ddf.compute().narrative.infer(
+            REVIEW_PROMPT, **_options(sandbox, concurrency=4, cache=False)
+        )
+        pd.testing.assert_frame_equal(
+            result.drop(columns="narrative_job_id"), expected.drop(columns="narrative_job_id")
+        )
+        assert result["narrative_job_id"].notna().all()
+
+    def test_long_jobs_keep_their_leases(
+        self, cluster: Client, sandbox: Sandbox, frame: pd.DataFrame
+    ) -> None:
+        """Jobs running twice the lease timeout keep their slot: concurrency 1 means 1."""
+        sandbox.configure(run_latency=2.6, queue_latency=0.0)
+        ddf = dd.from_pandas(frame.head(2), npartitions=2)
+        out = ddf.narrative.infer(REVIEW_PROMPT, **_options(sandbox, concurrency=1, cache=False))
+        result = npd_dask.compute(out)
+        assert result["narrative_error"].isna().all()
+        assert sandbox.stats.peak_unfinished_jobs == 1
+        assert sandbox.stats.jobs_created == 2
+
+    def test_killed_worker_resumes_without_duplicate_jobs(
+        self, cluster: Client, sandbox: Sandbox, frame: pd.DataFrame, tmp_path: Path
+    ) -> None:
+        """A worker exiting mid-partition: the retry resumes its journaled jobs, none twice."""
+        sandbox.configure(run_latency=0.3)
+        marker = tmp_path / "killed"
+        ddf = dd.from_pandas(frame, npartitions=4)
+        out = ddf.narrative.infer(
+            REVIEW_PROMPT,
+            **_options(
+                sandbox,
+                concurrency=4,
+                cache=str(tmp_path / "shared.sqlite"),
+                progress=_KillOnce(str(marker)),
+            ),
+        )
+        result = npd_dask.compute(out)
+        assert marker.exists()  # a worker really died mid-run
+        assert result["narrative_error"].isna().all()
+        assert len(result) == 60
+        assert sandbox.stats.duplicate_submissions == 0
+        assert sandbox.stats.jobs_created == 60
+        report = result.attrs["narrative"]
+        picked_up = report["cached_rows"] + report["resumed_rows"] + report["reconciled_jobs"]
+        assert picked_up >= 2  # the retried partition took over its first attempt's work
+        assert report["jobs_submitted"] + picked_up >= 60
+
+    def test_errors_raise_crosses_processes(
+        self, cluster: Client, sandbox: Sandbox, frame: pd.DataFrame
+    ) -> None:
+        """errors="raise" raises RowsFailedError from compute, with the partition's frame."""
+        sandbox.configure(failure_rate=1.0)
+        ddf = dd.from_pandas(frame.head(4), npartitions=2)
+        out = ddf.narrative.infer(REVIEW_PROMPT, **_options(sandbox, errors="raise", cache=False))
+        with pytest.raises(npd.RowsFailedError) as caught:
+            out.compute()
+        assert isinstance(caught.value, npd_dask.PartitionRowsFailedError)
+        assert caught.value.failed == 2
+        assert len(caught.value.result) == 2
+
+    def test_rate_limits_are_shared_and_nothing_is_duplicated(
+        self, cluster: Client, sandbox: Sandbox, frame: pd.DataFrame
+    ) -> None:
+        """Under 429s every row still completes once, and the 429 gate reaches the scheduler."""
+        sandbox.configure(rate_limit_rps=8.0, run_latency=0.1)
+        ddf = dd.from_pandas(frame.head(24), npartitions=2)
+        out = ddf.narrative.infer(REVIEW_PROMPT, **_options(sandbox, concurrency=12, cache=False))
+        result = npd_dask.compute(out)
+        assert result["narrative_error"].isna().all()
+        assert sandbox.stats.duplicate_submissions == 0
+        assert sandbox.stats.jobs_created == 24
+        report = result.attrs["narrative"]
+        assert report["http_429"] >= 1
+        gate = cluster.get_metadata(["narrative-pandas", report["run_id"], "429"], default=0.0)
+        assert gate > 0.0
+
+    def test_worker_logs_never_show_the_key(self, cluster: Client, sandbox: Sandbox) -> None:
+        """After the runs above, no worker or scheduler log line contains the key."""
+        logs = [cluster.get_scheduler_logs(n=1000)]
+        logs += list(cluster.get_worker_logs(n=1000).values())
+        assert not any(sandbox.api_key in line for log in logs for _, line in log)
+
+
+class _FakeStore:
+    """An in-memory stand-in for the scheduler's metadata store."""
+
+    def __init__(self, value: float = 0.0) -> None:
+        self.value = value
+
+    async def read(self) -> float:
+        return self.value
+
+    async def raise_to(self, wall: float) -> None:
+        self.value = max(self.value, wall)
+
+
+class TestSharedRateGate:
+    """One worker's 429 becomes every worker's gate."""
+
+    async def test_local_429_is_published(self, sandbox: Sandbox) -> None:
+        """A client gated for 5 s publishes a wall time about 5 s ahead."""
+        client = HTTPClient(sandbox.api_key, sandbox.base_url, data_plane_id=sandbox.data_plane_id)
+        client._rate_limited_until = time.monotonic() + 5.0
+        store = _FakeStore()
+        share = npd_dask._RateShare()
+        await npd_dask._share_once(client, npd_dask._SharedGate(store), share)
+        assert 4.0 < store.value - time.time() <= 5.0
+        assert share.holds == 0
+        await client.aclose()
+
+    async def test_remote_429_holds_this_client(self, sandbox: Sandbox) -> None:
+        """A gate published by another worker closes this client's gate for as long."""
+        client = HTTPClient(sandbox.api_key, sandbox.base_url, data_plane_id=sandbox.data_plane_id)
+        store = _FakeStore(time.time() + 3.0)
+        gate = npd_dask._SharedGate(store)
+        share = npd_dask._RateShare()
+        await npd_dask._share_once(client, gate, share)
+        assert 2.0 < client.rate_limited_until - time.monotonic() <= 3.0
+        assert share.holds == 1
+        assert gate.until == store.value
+        await client.aclose()
+
+
+class _CountingSlots:
+    """A slot limiter that only counts."""
+
+    def __init__(self) -> None:
+        self.acquired = 0
+        self.released = 0
+
+    async def acquire(self) -> None:
+        self.acquired += 1
+
+    async def release(self) -> None:
+        self.released += 1
+
+
+class TestEngineSlotsOnResume:
+    """What a retried partition does with its first attempt's journaled jobs."""
+
+    async def test_resumed_jobs_hold_slots(self, sandbox: Sandbox) -> None:
+        """Jobs resumed from the journal are unfinished jobs too: each should hold a slot."""
+        settings = resolve_settings(sandbox.api_key, sandbox.base_url, sandbox.data_plane_id)
+        df = pd.DataFrame({"text": ["first", "second"]})
+        plan = build_plan(df, "Text: {text}", output=ReviewLabel, settings=settings)
+        cache = npd.MemoryCache()
+        slots = _CountingSlots()
+        async with HTTPClient(
+            sandbox.api_key, sandbox.base_url, data_plane_id=sandbox.data_plane_id
+        ) as client:
+            for request in plan.requests:  # what a first attempt left behind
+                job = await client.run_model_inference(dict(request.body))
+                cache.journal_job(request.key, job.job_id, request.tag, "first-attempt")
+            engine = Engine(
+                client,
+                plan.requests,
+                plan.spec,
+                cache=cache,
+                options=dataclasses.replace(plan.options, slots=slots),
+                tracker=make_progress(False, len(df)),
+                run_id="retry",
+            )
+            await engine.run()
+        assert engine.report.resumed == 2 and sandbox.stats.jobs_created == 2
+        assert slots.acquired == 2 and slots.released == 2
+
+
+def _kernel_dir(root: Path) -> Path:
+    spec_dir = root / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (narrative-pandas tests)",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
+    return root
+
+
+class TestNotebook:
+    """notebooks/scale_out_dask.ipynb runs top to bottom and is committed without outputs."""
+
+    def test_committed_without_outputs(self) -> None:
+        """No cell carries outputs or execution counts."""
+        nb = nbformat.read(NOTEBOOK, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None
+
+    def test_runs_on_a_local_cluster(self, tmp_path: Path) -> None:
+        """Executed in a fresh kernel, every cell runs and the checks inside it pass."""
+        nb = nbformat.read(NOTEBOOK, as_version=4)
+        client = NotebookClient(
+            nb,
+            kernel_name="python3",
+            timeout=120,
+            resources={"metadata": {"path": str(tmp_path)}},
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NARRATIVE_")}
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("JUPYTER_PATH", str(_kernel_dir(tmp_path / "jupyter")))
+            assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
+            client.execute(env=env)
+        text = "".join(
+            output.get("text", "")
+            for cell in nb.cells
+            if cell.cell_type == "code"
+            for output in cell.outputs
+            if output.output_type == "stream"
+        )
+        assert "peak unfinished jobs: " in text
+        assert "second run: 0 new jobs" in text
