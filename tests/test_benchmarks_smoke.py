@@ -1,0 +1,108 @@
+"""Smoke test of ``benchmarks/run.py --quick``: it runs end to end and prints its table.
+
+No timing is asserted (timings belong in ``benchmarks/README.md``, not in tests); only that every
+scenario produced a row, with the columns the issue asks for, and that no scenario errored.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "run.py"
+
+COLUMNS = (
+    "scenario",
+    "rows",
+    "conc",
+    "latency s",
+    "makespan s",
+    "ideal s",
+    "ratio",
+    "POST/row",
+    "GET/row",
+    "CPU s/1k rows",
+    "peak RSS MB",
+)
+SCENARIOS = (
+    "(a) steady",
+    "(b) wide, random",
+    "(c) 20% 429",
+    "(d) client cost",
+    "(e) = (a), httpx",
+    "(f) SDK-guide loop",
+    "(f) ours, same rows",
+    "sandbox throughput",
+)
+
+
+@pytest.fixture(scope="module")
+def quick_output() -> str:
+    """The stdout of one ``run.py --quick`` (run once for the module)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NARRATIVE_")}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+class TestQuickBenchmark:
+    """``python benchmarks/run.py --quick`` as a user runs it."""
+
+    def test_header_has_every_column(self, quick_output: str) -> None:
+        """The table's header names every column the issue asks for."""
+        header = next(line for line in quick_output.splitlines() if line.startswith("scenario"))
+        for column in COLUMNS:
+            assert column in header
+
+    def test_one_row_per_scenario(self, quick_output: str) -> None:
+        """Each scenario (a)-(f) and the sandbox's throughput has exactly one table row."""
+        lines = quick_output.splitlines()
+        for title in SCENARIOS:
+            assert sum(1 for line in lines if line.startswith(title)) == 1, title
+
+    def test_no_scenario_errored(self, quick_output: str) -> None:
+        """Every scenario row carries numbers, none says ERROR."""
+        rows = [line for line in quick_output.splitlines() if line.startswith(SCENARIOS[:-1])]
+        assert len(rows) == len(SCENARIOS) - 1
+        assert not [row for row in rows if "ERROR" in row]
+        for row in rows:
+            cells = row.split()
+            assert len(cells) >= len(COLUMNS)
+            float(cells[-1])  # peak RSS MB is a number
+
+    def test_every_row_completed(self, quick_output: str) -> None:
+        """The details say every row of every scenario completed."""
+        details = [line for line in quick_output.splitlines() if "completed " in line]
+        assert len(details) == len(SCENARIOS) - 1
+        for line in details:
+            done, total = line.split("completed ", 1)[1].split(";", 1)[0].split("/")
+            assert done == total
+
+    def test_targets_are_judged(self, quick_output: str) -> None:
+        """Each target of the issue gets a PASS or MISS line (the sandbox's may be SKIP)."""
+        verdicts = [
+            line.split()[0]
+            for line in quick_output.splitlines()
+            if line.strip().startswith(("PASS", "MISS", "SKIP"))
+        ]
+        assert len(verdicts) >= 8
+        assert set(verdicts) <= {"PASS", "MISS", "SKIP"}
+
+    def test_retry_after_check_saw_429s(self, quick_output: str) -> None:
+        """Scenario (c) really met 429s with Retry-After, so its check measured something."""
+        line = next(line for line in quick_output.splitlines() if "Retry-After check" in line)
+        answered = int(line.split("Retry-After check: ", 1)[1].split(" ", 1)[0])
+        assert answered > 0
