@@ -21,7 +21,7 @@ from ._config import Settings, resolve_settings
 from ._engine import EngineOptions, JobRequest
 from ._exceptions import ConfigurationError
 from ._frame import METADATA_COLUMNS, output_column_names
-from ._plan import DEFAULT_CONCURRENCY, DEFAULT_MODEL, RunPlan, build_plan, request_tag
+from ._plan import DEFAULT_CONCURRENCY, DEFAULT_MODEL, RunPlan, build_plan
 from ._run import Run, new_run_id
 from ._schema import OutputSpec
 
@@ -276,7 +276,6 @@ def preview(df: pd.DataFrame, prompt: str | None = None, **options: Any) -> pd.D
     plan = build_plan(
         df, prompt, settings=settings, data_plane_placeholder="<data_plane_id>", **kwargs
     )
-    requests = {r.key: r for r in plan.requests}
     bodies: list[dict[str, Any] | None] = []
     message_lists: list[list[dict[str, str]] | None] = []
     tokens: list[Any] = []
@@ -286,10 +285,11 @@ def preview(df: pd.DataFrame, prompt: str | None = None, **options: Any) -> pd.D
             message_lists.append(None)
             tokens.append(pd.NA)
             continue
-        body = plan.bodies[key]
+        request = plan.request(key)
+        body = request.body
         bodies.append(body)
         message_lists.append(body["messages"])
-        tokens.append(requests[key].prompt_tokens_estimate)
+        tokens.append(request.prompt_tokens_estimate)
     view: pd.DataFrame = pd.DataFrame(
         {
             "messages": pd.Series(message_lists, index=df.index, dtype=object),
@@ -368,7 +368,7 @@ def _run_record(plan: RunPlan, settings: Settings) -> dict[str, Any]:
         },
         "row_keys": plan.row_keys,
         "skipped": {str(k): v for k, v in plan.skipped.items()},
-        "bodies": plan.bodies,
+        "bodies": {r.key: r.body for r in plan.requests},
         "prompt_tokens_estimates": {r.key: r.prompt_tokens_estimate for r in plan.requests},
         "frame": frame_json,
     }
@@ -430,10 +430,9 @@ def attach(
             counts[key] = counts.get(key, 0) + 1
     estimates = record.get("prompt_tokens_estimates", {})
     requests = [
-        JobRequest(
-            key=key,
-            body=body,
-            tag=request_tag(key),
+        JobRequest.from_body(
+            key,
+            body,
             rows=counts.get(key, 1),
             prompt_tokens_estimate=int(estimates.get(key, 1)),
         )
@@ -453,7 +452,6 @@ def attach(
         row_keys=list(record["row_keys"]),
         skipped={int(k): v for k, v in record.get("skipped", {}).items()},
         requests=requests,
-        bodies=bodies,
         options=options,
         prefix=record.get("prefix", ""),
         flatten=record.get("flatten", True),

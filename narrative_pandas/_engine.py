@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from pydantic import ValidationError
+
 from ._clock import Clock, system_clock
 from ._exceptions import (
     APIConnectionError,
@@ -41,7 +43,7 @@ from ._exceptions import (
     PermissionDeniedError,
 )
 from ._frame import RowOutcome
-from ._models import InferenceUsage, Job
+from ._models import InferenceUsage, Job, TokenCounts, parse_timestamp
 
 if TYPE_CHECKING:
     from ._cache import Cache
@@ -49,7 +51,16 @@ if TYPE_CHECKING:
     from ._progress import Phase, ProgressTracker
     from ._schema import OutputSpec
 
-__all__ = ["Engine", "EngineOptions", "EngineReport", "JobRequest", "SlotLimiter", "StopReason"]
+__all__ = [
+    "Engine",
+    "EngineOptions",
+    "EngineReport",
+    "JobRequest",
+    "RequestCommon",
+    "SlotLimiter",
+    "StopReason",
+    "request_tag",
+]
 
 logger = logging.getLogger("narrative_pandas")
 
@@ -62,13 +73,15 @@ MAX_PER_PAGE = 500
 #: Pages one listing sweep may read before the rest are left to per-job GETs.
 MAX_SWEEP_PAGES = 8
 #: Server-time slack when deciding that a listing page is older than the previous sweep.
-WATERMARK_MARGIN_S = 1.0
+WATERMARK_MARGIN_S = 0.5
 #: A job not confirmed by a complete sweep for this long is fetched on its own.
 STRAGGLER_AFTER_S = 30.0
 #: Per-job GETs per poll at most (the rest wait for the next poll).
 MAX_STRAGGLER_GETS = 16
 #: Adaptive poll interval: a fraction of the oldest outstanding job's age, within bounds.
 POLL_AGE_FRACTION = 0.1
+#: ... and at most the time in which about this many of the outstanding jobs should finish.
+JOBS_PER_POLL = 15
 MIN_POLL_INTERVAL_S = 0.05
 MAX_POLL_INTERVAL_S = 5.0
 #: Pages of the listing searched for the tag of a POST whose outcome is unknown.
@@ -84,15 +97,69 @@ SUBMIT_GRACE_S = 5.0
 DEFAULT_COMPLETION_ESTIMATE = 256
 
 
+#: Tags the library adds to every job: one to find its jobs, one per request to reconcile POSTs.
+LIBRARY_TAG = "narrative-pandas"
+TAG_PREFIX = "npd-"
+
+
+def request_tag(key: str) -> str:
+    """The per-request tag: found through the job listing when a POST's outcome is unknown."""
+    return TAG_PREFIX + key[:32]
+
+
+@dataclass(frozen=True)
+class RequestCommon:
+    """What every request of a run shares: held once, not once per row."""
+
+    data_plane_id: str
+    model: str
+    inference_config: Mapping[str, Any]
+    tags: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class JobRequest:
-    """One unique request of a run: the body to POST, its fingerprint and how many rows share it."""
+    """One unique request of a run: its fingerprint, its messages and how many rows share it.
+
+    The JSON body is built when it is sent (``body``), so a run holds each row's text once.
+    """
 
     key: str
-    body: Mapping[str, Any]
-    tag: str
+    messages: tuple[tuple[str, str], ...]
+    common: RequestCommon
     rows: int
     prompt_tokens_estimate: int
+
+    @property
+    def tag(self) -> str:
+        return request_tag(self.key)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The body of ``POST /model-inference/run``."""
+        common = self.common
+        return {
+            "data_plane_id": common.data_plane_id,
+            "model": common.model,
+            "messages": [{"role": role, "text": text} for role, text in self.messages],
+            "inference_config": common.inference_config,
+            "tags": [*common.tags, LIBRARY_TAG, self.tag],
+        }
+
+    @classmethod
+    def from_body(
+        cls, key: str, body: Mapping[str, Any], *, rows: int, prompt_tokens_estimate: int
+    ) -> JobRequest:
+        """Rebuild a request from a recorded body (``attach``)."""
+        own = (LIBRARY_TAG, request_tag(key))
+        common = RequestCommon(
+            data_plane_id=body["data_plane_id"],
+            model=body["model"],
+            inference_config=body["inference_config"],
+            tags=tuple(t for t in body.get("tags") or () if t not in own),
+        )
+        messages = tuple((m["role"], m["text"]) for m in body["messages"])
+        return cls(key, messages, common, rows, prompt_tokens_estimate)
 
 
 class SlotLimiter(Protocol):
@@ -237,13 +304,14 @@ class Engine:
         self._watermark: datetime | None = None
         max_tokens = None
         if self._requests:
-            config = self._requests[0].body.get("inference_config") or {}
-            max_tokens = config.get("max_tokens")
+            max_tokens = self._requests[0].common.inference_config.get("max_tokens")
         self._budget = _Budget(options.max_total_tokens, max_tokens)
         self._budget_exhausted = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._leases: set[str] = set()
         self._listing_usable = True
+        self._mean_latency = 0.0
+        self._finished_jobs = 0
         self._largest_page = 0
         self._release_tasks: set[asyncio.Task[None]] = set()
         self._lease_tasks: set[asyncio.Task[None]] = set()
@@ -302,7 +370,7 @@ class Engine:
                     RowOutcome(
                         output=hit.output,
                         job_id=hit.job_id,
-                        usage=hit.usage,
+                        usage=TokenCounts.of(hit.usage),
                         status="cached",
                     ),
                     old="queued",
@@ -504,7 +572,7 @@ class Engine:
         if self._cache is not None:
             self._cache.journal_intent(request.key, request.tag, self._run_id)
         try:
-            job = await self._client.run_model_inference(dict(request.body))
+            job = await self._client.run_model_inference(request.body)
         except (AuthenticationError, PermissionDeniedError, NotFoundError) as exc:
             self._set_fatal(exc)
             raise _Fatal from exc
@@ -566,7 +634,13 @@ class Engine:
                     found.setdefault(tag, job)
             consumed += len(listing.records)
             self._largest_page = max(self._largest_page, len(listing.records))
-            last = _last_page(listing, consumed, MAX_PER_PAGE, self._largest_page)
+            last = _last_page(
+                len(listing.records),
+                listing.total_records,
+                consumed,
+                MAX_PER_PAGE,
+                self._largest_page,
+            )
             if len(found) == len(wanted) or last:
                 break
         return found
@@ -579,9 +653,20 @@ class Engine:
         if not self._outstanding:
             return MIN_POLL_INTERVAL_S
         now = self._clock.now()
-        oldest = min(live.submitted_at for live in self._outstanding.values())
-        interval = POLL_AGE_FRACTION * (now - oldest)
+        oldest_age = now - min(live.submitted_at for live in self._outstanding.values())
+        by_age = POLL_AGE_FRACTION * oldest_age
+        # Many jobs in flight finish often: poll about every JOBS_PER_POLL / outstanding of a
+        # job's life, so a listing request pays for several finishes
+        # while the next submission waits little.
+        latency = self._mean_latency or oldest_age
+        by_throughput = JOBS_PER_POLL * latency / len(self._outstanding)
+        interval = min(by_age, max(by_throughput, MIN_POLL_INTERVAL_S))
         return min(MAX_POLL_INTERVAL_S, max(MIN_POLL_INTERVAL_S, interval))
+
+    def _record_latency(self, live: _Live) -> None:
+        latency = self._clock.now() - live.submitted_at
+        self._finished_jobs += 1
+        self._mean_latency += (latency - self._mean_latency) / self._finished_jobs
 
     async def _poll(self) -> None:
         self.report.polls += 1
@@ -632,12 +717,12 @@ class Engine:
         self.report.listing_sweeps += 1
         unseen = set(self._outstanding)
         newest: datetime | None = None
-        per_page = min(MAX_PER_PAGE, max(100, 2 * len(self._outstanding)))
+        per_page = min(MAX_PER_PAGE, max(50, len(self._outstanding)))
         complete = False
         consumed = 0
         for _ in range(MAX_SWEEP_PAGES):
             try:
-                listing = await self._client.list_jobs(
+                listing = await self._client.list_jobs_raw(
                     type="model_inference",
                     data_plane_id=self._options.data_plane_id,
                     order_by="updated_at_desc",
@@ -650,22 +735,34 @@ class Engine:
             except APIError as exc:
                 logger.info("job listing failed (%s); will try again", exc)
                 return False
-            records = listing.records
+            records = listing["records"]
             consumed += len(records)
             self._largest_page = max(self._largest_page, len(records))
             previous: datetime | None = None
-            for job in records:
-                stamp = job.updated_at
+            for record in records:
+                if not isinstance(record, Mapping):
+                    continue
+                # Only the jobs we wait for are validated: most of a page is other jobs.
+                stamp = parse_timestamp(record.get("updated_at"))
                 if stamp is None or (previous is not None and stamp > previous):
                     self._abandon_listing()
                     return False
                 previous = stamp
                 if newest is None or stamp > newest:
                     newest = stamp
-                if job.job_id in self._outstanding:
-                    unseen.discard(job.job_id)
+                job_id = record.get("job_id")
+                if job_id in self._outstanding:
+                    unseen.discard(job_id)
+                    try:
+                        job = Job.model_validate(record)
+                    except ValidationError:
+                        logger.debug("skipping a job record of an unexpected shape")
+                        continue
                     self._observe(job)
-            if _last_page(listing, consumed, per_page, self._largest_page) or not unseen:
+            last = _last_page(
+                len(records), listing.get("total_records"), consumed, per_page, self._largest_page
+            )
+            if last or not unseen:
                 complete = True
                 break
             if (
@@ -692,6 +789,8 @@ class Engine:
             return
         if job.is_terminal:
             del self._outstanding[job.job_id]
+            if not live.resumed:
+                self._record_latency(live)
             self._conclude(live, job)
             self._wake.set()
             return
@@ -703,6 +802,7 @@ class Engine:
     def _conclude(self, live: _Live, job: Job) -> None:
         request = live.request
         usage = job.result.usage if job.result is not None else None
+        counts = TokenCounts.of(usage)
         self._budget.settle(request.key, usage)
         if usage is not None:
             self.report.prompt_tokens += usage.prompt_tokens
@@ -714,7 +814,7 @@ class Engine:
             self._finish(
                 request,
                 RowOutcome(
-                    error=job.failure_message(), job_id=job.job_id, usage=usage, status="failed"
+                    error=job.failure_message(), job_id=job.job_id, usage=counts, status="failed"
                 ),
                 old=live.phase,
                 new="failed",
@@ -730,7 +830,7 @@ class Engine:
                 RowOutcome(
                     error=error or "invalid output",
                     job_id=job.job_id,
-                    usage=usage,
+                    usage=counts,
                     status="invalid",
                 ),
                 old=live.phase,
@@ -748,14 +848,14 @@ class Engine:
                     output=output,
                     usage=usage,
                     job_id=job.job_id,
-                    model=str(request.body.get("model")),
+                    model=request.common.model,
                     created_at=time.time(),
                 )
             )
             self._cache.journal_remove([request.key])
         self._finish(
             request,
-            RowOutcome(output=output, job_id=job.job_id, usage=usage, status="completed"),
+            RowOutcome(output=output, job_id=job.job_id, usage=counts, status="completed"),
             old=live.phase,
             new="completed",
         )
@@ -899,17 +999,17 @@ class Engine:
             await asyncio.gather(*self._release_tasks, return_exceptions=True)
 
 
-def _last_page(listing: Any, consumed: int, per_page: int, largest: int) -> bool:
+def _last_page(count: int, total_records: Any, consumed: int, per_page: int, largest: int) -> bool:
     """True when a listing page was the last: by the totals when given, else by a short page.
 
     Without totals, a page is short only against the largest page this server has answered: a
     server that caps ``per_page`` below what was asked must not look like the end of the list.
     """
-    if not listing.records:
+    if count == 0:
         return True
-    if listing.total_records is not None:
-        return bool(consumed >= listing.total_records)
-    return len(listing.records) < min(per_page, largest)
+    if isinstance(total_records, int) and not isinstance(total_records, bool):
+        return consumed >= total_records
+    return count < min(per_page, largest)
 
 
 def _content_key(request: Mapping[str, Any]) -> str:

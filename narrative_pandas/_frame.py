@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ._exceptions import ConfigurationError
-from ._models import InferenceUsage
+from ._models import InferenceUsage, TokenCounts
 from ._schema import Dtype, OutputSpec
 
 __all__ = [
@@ -62,7 +62,7 @@ class RowOutcome:
     output: dict[str, Any] | None = None
     error: str | None = None
     job_id: str | None = None
-    usage: InferenceUsage | None = None
+    usage: InferenceUsage | TokenCounts | None = None
     status: str = "completed"
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from datetime import datetime, timezone
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 from pydantic import (
     BaseModel,
@@ -30,6 +30,7 @@ __all__ = [
     "ModelId",
     "ModelInferenceRunRequest",
     "ModelInferenceRunResult",
+    "TokenCounts",
     "parse_timestamp",
     "request_fingerprint",
 ]
@@ -115,6 +116,21 @@ class InferenceUsage(_Lenient):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+
+
+class TokenCounts(NamedTuple):
+    """Token counts kept per row after a run (a tuple: a fraction of a model's memory)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, usage: InferenceUsage | None) -> TokenCounts | None:
+        """The counts of a usage object (None stays None)."""
+        if usage is None:
+            return None
+        return cls(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
 
 
 class ModelInferenceRunResult(_Lenient):

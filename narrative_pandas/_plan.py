@@ -17,7 +17,7 @@ import pandas as pd
 from pydantic import BaseModel, ValidationError
 
 from ._config import Settings
-from ._engine import EngineOptions, JobRequest
+from ._engine import EngineOptions, JobRequest, RequestCommon, request_tag
 from ._exceptions import ConfigurationError
 from ._frame import check_collisions
 from ._models import InferenceConfig, ModelInferenceRunRequest
@@ -28,18 +28,9 @@ __all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_MODEL", "RunPlan", "build_plan", "req
 
 DEFAULT_MODEL = "anthropic.claude-haiku-4.5"
 DEFAULT_CONCURRENCY = 32
-#: Tags the library adds to every job: one to find its jobs, one per request to reconcile POSTs.
-LIBRARY_TAG = "narrative-pandas"
-TAG_PREFIX = "npd-"
-
 ErrorsMode = Literal["coerce", "raise"]
 MissingMode = Literal["empty", "skip"]
 InterruptMode = Literal["raise", "return"]
-
-
-def request_tag(key: str) -> str:
-    """The per-request tag: found through the job listing when a POST's outcome is unknown."""
-    return TAG_PREFIX + key[:32]
 
 
 @dataclass
@@ -51,7 +42,6 @@ class RunPlan:
     row_keys: list[str | None]
     skipped: dict[int, str]
     requests: list[JobRequest]
-    bodies: dict[str, dict[str, Any]]
     options: EngineOptions
     prefix: str = ""
     flatten: bool = True
@@ -59,6 +49,13 @@ class RunPlan:
     on_interrupt: InterruptMode = "raise"
     model: str = DEFAULT_MODEL
     extra: dict[str, Any] = field(default_factory=dict)
+    _by_key: dict[str, JobRequest] | None = field(default=None, repr=False, compare=False)
+
+    def request(self, key: str) -> JobRequest:
+        """The unique request behind a row's key."""
+        if self._by_key is None:
+            self._by_key = {r.key: r for r in self.requests}
+        return self._by_key[key]
 
     @property
     def deduplicated(self) -> int:
@@ -181,7 +178,12 @@ def build_plan(
         data_plane_id = settings.require_data_plane()
 
     rendered = bound.render(df, missing=missing_mode)
-    user_tags = list(tags or [])
+    common = RequestCommon(
+        data_plane_id=data_plane_id,
+        model=model,
+        inference_config=config,
+        tags=tuple(tags or ()),
+    )
     # Canonical JSON of the parts every row shares, computed once (see request_fingerprint).
     head = (
         '{"data_plane_id":'
@@ -193,9 +195,8 @@ def build_plan(
     tail = ',"model":' + _canonical(model) + "}"
     row_keys: list[str | None] = []
     skipped: dict[int, str] = {}
-    requests: dict[str, JobRequest] = {}
     counts: dict[str, int] = {}
-    bodies: dict[str, dict[str, Any]] = {}
+    unique: dict[str, tuple[tuple[str, str], ...]] = {}
     for position, row in enumerate(rendered):
         if isinstance(row, str):
             row_keys.append(None)
@@ -205,23 +206,18 @@ def build_plan(
         key = hashlib.sha256((head + _canonical(wire_messages) + tail).encode("utf-8")).hexdigest()
         row_keys.append(key)
         counts[key] = counts.get(key, 0) + 1
-        if key not in bodies:
-            bodies[key] = {
-                "data_plane_id": data_plane_id,
-                "model": model,
-                "messages": wire_messages,
-                "inference_config": config,
-                "tags": [*user_tags, LIBRARY_TAG, request_tag(key)],
-            }
-    for key, body in bodies.items():
-        chars = sum(len(m["text"]) for m in body["messages"])
-        requests[key] = JobRequest(
+        if key not in unique:
+            unique[key] = tuple((m.role, m.text) for m in row)
+    requests = [
+        JobRequest(
             key=key,
-            body=body,
-            tag=request_tag(key),
+            messages=messages,
+            common=common,
             rows=counts[key],
-            prompt_tokens_estimate=max(1, math.ceil(chars / 4)),
+            prompt_tokens_estimate=max(1, math.ceil(sum(len(t) for _, t in messages) / 4)),
         )
+        for key, messages in unique.items()
+    ]
     options = EngineOptions(
         concurrency=concurrency,
         poll_interval=poll_interval,
@@ -235,8 +231,7 @@ def build_plan(
         spec=spec,
         row_keys=row_keys,
         skipped=skipped,
-        requests=list(requests.values()),
-        bodies=bodies,
+        requests=requests,
         options=options,
         prefix=prefix,
         flatten=flatten,
