@@ -6,6 +6,7 @@ lenient (unknown fields kept, unknown job states accepted, timestamps without a 
 
 from __future__ import annotations
 
+import re
 import warnings
 from datetime import datetime, timezone
 from typing import Any, Literal, NamedTuple, get_args
@@ -148,6 +149,9 @@ class JobFailure(_Lenient):
     value: Any = None
 
 
+_FRACTION = re.compile(r"\.(\d+)")
+
+
 def parse_timestamp(value: Any) -> datetime | None:
     """Parse the service's timestamps leniently; zone-less ones are taken as UTC."""
     if value is None or value == "":
@@ -157,9 +161,11 @@ def parse_timestamp(value: Any) -> datetime | None:
     elif isinstance(value, (int, float)):
         parsed = datetime.fromtimestamp(value, tz=timezone.utc)
     else:
-        text = str(value).strip().replace("Z", "+00:00")
+        text = str(value).strip().replace("Z", "+00:00").replace("z", "+00:00")
+        # Python 3.10's fromisoformat takes only 3 or 6 fraction digits: pad or cut to 6.
+        text = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
         try:
-            parsed = datetime.fromisoformat(text)
+            parsed = datetime.fromisoformat(text.replace(" ", "T", 1))
         except ValueError:
             return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

@@ -121,3 +121,27 @@ class TestSecrets:
         assert "sk-very-secret" not in repr(settings)
         assert "sk-very-secret" not in str(ApiKey("sk-very-secret"))
         assert settings.require_key().reveal() == "sk-very-secret"
+
+
+class TestTimestamps:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("2026-01-29T11:19:13.400498", "2026-01-29T11:19:13.400498+00:00"),
+            ("2026-01-29T11:19:13.4Z", "2026-01-29T11:19:13.400000+00:00"),
+            ("2026-01-29 11:19:13", "2026-01-29T11:19:13+00:00"),
+            ("2026-01-29T11:19:13.123456789+02:00", "2026-01-29T11:19:13.123456+02:00"),
+        ],
+    )
+    def test_lenient_parsing(self, text: str, expected: str) -> None:
+        """Zone-less, Z-suffixed, space-separated and odd-precision timestamps all parse."""
+        from narrative_pandas._models import parse_timestamp
+
+        parsed = parse_timestamp(text)
+        assert parsed is not None and parsed.isoformat() == expected
+
+    def test_garbage_is_none(self) -> None:
+        """A timestamp that cannot be read is None, not an error."""
+        from narrative_pandas._models import parse_timestamp
+
+        assert parse_timestamp("yesterday") is None
