@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
-import subprocess
 import sys
 import time
 from datetime import datetime
@@ -27,6 +25,7 @@ import httpx
 import pandas as pd
 import psutil
 from distributed import Client, LocalCluster
+from sandbox_throughput import start_sandbox  # the same launcher (benchmarks/ is on sys.path)
 
 import narrative_pandas  # noqa: F401  (registers DataFrame.narrative)
 import narrative_pandas.dask as npd_dask
@@ -34,38 +33,6 @@ from narrative_pandas._demo import ReviewLabel
 from narrative_pandas.data import load_reviews
 
 PROMPT = "Review #{n}: {review}\nLabel its sentiment and topics."
-
-
-def start_sandbox(latency: float) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    """Start the sandbox CLI on a free port and read the settings it prints."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "narrative_pandas.sandbox",
-            "--port",
-            "0",
-            "--latency",
-            str(latency),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None
-    found: dict[str, str] = {}
-    deadline = time.monotonic() + 60
-    while len(found) < 3 and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = re.match(r"export (NARRATIVE_\w+)=(\S+)", line.strip())
-        if match:
-            found[match.group(1)] = match.group(2)
-    if len(found) < 3:
-        proc.kill()
-        raise SystemExit("the sandbox did not print its settings")
-    return proc, found
 
 
 def make_frame(rows: int) -> pd.DataFrame:

@@ -34,17 +34,25 @@ SCHEMA = {
 }
 
 
-def start_sandbox() -> tuple[subprocess.Popen[str], dict[str, str]]:
+def start_sandbox(latency: float = 0.2) -> tuple[subprocess.Popen[str], dict[str, str]]:
     """Start the CLI on a free port and read the settings it prints."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "narrative_pandas.sandbox", "--port", "0", "--latency", "0.2"],
+        [
+            sys.executable,
+            "-m",
+            "narrative_pandas.sandbox",
+            "--port",
+            "0",
+            "--latency",
+            str(latency),
+        ],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None
     found: dict[str, str] = {}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while len(found) < 3 and time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:

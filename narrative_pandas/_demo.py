@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -369,18 +369,7 @@ def _topics(tokens: list[str]) -> list[ReviewTopic]:
     return [_TOPIC_BY_NAME[topic] for topic in found[:4]]
 
 
-_TOPIC_ORDER: tuple[ReviewTopic, ...] = (
-    "battery",
-    "noise",
-    "comfort",
-    "price",
-    "shipping",
-    "durability",
-    "service",
-    "fit",
-    "instructions",
-    "quality",
-)
+_TOPIC_ORDER: tuple[ReviewTopic, ...] = get_args(ReviewTopic)
 _TOPIC_BY_NAME: dict[str, ReviewTopic] = {topic: topic for topic in _TOPIC_ORDER}
 
 
