@@ -176,6 +176,15 @@ def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
         yield items[start : start + size]
 
 
+def _select_keys(conn: sqlite3.Connection, select: str, keys: Sequence[str]) -> list[Any]:
+    """``select ... WHERE key IN (...)`` over ``keys``, in chunks SQLite accepts."""
+    rows: list[Any] = []
+    for chunk in _chunks(keys):
+        marks = ",".join("?" * len(chunk))
+        rows += conn.execute(f"{select} WHERE key IN ({marks})", chunk).fetchall()
+    return rows
+
+
 def _is_fresh(entry: JournalEntry, max_age: float | None, now: float) -> bool:
     return max_age is None or entry.submitted_at >= now - max_age
 
@@ -678,15 +687,8 @@ class SQLiteCache(Cache):
         wanted = _unique(keys)
 
         def read(conn: sqlite3.Connection) -> list[Any]:
-            rows: list[Any] = []
-            for chunk in _chunks(wanted):
-                marks = ",".join("?" * len(chunk))
-                rows += conn.execute(
-                    "SELECT key, output, usage, job_id, model, created_at FROM results "
-                    f"WHERE key IN ({marks})",
-                    chunk,
-                ).fetchall()
-            return rows
+            select = "SELECT key, output, usage, job_id, model, created_at FROM results"
+            return _select_keys(conn, select, wanted)
 
         rows = self._read(read) if wanted else []
         return {row[0]: _decode_result(row) for row in rows}
@@ -755,15 +757,8 @@ class SQLiteCache(Cache):
         now = self._now()
 
         def read(conn: sqlite3.Connection) -> list[Any]:
-            rows: list[Any] = []
-            for chunk in _chunks(wanted):
-                marks = ",".join("?" * len(chunk))
-                rows += conn.execute(
-                    "SELECT key, job_id, tag, run_id, submitted_at FROM journal "
-                    f"WHERE key IN ({marks})",
-                    chunk,
-                ).fetchall()
-            return rows
+            select = "SELECT key, job_id, tag, run_id, submitted_at FROM journal"
+            return _select_keys(conn, select, wanted)
 
         entries = (_decode_journal(row) for row in (self._read(read) if wanted else []))
         return {e.key: e for e in entries if _is_fresh(e, max_age, now)}

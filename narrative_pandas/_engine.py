@@ -306,7 +306,6 @@ class Engine:
         if self._requests:
             max_tokens = self._requests[0].common.inference_config.get("max_tokens")
         self._budget = _Budget(options.max_total_tokens, max_tokens)
-        self._budget_exhausted = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._leases: set[str] = set()
         self._listing_usable = True
@@ -449,14 +448,7 @@ class Engine:
                 continue
             wait_for = next_poll - now if self._outstanding else MAX_POLL_INTERVAL_S
             self._wake.clear()
-            if self._posting or self._outstanding:
-                await self._clock.wait(self._wake, max(0.0, wait_for))
-            elif self._queue and not self._posting:
-                # Nothing in flight but work queued: the budget or a resubmit delay holds it.
-                if self._budget_exhausted:
-                    self._give_up_queue("budget")
-                    continue
-                await self._clock.wait(self._wake, wait_for)
+            await self._clock.wait(self._wake, max(0.0, wait_for))
 
     def _fill(self) -> None:
         """Submit from the queue while slots are free and the budget allows."""
@@ -470,7 +462,6 @@ class Engine:
         ):
             live = self._queue[0]
             if not self._budget.allows(live.request):
-                self._budget_exhausted = True
                 if not self._outstanding and not self._posting:
                     self._give_up_queue("budget")
                 return

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,7 +48,6 @@ class RunPlan:
     errors: ErrorsMode = "coerce"
     on_interrupt: InterruptMode = "raise"
     model: str = DEFAULT_MODEL
-    extra: dict[str, Any] = field(default_factory=dict)
     _by_key: dict[str, JobRequest] | None = field(default=None, repr=False, compare=False)
 
     def request(self, key: str) -> JobRequest:
@@ -243,8 +242,3 @@ def build_plan(
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def column_label(column: Hashable) -> str:
-    """A column name as text, for messages."""
-    return column if isinstance(column, str) else repr(column)

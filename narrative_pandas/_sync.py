@@ -62,11 +62,6 @@ def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
     return asyncio.run_coroutine_threadsafe(coro, runner_loop())
 
 
-def on_runner_loop() -> bool:
-    """True when called from the background loop's own thread."""
-    return _thread is not None and threading.current_thread() is _thread
-
-
 def in_running_loop() -> bool:
     """True when the calling thread is inside a running event loop (e.g. a Jupyter cell)."""
     try:
