@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import aiohttp
 import httpx
+import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from ._clock import Clock, system_clock
@@ -730,8 +731,14 @@ class Client:
         )
 
     def _json(self, response: httpx.Response, method: str, path: str) -> Any:
+        """The answer's JSON: pydantic-core's parser reads UTF-8 bytes (a listing page in less
+        than half the time of ``json``); the text decoded by its declared charset otherwise."""
         try:
-            return response.json()
+            return pydantic_core.from_json(response.content)
+        except ValueError:
+            pass
+        try:
+            return json.loads(response.text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise APIError(
                 f"{method} {path} answered {response.status_code} with a body that is not JSON.",

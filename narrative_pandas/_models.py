@@ -156,6 +156,13 @@ def parse_timestamp(value: Any) -> datetime | None:
     """Parse the service's timestamps leniently; zone-less ones are taken as UTC."""
     if value is None or value == "":
         return None
+    if type(value) is str:  # the common case, in one call; anything unusual takes the long way
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, (int, float)):

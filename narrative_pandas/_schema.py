@@ -38,6 +38,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from ._exceptions import SchemaError
+from ._quickcheck import compile_quick_check
 
 __all__ = ["KNOWN_KEYWORDS", "OutputColumn", "OutputSpec"]
 
@@ -111,6 +112,7 @@ class OutputSpec:
         self.schema = schema
         self.model = model
         self._validator = Draft202012Validator(schema)
+        self._quick_check = compile_quick_check(schema)
         self._columns: dict[bool, list[OutputColumn]] = {}
 
     @classmethod
@@ -165,6 +167,8 @@ class OutputSpec:
             except PydanticValidationError as exc:
                 return None, _pydantic_message(exc)
             return instance.model_dump(mode="json", by_alias=True), None
+        if self._quick_check is not None and type(value) is dict and self._quick_check(value):
+            return value, None
         error = best_match(self._validator.iter_errors(value))
         if error is not None:
             return None, _instance_message(error)

@@ -18,6 +18,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import os
 import threading
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["in_running_loop", "run_here", "runner_loop", "shared_client", "submit"]
 
 T = TypeVar("T")
+LOOP_ENV = "NARRATIVE_PANDAS_LOOP"
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -42,7 +44,7 @@ def runner_loop() -> asyncio.AbstractEventLoop:
     with _lock:
         if _loop is not None and _thread is not None and _thread.is_alive():
             return _loop
-        loop = asyncio.new_event_loop()
+        loop = _new_loop()
         ready = threading.Event()
 
         def serve() -> None:
@@ -55,6 +57,23 @@ def runner_loop() -> asyncio.AbstractEventLoop:
         ready.wait()
         _loop, _thread = loop, thread
         return loop
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (it is a dependency off Windows), else asyncio's own loop.
+
+    The background loop carries every request of every run; uvloop's cuts the library's CPU per
+    row by about a tenth (``benchmarks/run.py``, scenario d). ``NARRATIVE_PANDAS_LOOP=asyncio``
+    keeps asyncio's loop.
+    """
+    if os.environ.get(LOOP_ENV, "auto").strip().lower() != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:

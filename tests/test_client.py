@@ -33,6 +33,7 @@ from narrative_pandas._clock import FakeClock
 from narrative_pandas._config import ApiKey, configure
 from narrative_pandas._exceptions import (
     APIConnectionError,
+    APIError,
     APIStatusError,
     APITimeoutError,
     APIUnknownOutcomeError,
@@ -273,6 +274,24 @@ class TestRequestShape:
         rec = Recorder(httpx.Response(200, json={}))
         async with make_client(rec) as client, raises(APIUnknownOutcomeError):
             await client.run_model_inference(minimal_request())
+
+    async def test_answers_in_another_charset_are_still_read(self) -> None:
+        """The fast parser reads UTF-8; an answer declared in another charset is decoded by it."""
+        body = json.dumps(job_json("j-é", "running"), ensure_ascii=False).encode("latin-1")
+        rec = Recorder(
+            httpx.Response(
+                200, content=body, headers={"content-type": "application/json; charset=latin-1"}
+            )
+        )
+        async with make_client(rec) as client:
+            job = await client.get_job("j-é")
+        assert job.job_id == "j-é"
+
+    async def test_a_body_that_is_not_json_is_an_api_error(self) -> None:
+        rec = Recorder(httpx.Response(200, content=b"<html>maintenance</html>"))
+        async with make_client(rec) as client, raises(APIError) as info:
+            await client.get_job("j1")
+        assert str(info.value) == "GET /jobs/j1 answered 200 with a body that is not JSON."
 
 
 class TestErrorMapping:
