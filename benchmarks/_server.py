@@ -9,8 +9,8 @@ not share a GIL) behind a thin ASGI wrapper that adds:
 - ``POST /_bench/setup`` ``{"knobs": {...}, "inject_429": 0.2, "retry_after": 1, "log": true}``:
   ``sandbox.configure(**knobs)`` then ``sandbox.reset()`` (jobs, counters and rules forgotten);
 - ``GET /_bench/stats``: the sandbox's own counters (``SandboxStats``) by route and status, its
-  peaks, the server process's CPU seconds, and (if logging) every request's arrival and answer
-  times.
+  peaks, the server process's CPU seconds, (if logging) every request's arrival and answer
+  times, and (with ``?timelines=1``) when each job was created and ended.
 
 Injected 429s go through the sandbox's own ``fail_next(1, 429, retry_after=...)``, so the
 sandbox's counters see them like any other answer. The control routes are not counted.
@@ -129,7 +129,8 @@ class BenchApp:
             self.rng = random.Random(int(spec.get("seed", 7)))
             answer: Any = {"ok": True}
         elif path == "/_bench/stats":
-            answer = self.stats(with_log=b"log=1" in scope.get("query_string", b""))
+            query = scope.get("query_string", b"")
+            answer = self.stats(with_log=b"log=1" in query, with_timelines=b"timelines=1" in query)
         else:
             answer = {"error": "unknown control route"}
         payload = json.dumps(answer).encode("utf-8")
@@ -142,7 +143,7 @@ class BenchApp:
         )
         await send({"type": "http.response.body", "body": payload})
 
-    def stats(self, *, with_log: bool) -> dict[str, Any]:
+    def stats(self, *, with_log: bool, with_timelines: bool = False) -> dict[str, Any]:
         """The sandbox's counters (plus the server's CPU time) as plain JSON."""
         stats = self.sandbox.stats
         by_route: dict[str, dict[str, int]] = {}
@@ -166,6 +167,8 @@ class BenchApp:
         }
         if with_log:
             answer["log"] = self.log
+        if with_timelines:  # (created, ended) of each job, oldest first: the service's pace
+            answer["timelines"] = [[c, e] for c, _, e in self.sandbox.job_timelines()]
         return answer
 
 

@@ -344,6 +344,19 @@ class TestGetJob:
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
         assert usage["prompt_tokens"] >= 1 and usage["completion_tokens"] >= 1
 
+    def test_job_timelines_give_each_jobs_created_started_ended(
+        self, http: httpx.Client, sandbox: Sandbox, clock: FakeClock
+    ) -> None:
+        """What benchmarks read to compare a client with the service's own pace."""
+        before = len(sandbox.job_timelines())
+        http.post("/model-inference/run", json=body("Timeline one"))
+        clock.advance(0.25)
+        http.post("/model-inference/run", json=body("Timeline two"))
+        first, second = sandbox.job_timelines()[before:]
+        now = clock.now()
+        assert first == pytest.approx((now - 0.25, now + 0.75, now + 2.75))  # queue 1, run 2
+        assert second == pytest.approx((now, now + 1.0, now + 3.0))
+
     @pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid"])
     def test_404_for_unknown_ids(self, http: httpx.Client, job_id: str) -> None:
         """Unknown job ids are answered 404 with a problem body."""

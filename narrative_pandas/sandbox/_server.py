@@ -144,6 +144,11 @@ class Sandbox:
         self._core.store.expire(now, self._core.config.ttl)
         return self._core.store.all_jobs(now)
 
+    def job_timelines(self) -> list[tuple[float, float, float]]:
+        """When each live job was created, started and ended (seconds on the sandbox's clock),
+        oldest first: the service's own pace, which benchmarks compare a client against."""
+        return self._core.store.timelines()
+
     def reset(self) -> None:
         """Forget all jobs, counters and pending ``fail_next`` rules; knobs stay."""
         self._core.reset()

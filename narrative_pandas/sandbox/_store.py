@@ -346,6 +346,12 @@ class JobStore:
             record = self._jobs.get(job_id)
             return None if record is None else record.fragment(record.stage(now))
 
+    def timelines(self) -> list[tuple[float, float, float]]:
+        """``(created, started, ended)`` of every job ever created and not yet expired, oldest
+        first."""
+        with self._lock:
+            return [(r.created, r.started, r.ended) for r in self._order if not r.removed]
+
     def all_jobs(self, now: float) -> list[dict[str, Any]]:
         """Every live job as a dict, oldest first."""
         with self._lock:
