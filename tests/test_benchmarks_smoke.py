@@ -15,6 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "run.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from run import service_pace  # noqa: E402  (benchmarks/ is not a package)
 
 COLUMNS = (
     "scenario",
@@ -24,6 +27,8 @@ COLUMNS = (
     "makespan s",
     "ideal s",
     "ratio",
+    "limit s",
+    "/limit",
     "POST/row",
     "GET/row",
     "CPU s/1k rows",
@@ -106,3 +111,25 @@ class TestQuickBenchmark:
         line = next(line for line in quick_output.splitlines() if "Retry-After check" in line)
         answered = int(line.split("Retry-After check: ", 1)[1].split(" ", 1)[0])
         assert answered > 0
+
+
+class TestServicePace:
+    """The limit a run is judged against, computed from the sandbox's job timelines."""
+
+    def test_fixed_latency_gives_ceil_n_over_c_times_l(self) -> None:
+        # 5 jobs, 2 slots, 1 s each; created late by 0.1 s after each slot frees.
+        timelines = [(0.0, 1.0), (0.0, 1.0), (1.1, 2.1), (1.1, 2.1), (2.2, 3.2)]
+        pace = service_pace(timelines, concurrency=2)
+        assert pace.limit_s == pytest.approx(3.0)  # ceil(5 / 2) x 1 s
+        assert pace.ramp_s == 0.0
+        assert pace.mean_gap_s == pytest.approx(0.1)
+        assert pace.span_s == pytest.approx(3.2)
+
+    def test_random_latency_replays_the_drawn_latencies_in_creation_order(self) -> None:
+        # Latencies 4, 1, 1, 2 on 2 slots: slot A runs 4; slot B runs 1, 1, 2 -> limit 4.
+        timelines = [(0.0, 4.0), (0.5, 1.5), (1.5, 2.5), (2.5, 4.5)]
+        pace = service_pace(timelines, concurrency=2)
+        assert pace.limit_s == pytest.approx(4.0)
+        assert pace.ramp_s == pytest.approx(0.5)
+        assert pace.mean_gap_s == pytest.approx(0.0)  # each next job came as a slot freed
+        assert pace.span_s == pytest.approx(4.5)

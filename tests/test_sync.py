@@ -30,4 +30,4 @@ def test_the_background_loop_is_uvloop_where_installed() -> None:
 
 
 def test_narrative_pandas_loop_asyncio_keeps_asyncio() -> None:
-    assert loop_module(NARRATIVE_PANDAS_LOOP="asyncio") .startswith("asyncio.")
+    assert loop_module(NARRATIVE_PANDAS_LOOP="asyncio").startswith("asyncio.")
