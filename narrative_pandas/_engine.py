@@ -117,7 +117,7 @@ class RequestCommon:
     tags: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobRequest:
     """One unique request of a run: its fingerprint, its messages and how many rows share it.
 
@@ -211,7 +211,7 @@ class EngineReport:
     status: str = "running"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Live:
     """A request that has left the queue: being posted, or a job we are waiting for."""
 

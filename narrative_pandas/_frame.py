@@ -51,7 +51,7 @@ METADATA_DTYPES: dict[str, Dtype] = {
 }
 
 
-@dataclass(frozen=True, slots=False)
+@dataclass(frozen=True, slots=True)
 class RowOutcome:
     """How one row ended: its validated output, or why it has none.
 
