@@ -486,7 +486,7 @@ class Engine:
                 live.request,
                 RowOutcome(error=messages[why], status=why),
                 old="queued",
-                new="failed",
+                new="stopped",
             )
 
     # ------------------------------------------------------------------ submit
@@ -932,7 +932,7 @@ class Engine:
         self._release_soon(request.key)
         self.outcomes[request.key] = outcome
         self._tracker.transition(request.rows, old, new)
-        if outcome.error and new == "failed":
+        if outcome.error and new in ("failed", "stopped"):
             self._tracker.error(outcome.error, rows=request.rows)
 
     async def _wind_down(self) -> None:
@@ -961,7 +961,7 @@ class Engine:
                     status=reason,
                 ),
                 old=live.phase,
-                new="failed",
+                new="stopped",
             )
         self._outstanding.clear()
         self._give_up_queue(reason)
@@ -974,7 +974,7 @@ class Engine:
                         status=reason,
                     ),
                     old="queued",
-                    new="failed",
+                    new="stopped",
                 )
         self.report.status = "error" if self._fatal is not None else reason
         await self._drain_releases()

@@ -11,7 +11,9 @@ Rows move through phases::
 
     queued -> pending -> running -> completed | failed
     queued -> cached                       (served from the cache, never submitted)
-    any non-terminal phase -> failed       (skipped, cancelled, budget-stopped, timed out)
+    any non-terminal phase -> failed       (skipped for a missing value, timed out)
+    any non-terminal phase -> stopped      (the run was cancelled, interrupted or reached its
+                                            token budget first: not a failure, nothing to fix)
 
 Only counts, token totals, durations and error *messages* are ever rendered: never the repr of an
 arbitrary object, so nothing secret (such as the API key) can reach a display.
@@ -52,13 +54,13 @@ __all__ = [
 
 logger = logging.getLogger("narrative_pandas")
 
-Phase = Literal["queued", "pending", "running", "completed", "failed", "cached"]
+Phase = Literal["queued", "pending", "running", "completed", "failed", "cached", "stopped"]
 Status = Literal["running", "done", "interrupted", "cancelled"]
 FinalStatus = Literal["done", "interrupted", "cancelled"]
 EventKind = Literal["start", "transition", "tokens", "error", "finish"]
 
 PHASES: tuple[Phase, ...] = get_args(Phase)
-TERMINAL_PHASES: frozenset[Phase] = frozenset({"completed", "failed", "cached"})
+TERMINAL_PHASES: frozenset[Phase] = frozenset({"completed", "failed", "cached", "stopped"})
 MAX_ERRORS = 5
 """How many distinct error messages a snapshot keeps (the first ones seen)."""
 MAX_ERROR_CHARS = 500
@@ -87,10 +89,16 @@ class ProgressSnapshot:
     eta: float | None
     errors: tuple[str, ...]
     status: Status
+    stopped: int = 0
 
     @property
     def finished(self) -> int:
-        """Rows in a terminal phase (completed + failed + cached)."""
+        """Rows in a terminal phase (completed + failed + cached + stopped)."""
+        return self.completed + self.failed + self.cached + self.stopped
+
+    @property
+    def ended(self) -> int:
+        """Rows the run saw through: a result or a failure (completed + failed + cached)."""
         return self.completed + self.failed + self.cached
 
     @property
@@ -182,16 +190,16 @@ def bar_style_for(snapshot: ProgressSnapshot) -> Literal["", "success", "warning
     """The widget bar colour for ``snapshot``.
 
     - ``""`` (neutral blue) while running;
-    - ``"success"`` (green): done and no row failed;
-    - ``"warning"`` (amber): done, some rows failed but at least one row has a result
-      (completed or cached);
+    - ``"success"`` (green): done and every row has a result;
+    - ``"warning"`` (amber): done, some rows failed or were stopped by the token budget, but at
+      least one row has a result (completed or cached);
     - ``"danger"`` (red): done and every row failed, or the run was interrupted or cancelled.
     """
     if snapshot.status == "running":
         return ""
     if snapshot.status in ("interrupted", "cancelled"):
         return "danger"
-    if snapshot.failed == 0:
+    if snapshot.failed == 0 and snapshot.stopped == 0:
         return "success"
     if snapshot.succeeded == 0:
         return "danger"
@@ -205,16 +213,17 @@ def status_text(snapshot: ProgressSnapshot) -> str:
         return "running"
     took = format_duration(s.elapsed)
     if s.status == "done":
-        if s.failed == 0:
-            text = f"done in {took}"
-        elif s.succeeded == 0:
-            text = f"done in {took} · all {s.failed} rows failed"
-        else:
-            text = f"done in {took} · {s.failed} of {s.total} rows failed"
-        return text
-    text = f"{s.status} at {s.finished}/{s.total} after {took}"
-    if s.failed:
-        text += f" · {s.failed} failed"
+        text = f"done in {took}"
+        if s.failed and s.failed == s.total:
+            text += f" · all {s.failed} rows failed"
+        elif s.failed:
+            text += f" · {s.failed} of {s.total} rows failed"
+    else:
+        text = f"{s.status} at {s.ended}/{s.total} after {took}"
+        if s.failed:
+            text += f" · {s.failed} failed"
+    if s.stopped:
+        text += f" · {s.stopped} stopped"
     return text
 
 
@@ -301,7 +310,7 @@ class ProgressTracker:
             elapsed = 0.0
         done_here = c["completed"] + c["failed"]
         rate = done_here / elapsed if done_here > 0 and elapsed > 0 else None
-        remaining = self.total - (done_here + c["cached"])
+        remaining = self.total - (done_here + c["cached"] + c["stopped"])
         eta = remaining / rate if rate is not None and self._status == "running" else None
         return ProgressSnapshot(
             total=self.total,
@@ -317,6 +326,7 @@ class ProgressTracker:
             eta=eta,
             errors=tuple(self._errors),
             status=self._status,
+            stopped=c["stopped"],
         )
 
     # -- reporting -------------------------------------------------------------------------
@@ -511,19 +521,21 @@ class TextSink:
     def line(self, s: ProgressSnapshot) -> str:
         """The live line for ``s`` (not truncated)."""
         total = s.total
-        frac = s.finished / total if total else 1.0
+        frac = s.ended / total if total else 1.0
         filled = min(self.BAR_CELLS, int(frac * self.BAR_CELLS))
         bar = "█" * filled + "░" * (self.BAR_CELLS - filled)
         pct = int(frac * 100) if total else 100
         digits = len(str(total))
         parts = [
-            f"{self.title}  {s.finished:>{digits}}/{total} ▕{bar}▏ {pct:>3}%",
+            f"{self.title}  {s.ended:>{digits}}/{total} ▕{bar}▏ {pct:>3}%",
             f"pending {s.pending}",
             f"running {s.running}",
             f"failed {s.failed}",
             f"cached {s.cached}",
-            f"{format_count(s.tokens)} tokens",
         ]
+        if s.stopped:
+            parts.append(f"stopped {s.stopped}")
+        parts.append(f"{format_count(s.tokens)} tokens")
         if s.rows_per_second is not None:
             parts.append(format_rate(s.rows_per_second))
         if s.eta is not None:
@@ -534,12 +546,14 @@ class TextSink:
         """The final line for ``s``."""
         took = format_duration(s.elapsed)
         if s.status == "done":
-            head = f"{self.title}  {s.finished}/{s.total} done in {took}"
+            head = f"{self.title}  {s.ended}/{s.total} done in {took}"
         else:
-            head = f"{self.title}  {s.status} at {s.finished}/{s.total} after {took}"
+            head = f"{self.title}  {s.status} at {s.ended}/{s.total} after {took}"
         parts = [head, f"{s.completed} completed", f"{s.failed} failed"]
         if s.cached:
             parts.append(f"{s.cached} cached")
+        if s.stopped:
+            parts.append(f"{s.stopped} stopped")
         parts.append(f"{format_count(s.tokens)} tokens")
         return " · ".join(parts)
 
@@ -588,11 +602,12 @@ class WidgetSink:
     """A Jupyter widget: bar, live counts, first errors, state word and an optional Cancel button.
 
     Stable CSS classes (for browser tests and styling): the outer ``VBox`` has
-    ``narrative-progress``; children ``narrative-progress-bar`` (``IntProgress``, value = finished
-    rows, max = total), ``narrative-progress-counts``, ``narrative-progress-errors``,
-    ``narrative-progress-status`` (``HTML``) and ``narrative-progress-cancel`` (``Button``, only
-    when ``on_cancel`` is given). Inside the HTML, each count is a
-    ``span.narrative-count.narrative-count-<name>`` and the state word a
+    ``narrative-progress``; children ``narrative-progress-bar`` (``IntProgress``, value = rows
+    completed, failed or cached, max = total), ``narrative-progress-counts``,
+    ``narrative-progress-errors``, ``narrative-progress-status`` (``HTML``) and
+    ``narrative-progress-cancel`` (``Button``, only when ``on_cancel`` is given). Inside the HTML,
+    each count is a ``span.narrative-count.narrative-count-<name>`` (``stopped`` only once a row
+    was stopped) and the state word a
     ``span.narrative-state.narrative-state-<status>``. The bar colour follows
     :func:`bar_style_for`. The widget is displayed on the first ``update`` (or at ``close``).
     """
@@ -665,6 +680,10 @@ class WidgetSink:
             _span("completed", "completed", str(s.completed)),
             _span("failed", "failed", str(s.failed)),
             _span("cached", "cached", str(s.cached)),
+        ]
+        if s.stopped:
+            parts.append(_span("stopped", "stopped", str(s.stopped)))
+        parts += [
             _span("tokens", "tokens", format_count(s.tokens)),
             _span("elapsed", "elapsed", format_duration(s.elapsed)),
             _span("rate", "rows/s", format_rate(s.rows_per_second).removesuffix(" rows/s")),
@@ -695,7 +714,7 @@ class WidgetSink:
             show(self.widget)
 
     def _render(self, s: ProgressSnapshot) -> None:
-        self.bar.value = min(s.finished, self.bar.max) if s.total else 0
+        self.bar.value = min(s.ended, self.bar.max) if s.total else 0
         self.counts.value = self.counts_html(s)
         errors = self.errors_html(s)
         if errors != self.errors.value:

@@ -157,7 +157,8 @@ class Run:
         return self._future is not None and self._future.done()
 
     def status(self) -> dict[str, Any]:
-        """Live counts: total, queued, pending, running, completed, failed, cached, tokens.
+        """Live counts: total, queued, pending, running, completed, failed, cached, stopped
+        (rows a cancel, an interrupt or the token budget stopped), tokens.
 
         Examples
         --------
@@ -173,6 +174,7 @@ class Run:
             "completed": snap.completed,
             "failed": snap.failed,
             "cached": snap.cached,
+            "stopped": snap.stopped,
             "tokens": snap.tokens,
             "elapsed": snap.elapsed,
             "status": snap.status,

@@ -527,12 +527,14 @@ class TestNotebookWidgetInBrowser:
             expect(cancel).to_be_enabled()
             cancel.click()
 
-            # The kernel got the click: the run stops, the bar turns red, every row failed.
+            # The kernel got the click: the run stops, the bar turns red, every row is stopped
+            # (not failed: nothing went wrong with them).
             expect(widget2.locator(".narrative-state-cancelled")).to_be_visible()
             bar2 = widget2.locator(".narrative-progress-bar .progress-bar")
             expect(bar2).to_have_class(re.compile(r"\bprogress-bar-danger\b"))
             expect(cancel).to_be_disabled()
-            expect(widget2.locator(".narrative-count-failed b")).to_have_text(str(RUN2_ROWS))
+            expect(widget2.locator(".narrative-count-stopped b")).to_have_text(str(RUN2_ROWS))
+            expect(widget2.locator(".narrative-count-failed b")).to_have_text("0")
             expect(widget2.locator(".narrative-count-completed b")).to_have_text("0")
             expect(widget2.locator(".narrative-progress-errors")).to_contain_text("cancelled")
 

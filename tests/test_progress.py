@@ -192,6 +192,59 @@ class TestCounts:
         assert sink.closes[0].elapsed == 0.0 and sink.closes[0].status == "done"
 
 
+class TestStopped:
+    """Rows a cancel, an interrupt or the token budget stopped are not failures."""
+
+    def stopped_run(self, sink: Any, status: str, *, fail: int = 0) -> ProgressTracker:
+        clock = FakeClock()
+        t = ProgressTracker(30, [sink], clock=clock, min_interval=0)
+        t.start()
+        t.transition(30, "queued", "pending")
+        t.transition(5, "pending", "completed")
+        if fail:
+            t.transition(fail, "pending", "failed")
+        t.transition(25 - fail, "pending", "stopped")
+        clock.advance(2)
+        t.finish(status)  # type: ignore[arg-type]
+        return t
+
+    def test_a_cancelled_run_says_what_ended_and_what_was_stopped(self) -> None:
+        sink, _ = make_widget(30)
+        t = self.stopped_run(sink, "cancelled")
+        s = t.snapshot()
+        assert (s.completed, s.failed, s.stopped, s.ended, s.finished) == (5, 0, 25, 5, 30)
+        assert text_of(sink.status.value) == "cancelled at 5/30 after 2.0s · 25 stopped"
+        assert sink.bar.value == 5 and sink.bar.bar_style == "danger"
+        live = text_of(sink.counts.value)
+        assert "completed 5" in live and "failed 0" in live and "stopped 25" in live
+        assert "narrative-count-stopped" in sink.counts.value
+
+    def test_budget_stopped_rows_make_a_done_run_amber(self) -> None:
+        sink, _ = make_widget(30)
+        self.stopped_run(sink, "done", fail=2)
+        assert text_of(sink.status.value) == "done in 2.0s · 2 of 30 rows failed · 23 stopped"
+        assert sink.bar.bar_style == "warning"
+
+    def test_the_stopped_count_appears_only_once_a_row_stopped(self) -> None:
+        sink, _ = make_widget(3)
+        t = ProgressTracker(3, [sink], clock=FakeClock(), min_interval=0)
+        t.start()
+        t.transition(3, "queued", "completed")
+        t.finish("done")
+        assert "narrative-count-stopped" not in sink.counts.value
+        assert text_of(sink.status.value) == "done in 0.0s"
+
+    def test_text_line_and_summary(self) -> None:
+        stream = io.StringIO()
+        t = self.stopped_run(TextSink(30, stream=stream, width=200), "interrupted")
+        assert t.snapshot().stopped == 25
+        summary = stream.getvalue().split("\r")[-1].split("\n")[0]
+        assert summary == (
+            "narrative  interrupted at 5/30 after 2.0s · 5 completed · 0 failed · 25 stopped · "
+            "0 tokens"
+        )
+
+
 class TestErrors:
     """Distinct error messages are kept in order, deduplicated and capped."""
 

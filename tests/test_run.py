@@ -91,7 +91,7 @@ class TestStart:
         )
         while not run.done():
             status = run.status()
-            parts = ("queued", "pending", "running", "completed", "failed", "cached")
+            parts = ("queued", "pending", "running", "completed", "failed", "cached", "stopped")
             assert sum(status[p] for p in parts) == 12
         run.result()
 
@@ -113,6 +113,8 @@ class TestCancel:
         assert (errors == "cancelled: not submitted").sum() == 20
         assert out["narrative_job_id"].notna().sum() == 5
         assert out.attrs["narrative"]["status"] == "cancelled"
+        status = run.status()  # stopped rows are not failures
+        assert (status["stopped"], status["failed"], status["status"]) == (25, 0, "cancelled")
 
     def test_cancelled_jobs_are_collected_by_a_later_run(
         self, sandbox: Sandbox, target: dict[str, str]
