@@ -395,6 +395,14 @@ class Client:
         """Clock time before which no request is sent after a 429 (0 if none)."""
         return self._rate_limited_until
 
+    def hold_until(self, when: float) -> None:
+        """Send no request before clock time ``when``, as after a 429 this client saw itself.
+
+        For a rate limit met elsewhere under the same key (another process of a Dask cluster):
+        the gate only ever moves later, and waiting requests wake when it opens.
+        """
+        self._rate_limited_until = max(self._rate_limited_until, float(when))
+
     # --- endpoints ---
 
     async def run_model_inference(

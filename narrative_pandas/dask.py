@@ -423,8 +423,7 @@ async def _share_once(client: _HTTPClient, gate: _SharedGate, share: _RateShare)
     if shared > now_w:
         hold = now_m + min(shared - now_w, MAX_RETRY_AFTER)
         if hold > client.rate_limited_until + 0.05:
-            # The client's own gate holds every request (GETs too); there is no public setter.
-            client._rate_limited_until = hold
+            client.hold_until(hold)  # the client's own gate holds every request, GETs too
             share.holds += 1
 
 

@@ -569,6 +569,18 @@ class TestRetryPolicy:
                 await client.get_job("a")
             assert client.rate_limited_until == backoff_delay(0, random.Random(3))
 
+    async def test_hold_until_holds_requests_and_only_moves_later(self) -> None:
+        """A rate limit met elsewhere (another Dask worker) holds this client's requests too."""
+        clock = FakeClock()
+        rec = Recorder(httpx.Response(200, json=job_json("a")))
+        async with make_client(rec, clock=clock) as client:
+            client.hold_until(4.0)
+            client.hold_until(2.0)  # an older hold never shortens the gate
+            assert client.rate_limited_until == 4.0
+            await client.get_job("a")
+        assert clock.sleeps == [4.0]
+        assert len(rec.requests) == 1
+
     async def test_429_gate_holds_a_concurrent_request(self) -> None:
         """A 429 seen by one task holds back another task's request until the gate opens."""
         clock = ManualClock()
