@@ -568,6 +568,7 @@ PACKAGES = (
     "httpx",
     "httpx-aiohttp",
     "aiohttp",
+    "uvloop",
     "jsonschema",
     "starlette",
     "uvicorn",
