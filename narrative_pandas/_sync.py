@@ -63,7 +63,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     """uvloop where it is installed (it is a dependency off Windows), else asyncio's own loop.
 
     The background loop carries every request of every run; uvloop's cuts the library's CPU per
-    row by about a tenth (``benchmarks/run.py``, scenario d). ``NARRATIVE_PANDAS_LOOP=asyncio``
+    row by about 5% (``benchmarks/run.py``, scenario d). ``NARRATIVE_PANDAS_LOOP=asyncio``
     keeps asyncio's loop.
     """
     if os.environ.get(LOOP_ENV, "auto").strip().lower() != "asyncio":
