@@ -98,22 +98,15 @@ def _same(value: Any, expected: Any) -> bool:
     return type(value) is type(expected) and isinstance(value, _SIMPLE) and value == expected
 
 
-def _number(schema: Mapping[str, Any], name: str) -> float | None:
-    value = schema.get(name)
+def _bound(schema: Mapping[str, Any], name: str, *, whole: bool = False) -> float | None:
+    """The numeric keyword ``name`` as written (ints stay ints: ``float`` would round a large
+    ``minimum`` and compare wrongly), None when absent; a count (``whole``) must be integral."""
+    value: float | None = schema.get(name)
     if value is None:
         return None
-    if not _is_number(value):
+    if not (_is_integer(value) if whole else _is_number(value)):
         raise _Unsupported(name)
-    return float(value)
-
-
-def _count(schema: Mapping[str, Any], name: str) -> int | None:
-    value = schema.get(name)
-    if value is None:
-        return None
-    if not _is_integer(value):
-        raise _Unsupported(name)
-    return int(value)
+    return value
 
 
 def _compile(schema: Any) -> QuickCheck:
@@ -175,8 +168,8 @@ def _combined(subs: list[QuickCheck], *, every: bool) -> QuickCheck:
 
 def _number_checks(schema: Mapping[str, Any]) -> list[QuickCheck]:
     found: list[QuickCheck] = []
-    low, high = _number(schema, "minimum"), _number(schema, "maximum")
-    above, below = _number(schema, "exclusiveMinimum"), _number(schema, "exclusiveMaximum")
+    low, high = _bound(schema, "minimum"), _bound(schema, "maximum")
+    above, below = _bound(schema, "exclusiveMinimum"), _bound(schema, "exclusiveMaximum")
     if low is not None:
         found.append(lambda v: not _is_number(v) or v >= low)
     if high is not None:
@@ -190,7 +183,10 @@ def _number_checks(schema: Mapping[str, Any]) -> list[QuickCheck]:
 
 def _string_checks(schema: Mapping[str, Any]) -> list[QuickCheck]:
     found: list[QuickCheck] = []
-    shortest, longest = _count(schema, "minLength"), _count(schema, "maxLength")
+    shortest, longest = (
+        _bound(schema, "minLength", whole=True),
+        _bound(schema, "maxLength", whole=True),
+    )
     if shortest is not None:
         found.append(lambda v: not isinstance(v, str) or len(v) >= shortest)
     if longest is not None:
@@ -211,7 +207,10 @@ def _object_checks(schema: Mapping[str, Any]) -> list[QuickCheck]:
     extra_check: QuickCheck | None = (
         None if extra is True else _never if extra is False else _compile(extra)
     )
-    fewest, most = _count(schema, "minProperties"), _count(schema, "maxProperties")
+    fewest, most = (
+        _bound(schema, "minProperties", whole=True),
+        _bound(schema, "maxProperties", whole=True),
+    )
 
     if not (compiled or required or extra is not True or fewest is not None or most is not None):
         return found
@@ -247,7 +246,7 @@ def _array_checks(schema: Mapping[str, Any]) -> list[QuickCheck]:
             found.append(lambda v: not isinstance(v, list) or not v)
         else:
             found.append(lambda v: not isinstance(v, list) or all(each(i) for i in v))
-    fewest, most = _count(schema, "minItems"), _count(schema, "maxItems")
+    fewest, most = _bound(schema, "minItems", whole=True), _bound(schema, "maxItems", whole=True)
     if fewest is not None:
         found.append(lambda v: not isinstance(v, list) or len(v) >= fewest)
     if most is not None:

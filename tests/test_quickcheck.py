@@ -154,6 +154,14 @@ def test_common_schemas_are_compiled_and_judged(
     assert Draft202012Validator(schema).is_valid(instance) is expected
 
 
+def test_large_integer_bounds_are_compared_exactly() -> None:
+    """2**53 + 1 as a float is 2**53: the bound must not be rounded into a wrong yes."""
+    check = compile_quick_check({"type": "integer", "minimum": 2**53 + 1})
+    assert check is not None
+    assert check(2**53) is False
+    assert check(2**53 + 1) is True
+
+
 @pytest.mark.parametrize(
     "schema",
     [
