@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+from helpers import SENTIMENT_SCHEMA as SENTIMENT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
@@ -91,15 +92,6 @@ def test_valid_outputs_of_supported_schemas_take_the_fast_path(
         assert check(instance), (schema, instance)
 
 
-SENTIMENT = {
-    "type": "object",
-    "properties": {
-        "label": {"type": "string", "enum": ["positive", "negative", "neutral"]},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-    },
-    "required": ["label", "confidence"],
-    "additionalProperties": False,
-}
 NESTED = {
     "type": "object",
     "title": "Review",

@@ -11,19 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import SENTIMENT_SCHEMA as SCHEMA
 
 from narrative_pandas._clock import FakeClock
 from narrative_pandas.sandbox import DEFAULT_DATA_PLANE_ID, Sandbox
 
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "label": {"type": "string", "enum": ["positive", "negative", "neutral"]},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-    },
-    "required": ["label", "confidence"],
-    "additionalProperties": False,
-}
 JOB_FIELDS = {
     "job_id",
     "data_plane_id",
