@@ -260,10 +260,11 @@ def run_scenario(
         spec["profile"] = str(Path(profile_dir) / f"client-{scenario.key}.prof")
     outcome.client = client.run(spec)
     outcome.error = outcome.client.pop("error", None)
-    outcome.server = sandbox.stats(log=scenario.log, timelines=True)
+    paced = scenario.mean_latency > 0  # with latency 0 there is no pace to compare against
+    outcome.server = sandbox.stats(log=scenario.log, timelines=paced)
     outcome.server_cpu_s = float(outcome.server["server_cpu_s"]) - cpu_before
     timelines = outcome.server.pop("timelines", [])
-    if scenario.mean_latency > 0 and timelines:
+    if timelines:
         outcome.pace = service_pace(timelines, scenario.concurrency)
     if scenario.log:
         outcome.checks["retry_after"] = retry_after_check(outcome.server.get("log", []))
