@@ -51,6 +51,9 @@ _FOREIGN_SCHEMA = {
 }
 
 
+_CANCELLED: dict[str, Any] = {"message": "Job was cancelled", "value": {"reason": "cancelled"}}
+
+
 @dataclass(frozen=True)
 class NewJob:
     """What the app decided about a job it is creating."""
@@ -140,9 +143,8 @@ class JobStore:
             middle = "pending_cancellation" if job.cancelled else "running"
             outcome = "cancelled" if job.cancelled else job.outcome
             ended_stamp = format_timestamp(ended - job.skew)
-            failures = [
-                {"message": f["message"], "timestamp": ended_stamp, **f} for f in job.failures
-            ]
+            reasons = [_CANCELLED] if job.cancelled else job.failures
+            failures = [{"message": f["message"], "timestamp": ended_stamp, **f} for f in reasons]
             record = JobRecord(
                 self._seq, job.job_id, job.data_plane_id, job.owner, job.input,
                 [created, started, ended], ["pending", middle, outcome], job.skew,
@@ -274,9 +276,7 @@ class JobStore:
             record.states = [*record.states[: stage + 1], "pending_cancellation", "cancelled"]
             record.result = None
             record.restamp()
-            record.failures = [
-                {"message": "Job was cancelled", "timestamp": record.stamps[-1], "value": {}}
-            ]
+            record.failures = [{**_CANCELLED, "timestamp": record.stamps[-1]}]
             for i in (stage + 1, stage + 2):
                 bisect.insort(self._events, (record.stamp_time(i), seq, i))
             self._rebuild_heaps()
