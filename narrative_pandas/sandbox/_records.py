@@ -144,7 +144,12 @@ class JobRecord:
 
     def stage(self, now: float) -> int:
         """Index of the last transition reached at ``now`` (0 before and at creation)."""
-        return max(0, bisect.bisect_right(self.times, now) - 1)
+        times = self.times
+        if now >= times[-1]:
+            return len(times) - 1
+        if len(times) == 3:  # the usual pending -> running -> ended, on every listing
+            return 1 if now >= times[1] else 0
+        return max(0, bisect.bisect_right(times, now) - 1)
 
     def version(self, now: float) -> int:
         """What changes when the job's JSON changes: the stage, or a cycling job's updates."""
