@@ -208,7 +208,9 @@ class JobStore:
                         if state == "cancelled"
                         else ("Model inference failed: the model provider returned an error")
                     )
-                    record.failures = [{"message": message, "timestamp": record.stamps[0]}]
+                    record.failures = [
+                        {"message": message, "timestamp": record.stamps[0], "value": {}}
+                    ]
                 if cycling:
                     phase = 1.0 - unit(f"{seed}:{job_id}:phase")  # in (0, 1]
                     record.cycle = Cycle(created, phase, cycle_interval)
