@@ -676,9 +676,10 @@ class Engine:
         request = live.request
         usage = job.result.usage if job.result is not None else None
         counts = TokenCounts.of(usage)
-        if usage is None:  # counted, for the budget and the report, by an estimate (_budget.py)
-            raw_output = job.result.structured_output if job.result is not None else None
-            usage = self._budget.estimated_usage(request, raw_output)
+        if usage is None and job.state == "completed" and job.result is not None:
+            # An answer without usage is counted, for the budget and the report, by an
+            # estimate (_budget.py); the row's own token columns stay empty.
+            usage = self._budget.estimated_usage(request, job.result.structured_output)
             self.report.tokens_estimated = True
         self._budget.settle(request.key, usage)
         if usage is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,6 +45,10 @@ logger = logging.getLogger("narrative_pandas")
 
 #: With at most this many outstanding jobs, poll each with ``GET /jobs/{id}``; more use the listing.
 FEW_JOBS = 3
+#: Longest one sweep may take: a listing slower than this (a stalled or trickling answer) is
+#: abandoned for this poll, and after :data:`STALLS_TO_GIVE_UP` such sweeps for the run.
+SWEEP_DEADLINE_S = 5.0
+STALLS_TO_GIVE_UP = 2
 
 
 class Watched(Protocol):
@@ -83,6 +87,7 @@ class Poller:
         self._fatal = fatal
         self._ours: set[str] = set()
         self._quiet_polls = 0
+        self._stalls = 0
         self.direct_gets = 0
         self.watchdog_fired = 0
 
@@ -106,16 +111,18 @@ class Poller:
         sweeps = 0
         if len(outstanding) > FEW_JOBS and self.sweeper.usable:
             sweeps += 1
-            result = await self.sweeper.sweep(
-                list(outstanding), ours=self._ours, oldest_created=_oldest_created(outstanding)
+            result = await self._within_deadline(
+                self.sweeper.sweep(
+                    list(outstanding), ours=self._ours, oldest_created=_oldest_created(outstanding)
+                )
             )
             self._apply(result, outstanding, verifying=False)
             if self.sweeper.mode == "updated":
                 overdue = self._overdue(outstanding, interval, mean_latency, everyone=watchdog)
                 if len(overdue) > 1:
                     sweeps += 1
-                    found = await self.sweeper.verify(
-                        overdue, oldest_created=_oldest_created(outstanding)
+                    found = await self._within_deadline(
+                        self.sweeper.verify(overdue, oldest_created=_oldest_created(outstanding))
                     )
                     self._apply(found, outstanding, verifying=True)
             due = self._overdue(outstanding, interval, mean_latency, everyone=False)
@@ -128,6 +135,19 @@ class Poller:
         if due:
             await self._get_each(due[:MAX_DIRECT_GETS], outstanding)
         return sweeps
+
+    async def _within_deadline(self, sweep: Coroutine[Any, Any, SweepResult]) -> SweepResult:
+        """A sweep, given up after :data:`SWEEP_DEADLINE_S` (the jobs are then fetched)."""
+        try:
+            return await asyncio.wait_for(sweep, SWEEP_DEADLINE_S)
+        except asyncio.TimeoutError:
+            self._stalls += 1
+            if self._stalls >= STALLS_TO_GIVE_UP:
+                self.sweeper.give_up(
+                    f"the job listing took more than {SWEEP_DEADLINE_S:g} s to answer "
+                    f"{self._stalls} times; polling job by job instead"
+                )
+            return SweepResult(failed=True)
 
     def _overdue(
         self,

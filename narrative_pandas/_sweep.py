@@ -53,7 +53,7 @@ WATERMARK_MARGIN_S = 0.5
 MAX_LEARNED_MARGIN_S = 10.0
 #: Sweeps by update in which other jobs filled most of two or more pages before reading by
 #: creation instead ...
-FOREIGN_SWEEPS_TO_SWITCH = 3
+FOREIGN_SWEEPS_TO_SWITCH = 1
 #: ... "most" being this share of the records read.
 FOREIGN_SHARE = 0.75
 #: Statuses meaning "this order_by is not supported here".
@@ -144,6 +144,10 @@ class ListingSweeper:
                 f"job updates arrive out of order in the listing by up to {miss:.1f} s "
                 "(executor clocks disagree); sweeps now read that much deeper",
             )
+
+    def give_up(self, why: str) -> None:
+        """Stop using the listing for this run (the engine fetches jobs one by one)."""
+        self._switch("off", why)
 
     def _switch(self, mode: ListingMode, why: str) -> None:
         if self.mode == mode:
