@@ -8,11 +8,14 @@ within a bounded number of polls, and the requests it took.
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from helpers import python_script, spawn, wait_until
 from pydantic import BaseModel
 
 import narrative_pandas as npd
@@ -228,8 +231,6 @@ class TestStalls:
             base_url=sb.base_url,
             data_plane_id=sb.data_plane_id,
         )
-        from helpers import wait_until
-
         wait_until(lambda: sb.stats.count(path="/jobs") >= 1, what="a listing request")
         started.cancel()
         with pytest.warns(npd.RowsFailedWarning):
@@ -264,3 +265,45 @@ class TestGarbagePost:
         assert out["narrative_error"].isna().all(), out["narrative_error"].dropna().tolist()
         assert sb.stats.duplicates == 0
         assert sb.stats.jobs_created == 60
+
+
+class TestResumeAmongForeignJobs:
+    """kill -9 mid-run while 2,000 other jobs update, then the same script again."""
+
+    def test_kill_and_rerun(self, make_sandbox: Any, tmp_path: Path) -> None:
+        """Every row correct, jobs created = rows, GET/row of the second run <= 1."""
+        sb = make_sandbox(
+            foreign_jobs=2000, foreign_update_interval=1.0, queue_latency=1.0, run_latency=0.3
+        )
+        cache = tmp_path / "cache.sqlite"
+        script = python_script(
+            tmp_path / "label.py",
+            f"""
+            import pandas as pd, narrative_pandas as npd
+            from pydantic import BaseModel
+            class Label(BaseModel):
+                label: str
+                score: float
+            df = pd.DataFrame({{"text": [f"row {{i}}" for i in range(150)]}})
+            out = df.narrative.infer({PROMPT!r}, output=Label, cache={str(cache)!r},
+                                     progress=False, concurrency=32,
+                                     api_key={sb.api_key!r}, base_url={sb.base_url!r},
+                                     data_plane_id={sb.data_plane_id!r})
+            report = out.attrs["narrative"]
+            print("DONE", out["narrative_error"].isna().sum(), report["resumed_rows"])
+            """,
+        )
+        proc = spawn(script)
+        wait_until(lambda: sb.stats.jobs_created >= 40, timeout=60, what="40 submissions")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        first_created = sb.stats.jobs_created
+        assert 40 <= first_created < 150
+        gets_before = sb.stats.count(method="GET")
+        proc = spawn(script)
+        stdout, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 0, stderr
+        assert "DONE 150" in stdout
+        assert sb.stats.jobs_created == 150
+        assert sb.stats.duplicates == 0
+        assert (sb.stats.count(method="GET") - gets_before) / 150 <= 1.0
