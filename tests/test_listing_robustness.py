@@ -7,18 +7,27 @@ within a bounded number of polls, and the requests it took.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pandas as pd
 import pytest
 from helpers import python_script, spawn, wait_until
 from pydantic import BaseModel
 
 import narrative_pandas as npd
+from narrative_pandas._client import Client as HTTPClient
+from narrative_pandas._clock import FakeClock
+from narrative_pandas._config import resolve_settings
+from narrative_pandas._engine import Engine
+from narrative_pandas._plan import build_plan
+from narrative_pandas._progress import make_progress
 from narrative_pandas.sandbox import Sandbox
 
 
@@ -307,3 +316,54 @@ class TestResumeAmongForeignJobs:
         assert sb.stats.jobs_created == 150
         assert sb.stats.duplicates == 0
         assert (sb.stats.count(method="GET") - gets_before) / 150 <= 1.0
+
+
+class TestStopDuringAStalledListing:
+    """A stop interrupts a poll whose listing never answers, counted in the clock seam's ticks."""
+
+    async def test_stop_returns_within_a_few_ticks(self) -> None:
+        """engine.stop() while GET /jobs hangs: run() returns, <= 3 clock waits after the stop."""
+        listing_asked = asyncio.Event()
+        never = asyncio.Event()
+        posted: list[str] = []
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            if request.method == "POST":
+                posted.append(f"job-{len(posted)}")
+                return httpx.Response(200, json={"job_id": posted[-1]})
+            if request.url.path == "/jobs":
+                listing_asked.set()
+                await never.wait()  # a listing that never answers
+            job_id = request.url.path.rsplit("/", 1)[-1]
+            return httpx.Response(200, json={"job_id": job_id, "state": "pending"})
+
+        clock = FakeClock()
+        settings = resolve_settings("sk-test", "https://api.test", "plane")
+        plan = build_plan(frame(10), PROMPT, output=Label, settings=settings)
+        async with HTTPClient(
+            "sk-test",
+            "https://api.test",
+            data_plane_id="plane",
+            transport=httpx.MockTransport(handler),
+            clock=clock,
+        ) as client:
+            engine = Engine(
+                client,
+                plan.requests,
+                plan.spec,
+                cache=None,
+                options=dataclasses.replace(plan.options, data_plane_id="plane"),
+                tracker=make_progress(False, 10),
+                run_id="stall",
+                clock=clock,
+            )
+            task = asyncio.create_task(engine.run())
+            await asyncio.wait_for(listing_asked.wait(), 10)
+            ticks_at_stop = len(clock.sleeps)
+            engine.stop("cancelled")
+            outcomes = await asyncio.wait_for(task, 10)  # a hang detector, not a timing
+        assert len(clock.sleeps) - ticks_at_stop <= 3
+        assert len(outcomes) == 10
+        assert {o.status for o in outcomes.values()} == {"cancelled"}
+        assert engine.report.status == "cancelled"
+        assert len(posted) == 10
