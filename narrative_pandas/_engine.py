@@ -665,6 +665,8 @@ class Engine:
             if not live.resumed:
                 self._record_latency(live)
             self._conclude(live, job)
+            # The freed slot takes its next request now, not after the rest of this poll.
+            self._fill()
             self._wake.set()
             return
         phase: Phase | None = {"pending": "pending", "running": "running"}.get(job.state)  # type: ignore[assignment]
