@@ -57,6 +57,7 @@ class Scenario:
     inject_429: float = 0.0
     retry_after: float = 1.0
     log: bool = False
+    faults: tuple[tuple[str, Any], ...] = ()  # extra sandbox knobs, e.g. (("foreign_jobs", 2000),)
 
     @property
     def mean_latency(self) -> float:
@@ -75,6 +76,18 @@ class Scenario:
         return f"{self.latency:g}"
 
 
+#: (g): 2,000 other jobs of the company updating every second, and half of the jobs stamped by
+#: executors whose clocks are 2 s behind (issue 13).
+_G_FAULTS: tuple[tuple[str, Any], ...] = (
+    ("foreign_jobs", 2000),
+    ("foreign_update_interval", 1.0),
+    ("executor_skew", 2.0),
+    ("executor_skew_fraction", 0.5),
+)
+#: Every fault knob a scenario may set, at its default (so one scenario's faults do not leak).
+_NO_FAULTS: dict[str, Any] = {"foreign_jobs": 0, "executor_skew": 0.0}
+
+
 def scenarios(quick: bool) -> list[Scenario]:
     """Scenarios (a)-(f) of the issue; ``quick`` shrinks each to a few seconds."""
     if quick:
@@ -86,6 +99,7 @@ def scenarios(quick: bool) -> list[Scenario]:
             Scenario("e", "(e) = (a), httpx", 200, 50, 0.3, transport="httpx"),
             Scenario("f0", "(f) SDK-guide loop", 10, 5, 0.5, mode="baseline"),
             Scenario("f1", "(f) ours, same rows", 10, 32, 0.5),
+            Scenario("g", "(g) foreign + skew", 100, 32, 0.3, faults=_G_FAULTS),
         ]
     return [
         Scenario("a", "(a) steady", 1000, 100, 1.0),
@@ -95,6 +109,7 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("e", "(e) = (a), httpx", 1000, 100, 1.0, transport="httpx"),
         Scenario("f0", "(f) SDK-guide loop", 100, 5, 1.0, mode="baseline"),
         Scenario("f1", "(f) ours, same rows", 100, 32, 1.0),
+        Scenario("g", "(g) foreign + skew", 300, 32, 1.0, faults=_G_FAULTS),
     ]
 
 
@@ -164,6 +179,8 @@ class SandboxProcess:
             if isinstance(scenario.latency, tuple)
             else scenario.latency,
             "seed": 1,
+            **_NO_FAULTS,
+            **dict(scenario.faults),
         }
         spec = {
             "knobs": knobs,
@@ -499,6 +516,10 @@ def targets(outcomes: dict[str, Outcome], throughput: float | None) -> list[tupl
     def add(ok: bool | None, what: str, measured: str) -> None:
         found.append(("SKIP" if ok is None else "PASS" if ok else "MISS", what, measured))
 
+    o = outcomes.get("g")
+    if o is not None and not o.error:
+        per_row = (o.get_jobs + o.list_jobs) / o.scenario.rows
+        add(per_row <= 0.6, "(g) GET requests/row <= 0.6", f"{per_row:.3f}")
     for key, gets in (("a", 0.5), ("b", 0.2)):
         o = outcomes.get(key)
         if o is None or o.error:

@@ -31,20 +31,16 @@ import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from ._clock import Clock, system_clock
-from ._config import Settings, resolve_settings
+from ._config import ApiKey, Settings, resolve_settings
 from ._exceptions import (
     APIConnectionError,
     APIError,
-    APIStatusError,
     APITimeoutError,
     APIUnknownOutcomeError,
-    AuthenticationError,
     ConfigurationError,
     JobTimeoutError,
-    PermissionDeniedError,
-    RateLimitError,
-    status_error_class,
 )
+from ._http_errors import make_status_error, mask_secret
 from ._models import Job, JobsPage, ModelInferenceRunRequest
 
 __all__ = [
@@ -73,6 +69,8 @@ ROUTE_JOBS = "/jobs"
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds for connecting, reading and writing one request."""
+DEADLINE_FACTOR = 2.0
+"""One request's overall deadline (connect + whole body) is this many times ``timeout``."""
 DEFAULT_MAX_RETRIES = 5
 """Retries after the first attempt (the reference advises about 5)."""
 INITIAL_RETRY_DELAY = 1.0
@@ -98,7 +96,6 @@ POLL_BACKOFF_FACTOR = 1.5
 MAX_POLL_INTERVAL = 30.0
 """... up to this many seconds."""
 
-_MAX_ERROR_TEXT = 300
 _MISSING = object()
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -142,82 +139,7 @@ def _response_time(response: httpx.Response) -> float:
     return time.time()
 
 
-# --- error mapping --------------------------------------------------------------------------
-
-
-def _as_text(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _hint(status_code: int) -> str:
-    cls = status_error_class(status_code)
-    if issubclass(cls, AuthenticationError):
-        return "Check the API key (NARRATIVE_API_KEY or api_key=...)."
-    if issubclass(cls, PermissionDeniedError):
-        return "The key may lack rights on this resource or data plane, or the plane is unknown."
-    return ""
-
-
-def make_status_error(
-    response: httpx.Response,
-    *,
-    method: str,
-    path: str,
-    retry_after: float | None = None,
-    secret: str | None = None,
-) -> APIStatusError:
-    """The exception for an error answer, with the fields of either documented body shape.
-
-    RFC 7807-like bodies give ``title``/``detail``/``logId``; ``{"error", "error_description"}``
-    bodies give title and detail. ``secret`` (the key) is scrubbed from every text kept.
-    """
-    status = response.status_code
-    body: Any
-    try:
-        body = response.json()
-    except (ValueError, UnicodeDecodeError):
-        body = response.text[:2000] if response.content else None
-    title = detail = log_id = None
-    if isinstance(body, Mapping):
-        title = _as_text(body.get("title")) or _as_text(body.get("error"))
-        detail = _as_text(body.get("detail")) or _as_text(body.get("error_description"))
-        log_id = _as_text(body.get("logId")) or _as_text(body.get("log_id"))
-    elif isinstance(body, str) and body.strip():
-        detail = body.strip()[:_MAX_ERROR_TEXT]
-    if secret:
-        title, detail, log_id = (_scrub(t, secret) for t in (title, detail, log_id))
-        dumped = json.dumps(body)
-        if secret in dumped:
-            body = json.loads(dumped.replace(secret, "***"))
-    reason = httpx.codes.get_reason_phrase(status) or response.reason_phrase or "Error"
-    message = f"{status} {reason} on {method} {path}"
-    explanation = ": ".join(part for part in (title, detail) if part)
-    if explanation:
-        message += f": {explanation}"
-    if log_id:
-        message += f" (logId {log_id})"
-    hint = _hint(status)
-    if hint:
-        message += f"{'' if message.endswith('.') else '.'} {hint}"
-    cls = status_error_class(status)
-    fields: dict[str, Any] = {
-        "status_code": status,
-        "title": title,
-        "detail": detail,
-        "log_id": log_id,
-        "method": method,
-        "path": path,
-        "body": body,
-    }
-    if cls is RateLimitError:
-        return RateLimitError(message, retry_after=retry_after, **fields)
-    return cls(message, **fields)
-
-
-def _scrub(text: str | None, secret: str) -> str | None:
-    return text.replace(secret, "***") if text and secret else text
+# --- transport errors -----------------------------------------------------------------------
 
 
 def _aiohttp_cause(exc: BaseException) -> aiohttp.ClientError | None:
@@ -290,6 +212,9 @@ class Client:
         Connection settings; missing ones come from the environment, then ``configure()``.
     timeout
         Seconds for connecting, reading and writing one request.
+    deadline
+        Seconds one request may take in all, connect to last byte (default twice ``timeout``):
+        a server trickling bytes cannot hold a request longer than this.
     max_retries
         Retries after the first attempt for retryable failures.
     max_connections
@@ -319,6 +244,7 @@ class Client:
         *,
         data_plane_id: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        deadline: float | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_connections: int = 32,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -329,6 +255,8 @@ class Client:
     ) -> None:
         if not timeout > 0:
             raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}.")
+        if deadline is not None and not deadline > 0:
+            raise ConfigurationError(f"deadline must be > 0 seconds, got {deadline!r}.")
         if max_retries < 0:
             raise ConfigurationError(f"max_retries must be >= 0, got {max_retries!r}.")
         if max_connections < 1:
@@ -348,6 +276,9 @@ class Client:
         self._owns_http = http_client is None
         self._transport: httpx.AsyncBaseTransport | None = None
         self._timeout = httpx.Timeout(timeout).as_dict()
+        #: Overall deadline of one exchange (connect + whole body): a server that trickles
+        #: bytes cannot hold a request longer than this (httpx's read timeout restarts per byte).
+        self._deadline = deadline if deadline is not None else DEADLINE_FACTOR * timeout
         if http_client is not None:
             self._http = http_client
         else:
@@ -597,16 +528,14 @@ class Client:
         params: Mapping[str, str] | None = None,
         json_body: Any = _MISSING,
     ) -> Any:
-        """Send one API request with the retry policy, and return its JSON answer."""
-        secret = self.settings.require_key().reveal()
-        headers = {
-            "Authorization": f"Bearer {secret}",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        }
+        """Send one API request with the retry policy, and return its JSON answer.
+
+        The key stays inside the masked :class:`ApiKey` here: the header is built where the
+        request is made (``_send``), so tracebacks rendered with their locals never show it.
+        """
+        key = self.settings.require_key()
         content: bytes | None = None
         if json_body is not _MISSING:
-            headers["Content-Type"] = "application/json"
             content = json.dumps(json_body, ensure_ascii=False, allow_nan=False).encode("utf-8")
         url = self._url(path)
         is_post = method == "POST"
@@ -620,12 +549,15 @@ class Client:
                     per_run = run_requests.get()
                     if per_run is not None:
                         per_run[(method, route)] += 1
-                    response = await self._send(method, url, params, content, headers)
+                    response = await asyncio.wait_for(
+                        self._send(method, url, params, content), self._deadline
+                    )
             except (httpx.RequestError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                conn_error = self._transport_error(exc, method, path, secret)
+                _drop_transport_frames(exc)
+                conn_error = self._transport_error(exc, method, path, key)
                 if is_post and not surely_not_sent(exc):
                     raise APIUnknownOutcomeError(
-                        f"{method} {path} got no answer ({_describe(exc, secret)}); the job may "
+                        f"{method} {path} got no answer ({_describe(exc, key)}); the job may "
                         "or may not have been created. Reconcile through GET /jobs before "
                         "resubmitting.",
                         method=method,
@@ -638,32 +570,25 @@ class Client:
                 gated = False
             else:
                 if response.is_success:
-                    return self._json(response, method, path)
-                status = response.status_code
-                retry_after = parse_retry_after(
-                    response.headers.get("retry-after"), now=_response_time(response)
-                )
-                status_error = make_status_error(
-                    response, method=method, path=path, retry_after=retry_after, secret=secret
-                )
-                delay = retry_after if retry_after is not None else backoff_delay(retry, self._rng)
-                if status == 429:
-                    self.stats.rate_limited += 1
-                    self._rate_limited_until = max(
-                        self._rate_limited_until, self._clock.now() + delay
+                    try:
+                        return self._json(response, method, path)
+                    except APIError as garbage:
+                        if is_post:  # the job may well exist: never a plain error for a POST
+                            raise APIUnknownOutcomeError(
+                                f"{garbage.message} The job may or may not have been created; "
+                                "reconcile through GET /jobs before resubmitting.",
+                                method=method,
+                                path=path,
+                            ) from garbage
+                        if retry >= self.max_retries:
+                            raise
+                    delay = backoff_delay(retry, self._rng)
+                    reason = f"{response.status_code} with a body that is not JSON"
+                    gated = False
+                else:
+                    delay, reason, gated = self._after_error_status(
+                        response, method, path, key, retry
                     )
-                if is_post and status >= 500 and status not in RETRYABLE_POST_STATUSES:
-                    raise APIUnknownOutcomeError(
-                        f"{status_error.message} — the job may or may not have been created; "
-                        "reconcile through GET /jobs before resubmitting.",
-                        method=method,
-                        path=path,
-                    ) from status_error
-                retryable = RETRYABLE_POST_STATUSES if is_post else RETRYABLE_GET_STATUSES
-                if retry >= self.max_retries or status not in retryable:
-                    raise status_error
-                reason = f"{status} {httpx.codes.get_reason_phrase(status)}"
-                gated = status == 429
             retry += 1
             self.stats.retries += 1
             logger.info(
@@ -678,29 +603,61 @@ class Client:
             if not gated:  # after a 429 the client-wide gate does the waiting
                 await self._clock.sleep(delay)
 
+    def _after_error_status(
+        self, response: httpx.Response, method: str, path: str, key: ApiKey, retry: int
+    ) -> tuple[float, str, bool]:
+        """Raise the error an answer means, or say how long to wait before repeating it."""
+        status = response.status_code
+        retry_after = parse_retry_after(
+            response.headers.get("retry-after"), now=_response_time(response)
+        )
+        status_error = make_status_error(
+            response, method=method, path=path, retry_after=retry_after, secret=key
+        )
+        delay = retry_after if retry_after is not None else backoff_delay(retry, self._rng)
+        if status == 429:
+            self.stats.rate_limited += 1
+            self._rate_limited_until = max(self._rate_limited_until, self._clock.now() + delay)
+        is_post = method == "POST"
+        if is_post and status >= 500 and status not in RETRYABLE_POST_STATUSES:
+            raise APIUnknownOutcomeError(
+                f"{status_error.message} — the job may or may not have been created; "
+                "reconcile through GET /jobs before resubmitting.",
+                method=method,
+                path=path,
+            ) from status_error
+        retryable = RETRYABLE_POST_STATUSES if is_post else RETRYABLE_GET_STATUSES
+        if retry >= self.max_retries or status not in retryable:
+            raise status_error
+        return delay, f"{status} {httpx.codes.get_reason_phrase(status)}", status == 429
+
     async def _send(
         self,
         method: str,
         url: httpx.URL,
         params: Mapping[str, str] | None,
         content: bytes | None,
-        headers: dict[str, str],
     ) -> httpx.Response:
-        """One HTTP exchange, the whole answer read.
+        """One HTTP exchange, the whole answer read (the caller puts a deadline on it).
 
         With our own httpx client the request goes straight to its transport: redirects, auth
         flows, cookies and event hooks are features this API does not use, and skipping
         ``AsyncClient.send`` saves a good part of the per-request CPU. A user's ``http_client``
-        is used as given.
+        is used as given. The headers (with the key) exist only inside ``httpx.Headers``, whose
+        repr masks ``Authorization``.
         """
         if self._transport is None:
             return await self._http.request(
-                method, url, params=params or None, content=content, headers=headers
+                method,
+                url,
+                params=params or None,
+                content=content,
+                headers=_headers(self.settings.api_key, content is not None),
             )
         request = httpx.Request(
             method,
             url.copy_merge_params(params) if params else url,
-            headers=headers,
+            headers=_headers(self.settings.api_key, content is not None),
             content=content,
             extensions={"timeout": self._timeout},
         )
@@ -721,9 +678,9 @@ class Client:
             await self._clock.sleep(remaining)
 
     def _transport_error(
-        self, exc: BaseException, method: str, path: str, secret: str
+        self, exc: BaseException, method: str, path: str, key: ApiKey
     ) -> APIConnectionError:
-        what = _describe(exc, secret)
+        what = _describe(exc, key)
         if _is_timeout(exc):
             return APITimeoutError(
                 f"{method} {path} timed out ({what}). The service may be slow or unreachable; "
@@ -805,7 +762,31 @@ def _with_job_id(record: Any) -> Any:
     return record
 
 
-def _describe(exc: BaseException, secret: str) -> str:
+def _describe(exc: BaseException, key: ApiKey) -> str:
     text = str(exc).strip()
     name = type(exc).__name__
-    return _scrub(f"{name}: {text}" if text else name, secret) or name
+    if isinstance(exc, asyncio.TimeoutError) and not text:
+        return f"{name}: no complete answer within the request's deadline"
+    return mask_secret(f"{name}: {text}" if text else name, key) or name
+
+
+def _headers(key: ApiKey | None, has_body: bool) -> httpx.Headers:
+    """The request headers; the key is revealed only into ``httpx.Headers`` (masked repr)."""
+    if key is None:
+        raise ConfigurationError("No Narrative API key.")
+    headers = httpx.Headers({"Accept": "application/json", "User-Agent": USER_AGENT})
+    headers["Authorization"] = "Bearer " + key.reveal()
+    if has_body:
+        headers["Content-Type"] = "application/json"
+    return headers
+
+
+def _drop_transport_frames(exc: BaseException) -> None:
+    """Forget the frames of the HTTP stack below us (their locals hold the raw headers), so a
+    traceback rendered with locals cannot show the key; the exceptions' messages stay."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return
+        seen.__traceback__ = None
+        seen = seen.__cause__ or seen.__context__

@@ -21,16 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from pydantic import ValidationError
-
+from ._budget import TokenBudget
 from ._clock import Clock, system_clock
 from ._exceptions import (
     APIConnectionError,
@@ -43,7 +41,8 @@ from ._exceptions import (
     PermissionDeniedError,
 )
 from ._frame import RowOutcome
-from ._models import InferenceUsage, Job, TokenCounts, parse_timestamp
+from ._models import Job, TokenCounts
+from ._poller import Poller
 
 if TYPE_CHECKING:
     from ._cache import Cache
@@ -66,18 +65,8 @@ logger = logging.getLogger("narrative_pandas")
 
 StopReason = Literal["cancelled", "interrupted"]
 
-#: With at most this many outstanding jobs, poll each with ``GET /jobs/{id}``; more use the listing.
-FEW_JOBS = 3
 #: Largest page the service serves.
 MAX_PER_PAGE = 500
-#: Pages one listing sweep may read before the rest are left to per-job GETs.
-MAX_SWEEP_PAGES = 8
-#: Server-time slack when deciding that a listing page is older than the previous sweep.
-WATERMARK_MARGIN_S = 0.5
-#: A job not confirmed by a complete sweep for this long is fetched on its own.
-STRAGGLER_AFTER_S = 30.0
-#: Per-job GETs per poll at most (the rest wait for the next poll).
-MAX_STRAGGLER_GETS = 16
 #: Adaptive poll interval: a fraction of the oldest outstanding job's age, within bounds.
 POLL_AGE_FRACTION = 0.1
 #: ... and at most the time in which about this many of the outstanding jobs should finish.
@@ -93,8 +82,8 @@ RECONCILE_DELAY_S = 1.0
 MAX_SUBMIT_ROUNDS = 5
 #: How long a stopping run waits for POSTs already on the wire, so their job ids are journaled.
 SUBMIT_GRACE_S = 5.0
-#: Completion tokens assumed for the budget before any job has completed and without max_tokens.
-DEFAULT_COMPLETION_ESTIMATE = 256
+#: After a stop, how long the last look at outstanding jobs may take before the run returns.
+WIND_DOWN_POLL_S = 0.5
 
 
 #: Tags the library adds to every job: one to find its jobs, one per request to reconcile POSTs.
@@ -208,6 +197,9 @@ class EngineReport:
     total_tokens: int = 0
     polls: int = 0
     listing_sweeps: int = 0
+    direct_gets: int = 0
+    listing_mode: str = "updated"
+    tokens_estimated: bool = False
     status: str = "running"
 
 
@@ -222,47 +214,13 @@ class _Live:
     confirmed_at: float = 0.0
     resumed: bool = False
     rounds: int = 0
-
-
-@dataclass
-class _Budget:
-    """Token budget: completed tokens plus an estimate for what is in flight."""
-
-    limit: int | None
-    max_tokens: int | None
-    used: int = 0
-    in_flight: dict[str, int] = field(default_factory=dict)
-    completions: int = 0
-    completion_tokens: int = 0
-    largest_completion: int = 0
-
-    def estimate(self, request: JobRequest) -> int:
-        if self.max_tokens is not None:
-            completion = self.max_tokens
-        elif self.completions:
-            completion = max(
-                self.largest_completion, math.ceil(1.5 * self.completion_tokens / self.completions)
-            )
-        else:
-            completion = DEFAULT_COMPLETION_ESTIMATE
-        return request.prompt_tokens_estimate + completion
-
-    def allows(self, request: JobRequest) -> bool:
-        if self.limit is None:
-            return True
-        return self.used + sum(self.in_flight.values()) + self.estimate(request) <= self.limit
-
-    def reserve(self, request: JobRequest) -> None:
-        if self.limit is not None:
-            self.in_flight[request.key] = self.estimate(request)
-
-    def settle(self, key: str, usage: InferenceUsage | None) -> None:
-        self.in_flight.pop(key, None)
-        if usage is not None:
-            self.used += usage.total_tokens
-            self.completions += 1
-            self.completion_tokens += usage.completion_tokens
-            self.largest_completion = max(self.largest_completion, usage.completion_tokens)
+    ever_seen: bool = False
+    state: str = "pending"
+    created_at: datetime | None = None
+    not_found_since: float | None = None
+    not_found_count: int = 0
+    retry_get_at: float = 0.0
+    fetched_at: float = 0.0
 
 
 class _Fatal(Exception):
@@ -301,14 +259,21 @@ class Engine:
         self._stop_reason: StopReason | None = None
         self._fatal: BaseException | None = None
         self._any_post_succeeded = False
-        self._watermark: datetime | None = None
         max_tokens = None
         if self._requests:
             max_tokens = self._requests[0].common.inference_config.get("max_tokens")
-        self._budget = _Budget(options.max_total_tokens, max_tokens)
+        self._budget = TokenBudget(options.max_total_tokens, max_tokens, spec.schema)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._leases: set[str] = set()
-        self._listing_usable = True
+        self._stopped = asyncio.Event()
+        self._poller = Poller(
+            client,
+            self._clock,
+            data_plane_id=options.data_plane_id,
+            observe=self._observe,
+            vanished=self._job_vanished,
+            fatal=self._set_fatal,
+        )
         self._mean_latency = 0.0
         self._finished_jobs = 0
         self._largest_page = 0
@@ -329,6 +294,7 @@ class Engine:
     def _request_stop(self, reason: StopReason) -> None:
         if self._stop_reason is None:
             self._stop_reason = reason
+        self._stopped.set()
         self._wake.set()
 
     @property
@@ -441,7 +407,9 @@ class Engine:
                 return
             now = self._clock.now()
             if self._outstanding and now >= next_poll:
-                await self._poll()
+                await self._until_stopped(self._poll())
+                if self.stopping:
+                    return
                 self._expire_timeouts()
                 self._tracker.tick()
                 next_poll = self._clock.now() + self._poll_interval()
@@ -587,6 +555,7 @@ class Engine:
     def _set_fatal(self, exc: BaseException) -> None:
         if self._fatal is None:
             self._fatal = exc
+        self._stopped.set()
         self._wake.set()
 
     async def _find_tagged_jobs(self, wanted: Mapping[str, _Live]) -> dict[str, Job]:
@@ -661,128 +630,43 @@ class Engine:
 
     async def _poll(self) -> None:
         self.report.polls += 1
-        if len(self._outstanding) <= FEW_JOBS or not self._listing_usable:
-            await self._get_each(list(self._outstanding))
-            return
-        complete = await self._sweep()
-        now = self._clock.now()
-        if complete:
-            for live in self._outstanding.values():
-                live.confirmed_at = now
-        stragglers = [
-            job_id
-            for job_id, live in self._outstanding.items()
-            if now - live.confirmed_at >= STRAGGLER_AFTER_S
-        ]
-        stragglers.sort(key=lambda job_id: self._outstanding[job_id].confirmed_at)
-        if stragglers:
-            await self._get_each(stragglers[:MAX_STRAGGLER_GETS])
+        self.report.listing_sweeps += await self._poller.poll(
+            self._outstanding,
+            interval=self._poll_interval(),
+            mean_latency=self._mean_latency,
+        )
+        self.report.direct_gets = self._poller.direct_gets
+        self.report.listing_mode = self._poller.sweeper.mode
 
-    async def _get_each(self, job_ids: Iterable[str]) -> None:
-        async def one(job_id: str) -> None:
-            try:
-                job = await self._client.get_job(job_id)
-            except NotFoundError:
-                self._job_vanished(job_id)
-                return
-            except (AuthenticationError, PermissionDeniedError) as exc:
-                self._set_fatal(exc)
-                return
-            except APIError as exc:
-                logger.info("polling job %s failed (%s); will try again", job_id, exc)
-                return
-            self._observe(job)
-            live = self._outstanding.get(job_id)
-            if live is not None:
-                live.confirmed_at = self._clock.now()
-
-        await asyncio.gather(*(one(job_id) for job_id in job_ids))
-
-    async def _sweep(self) -> bool:
-        """One pass over ``GET /jobs`` newest updates first; True if it saw every change.
-
-        Pages go down only to the newest update the previous sweep saw (less a margin). A server
-        that does not order by ``updated_at`` (or leaves it out) makes the listing useless for
-        this: the run then polls job by job and says so once.
-        """
-        self.report.listing_sweeps += 1
-        unseen = set(self._outstanding)
-        newest: datetime | None = None
-        per_page = min(MAX_PER_PAGE, max(50, len(self._outstanding)))
-        complete = False
-        consumed = 0
-        for _ in range(MAX_SWEEP_PAGES):
-            try:
-                listing = await self._client.list_jobs_raw(
-                    type="model_inference",
-                    data_plane_id=self._options.data_plane_id,
-                    order_by="updated_at_desc",
-                    per_page=per_page,
-                    offset=consumed,
-                )
-            except (AuthenticationError, PermissionDeniedError) as exc:
-                self._set_fatal(exc)
-                return False
-            except APIError as exc:
-                logger.info("job listing failed (%s); will try again", exc)
-                return False
-            records = listing["records"]
-            consumed += len(records)
-            self._largest_page = max(self._largest_page, len(records))
-            previous: datetime | None = None
-            for record in records:
-                if not isinstance(record, Mapping):
-                    continue
-                # Only the jobs we wait for are validated: most of a page is other jobs.
-                stamp = parse_timestamp(record.get("updated_at"))
-                if stamp is None or (previous is not None and stamp > previous):
-                    self._abandon_listing()
-                    return False
-                previous = stamp
-                if newest is None or stamp > newest:
-                    newest = stamp
-                job_id = record.get("job_id")
-                if job_id in self._outstanding:
-                    unseen.discard(job_id)
-                    try:
-                        job = Job.model_validate(record)
-                    except ValidationError:
-                        logger.debug("skipping a job record of an unexpected shape")
-                        continue
-                    self._observe(job)
-            last = _last_page(
-                len(records), listing.get("total_records"), consumed, per_page, self._largest_page
-            )
-            if last or not unseen:
-                complete = True
-                break
-            if (
-                self._watermark is not None
-                and previous is not None
-                and (self._watermark - previous).total_seconds() > WATERMARK_MARGIN_S
-            ):
-                complete = True
-                break
-        if newest is not None and (self._watermark is None or newest > self._watermark):
-            self._watermark = newest
-        return complete
-
-    def _abandon_listing(self) -> None:
-        if self._listing_usable:
-            logger.warning(
-                "the job listing is not ordered by updated_at; polling job by job instead"
-            )
-        self._listing_usable = False
+    async def _until_stopped(self, work: Any) -> None:
+        """Run ``work`` (a poll) unless the run is stopped first: then it is cancelled at once,
+        so a stalled request never delays ``cancel()`` or Ctrl-C."""
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, stopped, return_exceptions=True)
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()
 
     def _observe(self, job: Job) -> None:
         live = self._outstanding.get(job.job_id)
         if live is None:
             return
+        if job.is_terminal or job.state != live.state:
+            self._poller.progressed()
+            live.state = job.state
         if job.is_terminal:
             del self._outstanding[job.job_id]
             if not live.resumed:
                 self._record_latency(live)
             self._conclude(live, job)
+            # The freed slot takes its next request now, not after the rest of this poll.
+            self._fill()
             self._wake.set()
             return
         phase: Phase | None = {"pending": "pending", "running": "running"}.get(job.state)  # type: ignore[assignment]
@@ -794,6 +678,11 @@ class Engine:
         request = live.request
         usage = job.result.usage if job.result is not None else None
         counts = TokenCounts.of(usage)
+        if usage is None and job.state == "completed" and job.result is not None:
+            # An answer without usage is counted, for the budget and the report, by an
+            # estimate (_budget.py); the row's own token columns stay empty.
+            usage = self._budget.estimated_usage(request, job.result.structured_output)
+            self.report.tokens_estimated = True
         self._budget.settle(request.key, usage)
         if usage is not None:
             self.report.prompt_tokens += usage.prompt_tokens
@@ -949,7 +838,9 @@ class Engine:
                 )
         if self._fatal is None and self._outstanding:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._poll(), timeout=self._options.submit_grace)
+                await asyncio.wait_for(
+                    self._poll(), timeout=min(self._options.submit_grace, WIND_DOWN_POLL_S)
+                )
         reason: Literal["cancelled", "interrupted"] = self._stop_reason or "cancelled"
         for job_id, live in list(self._outstanding.items()):
             self._finish(

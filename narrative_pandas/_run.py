@@ -218,6 +218,10 @@ class Run:
             "prompt_tokens": engine_report.prompt_tokens,
             "completion_tokens": engine_report.completion_tokens,
             "total_tokens": engine_report.total_tokens,
+            "tokens_estimated": engine_report.tokens_estimated,
+            "polls": engine_report.polls,
+            "listing_sweeps": engine_report.listing_sweeps,
+            "listing_mode": engine_report.listing_mode,
             "http_requests": dict(self._http)
             or {"total": 0, "post": 0, "get_job": 0, "list_jobs": 0},
             "elapsed_s": round(elapsed, 3),

@@ -288,10 +288,12 @@ class TestRequestShape:
         assert job.job_id == "j-é"
 
     async def test_a_body_that_is_not_json_is_an_api_error(self) -> None:
-        rec = Recorder(httpx.Response(200, content=b"<html>maintenance</html>"))
-        async with make_client(rec) as client, raises(APIError) as info:
+        """A read answered 200 with garbage is repeated, then raised as an APIError."""
+        rec = Recorder(*[httpx.Response(200, content=b"<html>maintenance</html>")] * 3)
+        async with make_client(rec, max_retries=2) as client, raises(APIError) as info:
             await client.get_job("j1")
         assert str(info.value) == "GET /jobs/j1 answered 200 with a body that is not JSON."
+        assert len(rec.requests) == 3
 
 
 class TestErrorMapping:

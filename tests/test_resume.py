@@ -322,7 +322,9 @@ class TestInterruptAndResume:
         out = infer(frame(3), target, cache=cache)
         assert out["narrative_error"].isna().all()
         assert sandbox.stats.jobs_created == 3
-        assert sandbox.stats.count(path="/jobs/{job_id}", status=404) == 3
+        # each forgotten job is asked again with backoff for GONE_CONFIRM_S (replica lag?)
+        # before it counts as gone: a bounded number of 404s per job, then one resubmission
+        assert 3 * 2 <= sandbox.stats.count(path="/jobs/{job_id}", status=404) <= 3 * 6
         assert cache.journal_entries() == []
 
     async def test_unknown_outcome_intent_is_reconciled_not_resubmitted(

@@ -1,0 +1,369 @@
+"""Never hang, never pay twice, whatever the listing, the clocks and the replicas do.
+
+Each test runs a real `infer` over HTTP against a sandbox with one fault knob on, and checks what
+a user would notice: every row correct, no job paid twice (the sandbox's counter), the run ended
+within a bounded number of polls, and the requests it took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from helpers import python_script, spawn, wait_until
+from pydantic import BaseModel
+
+import narrative_pandas as npd
+from narrative_pandas._client import Client as HTTPClient
+from narrative_pandas._clock import FakeClock
+from narrative_pandas._config import resolve_settings
+from narrative_pandas._engine import Engine
+from narrative_pandas._plan import build_plan
+from narrative_pandas._progress import make_progress
+from narrative_pandas.sandbox import Sandbox
+
+
+class Label(BaseModel):
+    label: str
+    score: float
+
+
+PROMPT = "Text: {text}"
+
+
+def frame(n: int, prefix: str = "row") -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"{prefix} {i}" for i in range(n)]})
+
+
+@pytest.fixture
+def make_sandbox() -> Iterator[Any]:
+    """Start a private sandbox with the given knobs (fault knobs must not leak to other tests)."""
+    started: list[Sandbox] = []
+
+    def make(**knobs: Any) -> Sandbox:
+        knobs.setdefault("queue_latency", 0.05)
+        knobs.setdefault("run_latency", 0.3)
+        sb = Sandbox(**knobs).start()
+        started.append(sb)
+        return sb
+
+    yield make
+    for sb in started:
+        sb.stop()
+
+
+def run(sb: Sandbox, n: int, *, concurrency: int = 32, **options: Any) -> pd.DataFrame:
+    options.setdefault("progress", False)
+    options.setdefault("cache", False)
+    return frame(n, options.pop("prefix", "row")).narrative.infer(
+        PROMPT,
+        output=Label,
+        concurrency=concurrency,
+        api_key=sb.api_key,
+        base_url=sb.base_url,
+        data_plane_id=sb.data_plane_id,
+        **options,
+    )
+
+
+def assert_all_correct(out: pd.DataFrame, sb: Sandbox, rows: int) -> dict[str, Any]:
+    """Every row has its answer, one job per row, nothing paid twice; returns the report."""
+    assert out["narrative_error"].isna().all(), out["narrative_error"].dropna().head().tolist()
+    assert out["label"].notna().all()
+    assert sb.stats.jobs_created == rows
+    assert sb.stats.duplicates == 0
+    report: dict[str, Any] = out.attrs["narrative"]
+    assert report["completed_rows"] == rows
+    assert report["failed_rows"] == 0
+    return report
+
+
+def gets_per_row(sb: Sandbox, rows: int) -> float:
+    return sb.stats.count(method="GET") / rows
+
+
+def warnings_about(caplog: pytest.LogCaptureFixture, words: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and words in r.getMessage()
+    ]
+
+
+class TestExecutorSkew:
+    """Jobs stamped by executors whose clocks disagree are all collected."""
+
+    def test_two_seconds_behind(self, make_sandbox: Any) -> None:
+        """Half the jobs stamped 2 s behind: every row, no hang, the margin is learned."""
+        sb = make_sandbox(executor_skew=2.0, run_latency=0.5)
+        out = run(sb, 120)
+        report = assert_all_correct(out, sb, 120)
+        assert report["polls"] <= 400
+        assert gets_per_row(sb, 120) <= 1.0
+
+    def test_two_hours_behind(self, make_sandbox: Any, caplog: pytest.LogCaptureFixture) -> None:
+        """Half the jobs 2 h behind: the listing is read by creation instead, said once."""
+        caplog.set_level(logging.INFO, logger="narrative_pandas")
+        sb = make_sandbox(executor_skew=7200.0, run_latency=0.5)
+        out = run(sb, 120)
+        report = assert_all_correct(out, sb, 120)
+        assert report["polls"] <= 400
+        assert report["listing_mode"] == "created"
+        assert len(warnings_about(caplog, "clocks disagree by about")) == 1
+        assert gets_per_row(sb, 120) <= 1.0
+
+    def test_two_hours_ahead(self, make_sandbox: Any) -> None:
+        """Half the jobs 2 h ahead: every row, no duplicate."""
+        sb = make_sandbox(executor_skew=-7200.0, run_latency=0.5)
+        out = run(sb, 120)
+        report = assert_all_correct(out, sb, 120)
+        assert report["polls"] <= 400
+
+
+class TestReplicationLag:
+    """A job missing from reads just after creation is waited for, never resubmitted."""
+
+    def test_three_rows_with_short_lag(self, make_sandbox: Any) -> None:
+        """0.3 s of read-after-write lag: a 3-row run makes 3 jobs, not 15."""
+        sb = make_sandbox(replication_lag=0.3)
+        out = run(sb, 3)
+        assert_all_correct(out, sb, 3)
+        assert sb.stats.count(path="/jobs/{job_id}", status=404) >= 1
+
+    def test_two_hundred_rows_with_long_lag(self, make_sandbox: Any) -> None:
+        """1.5 s of lag on 200 rows: 200 jobs, 0 paid twice."""
+        sb = make_sandbox(replication_lag=1.5)
+        out = run(sb, 200)
+        report = assert_all_correct(out, sb, 200)
+        assert report["polls"] <= 600
+
+
+class TestLyingTotals:
+    """Wrong or missing totals never end a sweep early for good."""
+
+    def test_every_page_claims_to_be_the_last(self, make_sandbox: Any) -> None:
+        """total_records = this page's end, with 500 other jobs updating: every row."""
+        sb = make_sandbox(total_records_mode="page_end", foreign_jobs=500)
+        out = run(sb, 150)
+        report = assert_all_correct(out, sb, 150)
+        assert report["polls"] <= 500
+
+    def test_missing_totals(self, make_sandbox: Any) -> None:
+        """An older server's {"records": [...]} alone: every row."""
+        sb = make_sandbox(total_records_mode="missing")
+        out = run(sb, 100)
+        assert_all_correct(out, sb, 100)
+        assert gets_per_row(sb, 100) <= 1.0
+
+
+class TestForeignJobs:
+    """Other clients' jobs in the listing do not raise the cost per row."""
+
+    def test_two_thousand_foreign_jobs_updating(self, make_sandbox: Any) -> None:
+        """2,000 foreign jobs updating every second, 300 rows, 1 s jobs: GET/row <= 0.6."""
+        sb = make_sandbox(
+            foreign_jobs=2000, foreign_update_interval=1.0, queue_latency=0.0, run_latency=1.0
+        )
+        out = run(sb, 300, concurrency=32)
+        report = assert_all_correct(out, sb, 300)
+        assert gets_per_row(sb, 300) <= 0.6, sb.stats.count(method="GET")
+        assert report["polls"] <= 600
+
+    def test_one_foreign_job_without_updated_at(self, make_sandbox: Any) -> None:
+        """One foreign job with updated_at null does not switch the listing off."""
+        sb = make_sandbox(foreign_jobs=20, foreign_null_updated_at=1)
+        out = run(sb, 150)
+        report = assert_all_correct(out, sb, 150)
+        assert report["listing_mode"] == "updated"
+        assert gets_per_row(sb, 150) <= 0.6
+
+
+class TestSortOrders:
+    """A refused or ignored order_by=updated_at_desc moves to created_at_desc, once."""
+
+    def test_refused_updated_order(
+        self, make_sandbox: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The older API (created_at_* only): every row, one refused call, said once."""
+        caplog.set_level(logging.INFO, logger="narrative_pandas")
+        sb = make_sandbox(listing_orders=("created_at_desc", "created_at_asc"))
+        out = run(sb, 60)
+        report = assert_all_correct(out, sb, 60)
+        assert report["listing_mode"] == "created"
+        assert sb.stats.count(path="/jobs", status=400) == 1
+        assert len(warnings_about(caplog, "refused order_by=updated_at_desc")) == 1
+        assert gets_per_row(sb, 60) <= 1.0
+
+    def test_ignored_order(self, make_sandbox: Any, caplog: pytest.LogCaptureFixture) -> None:
+        """A server serving created_at_desc whatever is asked: detected, said once."""
+        caplog.set_level(logging.INFO, logger="narrative_pandas")
+        sb = make_sandbox(listing_ignores_order=True, run_latency=(0.1, 0.6), seed=3)
+        out = run(sb, 100)
+        report = assert_all_correct(out, sb, 100)
+        assert report["listing_mode"] == "created"
+        assert len(warnings_about(caplog, "not ordered by updated_at")) == 1
+        assert gets_per_row(sb, 100) <= 1.0
+
+
+class TestStalls:
+    """A listing that trickles neither hangs the run nor delays cancel()."""
+
+    def test_dripping_listing_run_ends(
+        self, make_sandbox: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A listing sending one byte every 10 s: the run polls job by job and ends."""
+        caplog.set_level(logging.INFO, logger="narrative_pandas")
+        sb = make_sandbox(listing_drip=0.1)
+        out = run(sb, 30)
+        report = assert_all_correct(out, sb, 30)
+        assert report["listing_mode"] == "off"
+        assert len(warnings_about(caplog, "polling job by job")) == 1
+
+    def test_cancel_during_a_dripping_listing(self, make_sandbox: Any) -> None:
+        """cancel() while a sweep is stalled ends the run without waiting for the listing."""
+        sb = make_sandbox(listing_drip=0.1, queue_latency=30.0)
+        started = frame(40).narrative.start(
+            PROMPT,
+            output=Label,
+            concurrency=32,
+            progress=False,
+            cache=False,
+            api_key=sb.api_key,
+            base_url=sb.base_url,
+            data_plane_id=sb.data_plane_id,
+        )
+        wait_until(lambda: sb.stats.count(path="/jobs") >= 1, what="a listing request")
+        started.cancel()
+        with pytest.warns(npd.RowsFailedWarning):
+            out = started.result(timeout=20)  # a hang detector: the drip would take minutes
+        assert out.attrs["narrative"]["status"] == "cancelled"
+        assert sb.stats.duplicates == 0
+        assert sb.stats.count(path="/jobs") <= 2
+
+
+class TestCancelledJobs:
+    """Jobs the service cancels end their rows with the reason; nothing is resubmitted."""
+
+    def test_cancel_rate(self, make_sandbox: Any) -> None:
+        """20% of jobs go pending_cancellation -> cancelled: those rows fail, the rest complete."""
+        sb = make_sandbox(cancel_rate=0.2, seed=5)
+        with pytest.warns(npd.RowsFailedWarning):
+            out = run(sb, 100)
+        failed = out["narrative_error"].notna()
+        assert 0 < failed.sum() < 100
+        assert sb.stats.jobs_created == 100 and sb.stats.duplicates == 0
+        assert out.loc[failed, "narrative_error"].str.contains("cancel").all()
+        assert out.attrs["narrative"]["failed_rows"] == int(failed.sum())
+
+
+class TestGarbagePost:
+    """A POST that creates its job and answers garbage is reconciled, never paid twice."""
+
+    def test_post_garbage_after_create(self, make_sandbox: Any) -> None:
+        """20% of POSTs answer 200 with a body that is not JSON: every row, 0 duplicates."""
+        sb = make_sandbox(post_garbage_after_create_rate=0.2, seed=2)
+        out = run(sb, 60)
+        assert out["narrative_error"].isna().all(), out["narrative_error"].dropna().tolist()
+        assert sb.stats.duplicates == 0
+        assert sb.stats.jobs_created == 60
+
+
+class TestResumeAmongForeignJobs:
+    """kill -9 mid-run while 2,000 other jobs update, then the same script again."""
+
+    def test_kill_and_rerun(self, make_sandbox: Any, tmp_path: Path) -> None:
+        """Every row correct, jobs created = rows, GET/row of the second run <= 1."""
+        sb = make_sandbox(
+            foreign_jobs=2000, foreign_update_interval=1.0, queue_latency=1.0, run_latency=0.3
+        )
+        cache = tmp_path / "cache.sqlite"
+        script = python_script(
+            tmp_path / "label.py",
+            f"""
+            import pandas as pd, narrative_pandas as npd
+            from pydantic import BaseModel
+            class Label(BaseModel):
+                label: str
+                score: float
+            df = pd.DataFrame({{"text": [f"row {{i}}" for i in range(150)]}})
+            out = df.narrative.infer({PROMPT!r}, output=Label, cache={str(cache)!r},
+                                     progress=False, concurrency=32,
+                                     api_key={sb.api_key!r}, base_url={sb.base_url!r},
+                                     data_plane_id={sb.data_plane_id!r})
+            report = out.attrs["narrative"]
+            print("DONE", out["narrative_error"].isna().sum(), report["resumed_rows"])
+            """,
+        )
+        proc = spawn(script)
+        wait_until(lambda: sb.stats.jobs_created >= 40, timeout=60, what="40 submissions")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        first_created = sb.stats.jobs_created
+        assert 40 <= first_created < 150
+        gets_before = sb.stats.count(method="GET")
+        proc = spawn(script)
+        stdout, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 0, stderr
+        assert "DONE 150" in stdout
+        assert sb.stats.jobs_created == 150
+        assert sb.stats.duplicates == 0
+        assert (sb.stats.count(method="GET") - gets_before) / 150 <= 1.0
+
+
+class TestStopDuringAStalledListing:
+    """A stop interrupts a poll whose listing never answers, counted in the clock seam's ticks."""
+
+    async def test_stop_returns_within_a_few_ticks(self) -> None:
+        """engine.stop() while GET /jobs hangs: run() returns, <= 3 clock waits after the stop."""
+        listing_asked = asyncio.Event()
+        never = asyncio.Event()
+        posted: list[str] = []
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            if request.method == "POST":
+                posted.append(f"job-{len(posted)}")
+                return httpx.Response(200, json={"job_id": posted[-1]})
+            if request.url.path == "/jobs":
+                listing_asked.set()
+                await never.wait()  # a listing that never answers
+            job_id = request.url.path.rsplit("/", 1)[-1]
+            return httpx.Response(200, json={"job_id": job_id, "state": "pending"})
+
+        clock = FakeClock()
+        settings = resolve_settings("sk-test", "https://api.test", "plane")
+        plan = build_plan(frame(10), PROMPT, output=Label, settings=settings)
+        async with HTTPClient(
+            "sk-test",
+            "https://api.test",
+            data_plane_id="plane",
+            transport=httpx.MockTransport(handler),
+            clock=clock,
+        ) as client:
+            engine = Engine(
+                client,
+                plan.requests,
+                plan.spec,
+                cache=None,
+                options=dataclasses.replace(plan.options, data_plane_id="plane"),
+                tracker=make_progress(False, 10),
+                run_id="stall",
+                clock=clock,
+            )
+            task = asyncio.create_task(engine.run())
+            await asyncio.wait_for(listing_asked.wait(), 10)
+            ticks_at_stop = len(clock.sleeps)
+            engine.stop("cancelled")
+            outcomes = await asyncio.wait_for(task, 10)  # a hang detector, not a timing
+        assert len(clock.sleeps) - ticks_at_stop <= 3
+        assert len(outcomes) == 10
+        assert {o.status for o in outcomes.values()} == {"cancelled"}
+        assert engine.report.status == "cancelled"
+        assert len(posted) == 10
