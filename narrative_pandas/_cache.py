@@ -11,10 +11,13 @@ that true, all behind one :class:`Cache` interface:
     puts a result only after it validated the output against the schema), so failed, timed-out or
     invalid rows are retried by the next run instead of being remembered.
 ``journal``
-    One entry per request whose job is in flight: written just *before* the POST is sent (an
-    "intent", no job id yet), updated with the job id once the server answered, and removed once the
-    result is cached or the job failed / is gone. After a crash the engine re-attaches to the listed
-    job ids, and reconciles intents (unknown outcome) through the job listing by ``tag``.
+    One entry per request whose job is in flight. Before a POST a run *claims* the request
+    (:meth:`Cache.journal_claim`: one transaction that inserts only when no live claim exists), so
+    two runs, threads or processes never both submit it; the entry gets the job id once the
+    server answered, and is removed once the result is cached or the job failed / is gone. A claim
+    names its owner (host, pid, a per-process nonce, run id) and carries a heartbeat; another run
+    takes it over only when that owner is gone, and then reconciles it through the job listing
+    (by ``tag``) before anything is sent.
 ``runs``
     One JSON record per run (its options, input rows and requests), so ``attach(run_id)`` can
     finish a run after a restart.
@@ -25,8 +28,10 @@ What is stored, exactly
 results   ``key`` (the request hash), ``output`` (the model's validated ``structured_output``, as
           JSON text), ``usage`` (token counts, as JSON text), ``job_id``, ``model``,
           ``created_at`` (epoch seconds)
-journal   ``key``, ``job_id`` (or NULL for an intent), ``tag`` (the label sent with the job),
-          ``run_id``, ``submitted_at`` (epoch seconds)
+journal   ``key``, ``job_id`` (or NULL for a claim), ``tag`` (the label sent with the job),
+          ``run_id``, ``submitted_at`` (epoch seconds of the first intent), ``state``
+          (``posting``, ``unknown`` or ``submitted``), the owner's ``owner_host``,
+          ``owner_pid``, ``owner_nonce`` and ``heartbeat_at`` (epoch seconds)
 runs      ``run_id``, the caller's record as JSON text (options, input rows, requests),
           ``status``, ``rows``, ``created_at``, ``updated_at``
 meta      ``schema_version``
@@ -65,9 +70,9 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from . import _config
 from ._exceptions import ConfigurationError
@@ -77,6 +82,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "Cache",
     "CachedResult",
+    "Claim",
+    "ClaimOwner",
     "JournalEntry",
     "MemoryCache",
     "SQLiteCache",
@@ -114,21 +121,72 @@ class CachedResult:
 
 
 @dataclass(frozen=True)
+class ClaimOwner:
+    """Who holds a claim: one run's engine in one process on one host.
+
+    ``nonce`` is ``<process nonce>:<engine token>``: it tells a reused pid apart, and two
+    engines of one process (or of one run id) apart."""
+
+    host: str
+    pid: int
+    nonce: str
+    run_id: str
+
+
+@dataclass(frozen=True)
 class JournalEntry:
-    """A job in flight; ``job_id`` is None while only the intent to POST is known."""
+    """A job in flight; ``job_id`` is None while only the claim (the intent to POST) is known.
+
+    ``state`` is ``posting`` (claimed, the POST about to be or being sent), ``unknown`` (its
+    outcome was never learned: reconcile through the listing before any POST) or ``submitted``.
+    ``owner`` is None for entries written without a claim (``journal_intent``, older files).
+    """
 
     key: str
     job_id: str | None
     tag: str
     run_id: str | None
     submitted_at: float
+    state: str = field(default="", compare=False)
+    owner: ClaimOwner | None = field(default=None, compare=False)
+    heartbeat_at: float = field(default=0.0, compare=False)
+
+    def owned_by(self, owner: ClaimOwner) -> bool:
+        """True when ``owner`` (this very run of this very process) holds the entry."""
+        return self.owner is not None and self.owner.nonce == owner.nonce
+
+
+ClaimOutcome = Literal["new", "ours", "taken_over", "job", "held", "cached"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`Cache.journal_claim` found and did.
+
+    ``new``/``ours``: the caller holds the claim and may POST. ``taken_over``: the caller now
+    holds a claim whose dead owner may have sent its POST (``previous``): reconcile first.
+    ``job``: a job exists (``entry.job_id``): poll it. ``held``: a live owner holds it: wait.
+    ``cached``: the result is already cached (``result``).
+    """
+
+    outcome: ClaimOutcome
+    entry: JournalEntry | None = None
+    previous: JournalEntry | None = None
+    result: CachedResult | None = None
 
 
 # --------------------------------------------------------------------------------------------
 # Encoding shared by both backends, so they behave identically (JSON in, fresh objects out).
 
 _ResultRow = tuple[str, str, str | None, str | None, str | None, float]
-_JournalRow = tuple[str, str | None, str, str | None, float]
+#: key, job_id, tag, run_id, submitted_at, state, owner_host, owner_pid, owner_nonce, heartbeat_at
+_JournalRow = tuple[
+    str, str | None, str, str | None, float, str | None, str | None, int | None, str | None, float
+]
+_JOURNAL_COLUMNS = (
+    "key, job_id, tag, run_id, submitted_at, state, owner_host, owner_pid, owner_nonce, "
+    "heartbeat_at"
+)
 
 
 def _dumps(value: Any) -> str:
@@ -161,8 +219,58 @@ def _decode_result(row: Sequence[Any]) -> CachedResult:
 
 
 def _decode_journal(row: Sequence[Any]) -> JournalEntry:
-    key, job_id, tag, run_id, submitted_at = row
-    return JournalEntry(key, job_id, tag, run_id, float(submitted_at))
+    key, job_id, tag, run_id, submitted_at, state, host, pid, nonce, heartbeat_at = row
+    owner = None
+    if host is not None and pid is not None and nonce is not None:
+        owner = ClaimOwner(host, int(pid), nonce, run_id or "")
+    state = state or ("submitted" if job_id else "posting")
+    beat = float(heartbeat_at) if heartbeat_at is not None else float(submitted_at)
+    return JournalEntry(key, job_id, tag, run_id, float(submitted_at), state, owner, beat)
+
+
+def _journal_row(
+    key: str,
+    job_id: str | None,
+    tag: str,
+    run_id: str | None,
+    submitted_at: float,
+    state: str,
+    owner: ClaimOwner | None,
+    heartbeat_at: float,
+) -> _JournalRow:
+    if owner is None:
+        return (key, job_id, tag, run_id, submitted_at, state, None, None, None, heartbeat_at)
+    return (
+        key, job_id, tag, owner.run_id, submitted_at, state,
+        owner.host, owner.pid, owner.nonce, heartbeat_at,
+    )  # fmt: skip
+
+
+def _decide_claim(
+    found: JournalEntry | None,
+    key: str,
+    tag: str,
+    owner: ClaimOwner,
+    now: float,
+    alive: Callable[[JournalEntry], bool],
+    max_age: float | None,
+) -> tuple[ClaimOutcome, _JournalRow | None, JournalEntry | None]:
+    """The one rule of claims, shared by both backends: what to answer and what row to store.
+
+    A claim is inserted only when there is no entry, or the entry is a job id older than
+    ``max_age`` (forgotten, as a plain read would), or its owner is gone (taken over: the
+    intent's time and tag are kept, since that owner's POST may have created a job then).
+    """
+    if found is None or (found.job_id and not _is_fresh(found, max_age, now)):
+        return "new", _journal_row(key, None, tag, None, now, "posting", owner, now), None
+    if found.job_id:
+        return "job", None, found
+    if found.owned_by(owner):
+        return "ours", None, found
+    if alive(found):
+        return "held", None, found
+    row = _journal_row(key, None, found.tag, None, found.submitted_at, "unknown", owner, now)
+    return "taken_over", row, found
 
 
 def _unique(keys: Iterable[str]) -> list[str]:
@@ -286,7 +394,44 @@ class Cache(abc.ABC):
     # journal ---------------------------------------------------------------------------------
     @abc.abstractmethod
     def journal_intent(self, key: str, tag: str, run_id: str | None) -> None:
-        """Record that a POST for ``key`` is about to be sent (replaces any older entry)."""
+        """Record an intent without a claim (replaces any older entry). The engine claims with
+        :meth:`journal_claim` instead; this low-level write stays for tools and tests."""
+
+    @abc.abstractmethod
+    def journal_claim(
+        self,
+        key: str,
+        tag: str,
+        owner: ClaimOwner,
+        *,
+        alive: Callable[[JournalEntry], bool],
+        max_age: float | None = None,
+        check_results: bool = True,
+    ) -> Claim:
+        """Claim ``key`` for ``owner`` before its POST, atomically (one transaction).
+
+        Looks at the cached result (when ``check_results``) and the journal entry of ``key``
+        and inserts a claim only when nothing live is there; ``alive(entry)`` says whether the
+        owner of a job-less entry is still there. See :class:`Claim` for the answers.
+        """
+
+    @abc.abstractmethod
+    def journal_mark_unknown(self, key: str, owner: ClaimOwner) -> None:
+        """Mark ``owner``'s claim of ``key`` as ``unknown``: its POST may have created a job."""
+
+    @abc.abstractmethod
+    def journal_release(self, key: str, owner: ClaimOwner) -> None:
+        """Drop ``owner``'s job-less claim of ``key`` (its POST surely created nothing)."""
+
+    @abc.abstractmethod
+    def journal_forget(self, key: str, job_id: str) -> None:
+        """Drop the entry of ``key`` if it still names ``job_id`` (that job ended or is gone);
+        a newer claim of the same key is kept."""
+
+    @abc.abstractmethod
+    def journal_heartbeat(self, owner: ClaimOwner, at: float | None = None) -> int:
+        """Stamp now (or ``at``) on every job-less claim of ``owner``; returns how many there
+        are. A run that ends stamps 0, so another process takes its claims over at once."""
 
     @abc.abstractmethod
     def journal_job(self, key: str, job_id: str, tag: str, run_id: str | None) -> None:
@@ -421,15 +566,70 @@ class MemoryCache(Cache):
             return len(self._results)
 
     def journal_intent(self, key: str, tag: str, run_id: str | None) -> None:
+        now = self._now()
         with self._lock:
-            self._journal[key] = (key, None, tag, run_id, self._now())
+            self._journal[key] = _journal_row(key, None, tag, run_id, now, "posting", None, now)
+
+    def journal_claim(
+        self,
+        key: str,
+        tag: str,
+        owner: ClaimOwner,
+        *,
+        alive: Callable[[JournalEntry], bool],
+        max_age: float | None = None,
+        check_results: bool = True,
+    ) -> Claim:
+        now = self._now()
+        with self._lock:
+            if check_results and key in self._results:
+                return Claim("cached", result=_decode_result(self._results[key]))
+            row = self._journal.get(key)
+            found = None if row is None else _decode_journal(row)
+            outcome, new_row, previous = _decide_claim(found, key, tag, owner, now, alive, max_age)
+            if new_row is not None:
+                self._journal[key] = new_row
+        entry = _decode_journal(new_row) if new_row is not None else found
+        return Claim(outcome, entry, previous)
+
+    def journal_mark_unknown(self, key: str, owner: ClaimOwner) -> None:
+        with self._lock:
+            row = self._journal.get(key)
+            if row is not None and row[1] is None and _decode_journal(row).owned_by(owner):
+                self._journal[key] = (*row[:5], "unknown", *row[6:])
+
+    def journal_release(self, key: str, owner: ClaimOwner) -> None:
+        with self._lock:
+            row = self._journal.get(key)
+            if row is not None and row[1] is None and _decode_journal(row).owned_by(owner):
+                del self._journal[key]
+
+    def journal_forget(self, key: str, job_id: str) -> None:
+        with self._lock:
+            row = self._journal.get(key)
+            if row is not None and row[1] == job_id:
+                del self._journal[key]
+
+    def journal_heartbeat(self, owner: ClaimOwner, at: float | None = None) -> int:
+        now = self._now() if at is None else at
+        count = 0
+        with self._lock:
+            for key, row in list(self._journal.items()):
+                if row[1] is None and _decode_journal(row).owned_by(owner):
+                    self._journal[key] = (*row[:9], now)
+                    count += 1
+        return count
 
     def journal_job(self, key: str, job_id: str, tag: str, run_id: str | None) -> None:
+        now = self._now()
         with self._lock:
             old = self._journal.get(key)
-            keep = old is not None and old[1] is None and old[2] == tag
-            submitted = old[4] if keep and old is not None else self._now()
-            self._journal[key] = (key, job_id, tag, run_id, submitted)
+            if old is not None and old[1] is None and old[2] == tag:
+                self._journal[key] = (key, job_id, tag, run_id, old[4], "submitted", *old[6:9], now)
+            else:
+                self._journal[key] = _journal_row(
+                    key, job_id, tag, run_id, now, "submitted", None, now
+                )
 
     def journal_get_many(
         self, keys: Iterable[str], max_age: float | None = None
@@ -516,7 +716,12 @@ CREATE TABLE IF NOT EXISTS journal (
     job_id TEXT,
     tag TEXT NOT NULL,
     run_id TEXT,
-    submitted_at REAL NOT NULL
+    submitted_at REAL NOT NULL,
+    state TEXT,
+    owner_host TEXT,
+    owner_pid INTEGER,
+    owner_nonce TEXT,
+    heartbeat_at REAL
 );
 CREATE INDEX IF NOT EXISTS journal_run_id ON journal (run_id);
 CREATE TABLE IF NOT EXISTS runs (
@@ -528,6 +733,24 @@ CREATE TABLE IF NOT EXISTS runs (
     updated_at REAL NOT NULL
 );
 """
+
+#: Claim columns added to the journal of files written before claims existed.
+_CLAIM_COLUMNS = {
+    "state": "TEXT",
+    "owner_host": "TEXT",
+    "owner_pid": "INTEGER",
+    "owner_nonce": "TEXT",
+    "heartbeat_at": "REAL",
+}
+
+
+def _add_claim_columns(conn: sqlite3.Connection) -> None:
+    """Give an older file's journal the claim columns (additive: older readers still work)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(journal)")}
+    for name, kind in _CLAIM_COLUMNS.items():
+        if name not in present:
+            conn.execute(f"ALTER TABLE journal ADD COLUMN {name} {kind}")
+
 
 # Connections inherited through fork() are never used or closed in the child (closing could
 # disturb the parent's WAL); they are parked here for the life of the child.
@@ -623,6 +846,7 @@ class SQLiteCache(Cache):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                _add_claim_columns(conn)
                 row = conn.execute(
                     "SELECT value FROM meta WHERE name = 'schema_version'"
                 ).fetchone()
@@ -728,22 +952,99 @@ class SQLiteCache(Cache):
 
     # journal ---------------------------------------------------------------------------------
     def journal_intent(self, key: str, tag: str, run_id: str | None) -> None:
-        row = (key, None, tag, run_id, self._now())
+        now = self._now()
+        row = _journal_row(key, None, tag, run_id, now, "posting", None, now)
         self._write(
             lambda conn: conn.execute(
-                "INSERT OR REPLACE INTO journal (key, job_id, tag, run_id, submitted_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO journal ({_JOURNAL_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
         )
 
-    def journal_job(self, key: str, job_id: str, tag: str, run_id: str | None) -> None:
-        row = (key, job_id, tag, run_id, self._now())
+    def journal_claim(
+        self,
+        key: str,
+        tag: str,
+        owner: ClaimOwner,
+        *,
+        alive: Callable[[JournalEntry], bool],
+        max_age: float | None = None,
+        check_results: bool = True,
+    ) -> Claim:
+        now = self._now()
+
+        def claim(conn: sqlite3.Connection) -> Claim:
+            if check_results:
+                hit = conn.execute(
+                    "SELECT key, output, usage, job_id, model, created_at FROM results "
+                    "WHERE key = ?",
+                    (key,),
+                ).fetchone()
+                if hit is not None:
+                    return Claim("cached", result=_decode_result(hit))
+            row = conn.execute(
+                f"SELECT {_JOURNAL_COLUMNS} FROM journal WHERE key = ?", (key,)
+            ).fetchone()
+            found = None if row is None else _decode_journal(row)
+            outcome, new_row, previous = _decide_claim(found, key, tag, owner, now, alive, max_age)
+            if new_row is None:
+                return Claim(outcome, found, previous)
+            conn.execute(
+                f"INSERT OR REPLACE INTO journal ({_JOURNAL_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                new_row,
+            )
+            return Claim(outcome, _decode_journal(new_row), previous)
+
+        # One BEGIN IMMEDIATE transaction: the read and the insert see no other writer between.
+        return self._write(claim)
+
+    def journal_mark_unknown(self, key: str, owner: ClaimOwner) -> None:
         self._write(
             lambda conn: conn.execute(
-                "INSERT INTO journal (key, job_id, tag, run_id, submitted_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                "UPDATE journal SET state = 'unknown' WHERE key = ? AND job_id IS NULL "
+                "AND owner_nonce = ? AND run_id = ?",
+                (key, owner.nonce, owner.run_id),
+            )
+        )
+
+    def journal_release(self, key: str, owner: ClaimOwner) -> None:
+        self._write(
+            lambda conn: conn.execute(
+                "DELETE FROM journal WHERE key = ? AND job_id IS NULL "
+                "AND owner_nonce = ? AND run_id = ?",
+                (key, owner.nonce, owner.run_id),
+            )
+        )
+
+    def journal_forget(self, key: str, job_id: str) -> None:
+        self._write(
+            lambda conn: conn.execute(
+                "DELETE FROM journal WHERE key = ? AND job_id = ?", (key, job_id)
+            )
+        )
+
+    def journal_heartbeat(self, owner: ClaimOwner, at: float | None = None) -> int:
+        now = self._now() if at is None else at
+        cursor = self._write(
+            lambda conn: conn.execute(
+                "UPDATE journal SET heartbeat_at = ? WHERE job_id IS NULL "
+                "AND owner_nonce = ? AND run_id = ?",
+                (now, owner.nonce, owner.run_id),
+            )
+        )
+        return int(cursor.rowcount)
+
+    def journal_job(self, key: str, job_id: str, tag: str, run_id: str | None) -> None:
+        now = self._now()
+        row = _journal_row(key, job_id, tag, run_id, now, "submitted", None, now)
+        self._write(
+            lambda conn: conn.execute(
+                f"INSERT INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET "
                 "job_id = excluded.job_id, tag = excluded.tag, run_id = excluded.run_id, "
+                "state = 'submitted', heartbeat_at = excluded.heartbeat_at, "
                 "submitted_at = CASE WHEN journal.job_id IS NULL AND journal.tag = excluded.tag "
                 "THEN journal.submitted_at ELSE excluded.submitted_at END",
                 row,
@@ -757,8 +1058,7 @@ class SQLiteCache(Cache):
         now = self._now()
 
         def read(conn: sqlite3.Connection) -> list[Any]:
-            select = "SELECT key, job_id, tag, run_id, submitted_at FROM journal"
-            return _select_keys(conn, select, wanted)
+            return _select_keys(conn, f"SELECT {_JOURNAL_COLUMNS} FROM journal", wanted)
 
         entries = (_decode_journal(row) for row in (self._read(read) if wanted else []))
         return {e.key: e for e in entries if _is_fresh(e, max_age, now)}
@@ -767,7 +1067,7 @@ class SQLiteCache(Cache):
         self._delete_keys("journal", keys)
 
     def journal_entries(self, run_id: str | None = None) -> list[JournalEntry]:
-        sql = "SELECT key, job_id, tag, run_id, submitted_at FROM journal"
+        sql = f"SELECT {_JOURNAL_COLUMNS} FROM journal"
         params: tuple[Any, ...] = ()
         if run_id is not None:
             sql += " WHERE run_id = ?"
