@@ -15,7 +15,8 @@ Three ways to run it::
 
 from __future__ import annotations
 
-from ._app import SystemWallClock, WallClock, create_app
+from ._app import create_app
+from ._core import SystemWallClock, WallClock
 from ._knobs import DEFAULT_DATA_PLANE_ID, Latency, Responder, SandboxConfig
 from ._server import TRANSPORT_BASE_URL, Sandbox, current_sandbox, use_sandbox
 from ._store import SandboxStats

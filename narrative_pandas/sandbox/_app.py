@@ -9,41 +9,31 @@ by the uvicorn server and any in-process ``httpx.ASGITransport``.
 from __future__ import annotations
 
 import asyncio
-import copy
-import hashlib
-import inspect
 import json
 import logging
 import math
-import random
-import threading
-import time
+import socket
+import struct
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any
 
-from jsonschema import Draft202012Validator
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from .._models import request_fingerprint
-from ._knobs import SandboxConfig, draw_latency
-from ._outputs import (
-    compile_schema,
-    estimate_tokens,
-    output_error,
-    prompt_words,
-    synthesize,
-)
-from ._store import JOB_STATES, ORDERS, JobStore, SandboxStats, route_template
+from ._core import SandboxCore, SystemWallClock, WallClock
+from ._knobs import SandboxConfig
+from ._requests import BadRequest, decide_outcome, parse_run_request
+from ._store import JOB_STATES, NewJob, route_template
 
-__all__ = ["SandboxCore", "WallClock", "create_app"]
+__all__ = ["SandboxCore", "SystemWallClock", "WallClock", "create_app"]
 
 logger = logging.getLogger("narrative_pandas")
 
@@ -55,148 +45,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_PER_PAGE = 500
 DEFAULT_PER_PAGE = 100
-_ROLES = ("system", "user", "assistant")
 _OWNER_KEY = "narrative_sandbox.owner"
-
-
-class WallClock(Protocol):
-    """Where the sandbox reads the time: epoch seconds (``FakeClock`` fits, for tests)."""
-
-    def now(self) -> float:
-        """Seconds since the epoch."""
-        ...
-
-
-class SystemWallClock:
-    """Wall-clock time that never goes backwards (monotonic, anchored at the epoch once)."""
-
-    def __init__(self) -> None:
-        self._base = time.time() - time.monotonic()
-
-    def now(self) -> float:
-        return self._base + time.monotonic()
-
-    def __repr__(self) -> str:
-        return "SystemWallClock()"
-
-
-@dataclass
-class FailRule:
-    """``fail_next``: answer the next ``remaining`` matching requests with ``status``."""
-
-    remaining: int
-    status: int
-    path: str | None = None
-    method: str | None = None
-    retry_after: float | None = None
-    detail: str | None = None
-
-    def matches(self, method: str, template: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and (
-            self.path is None or self.path in (template, path)
-        )
-
-
-def _key_id(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
-
-
-class SandboxCore:
-    """The shared, thread-safe state of one sandbox: knobs, keys, jobs, counters, fault rules."""
-
-    def __init__(self, config: SandboxConfig, api_keys: Iterable[str], clock: WallClock) -> None:
-        self.config = config
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._keys: dict[str, str] = {k: _key_id(k) for k in api_keys}
-        self._rng = random.Random(config.seed)
-        self._rules: list[FailRule] = []
-        self._buckets: dict[str, list[float]] = {}
-        self.stats = SandboxStats(self.unfinished_jobs)
-        self.store = JobStore(self.stats)
-
-    # --- knobs and rules -------------------------------------------------------------------
-    def configure(self, knobs: Mapping[str, Any]) -> SandboxConfig:
-        """Change knobs at runtime (validated as a whole before anything changes)."""
-        with self._lock:
-            self.config = self.config.with_knobs(knobs)
-            if "seed" in knobs:
-                self._rng = random.Random(self.config.seed)
-            if "rate_limit_rps" in knobs:
-                self._buckets.clear()
-            return self.config
-
-    def add_key(self, key: str) -> None:
-        with self._lock:
-            self._keys[key] = _key_id(key)
-
-    def add_rule(self, rule: FailRule) -> None:
-        with self._lock:
-            self._rules.append(rule)
-
-    def take_rule(self, method: str, template: str, path: str) -> FailRule | None:
-        with self._lock:
-            for rule in self._rules:
-                if rule.matches(method, template, path):
-                    rule.remaining -= 1
-                    if rule.remaining <= 0:
-                        self._rules.remove(rule)
-                    return rule
-        return None
-
-    def reset(self) -> None:
-        """Forget jobs, counters, fault rules and rate-limit buckets."""
-        with self._lock:
-            self._rules.clear()
-            self._buckets.clear()
-            self._rng = random.Random(self.config.seed)
-        self.store.clear()
-        self.stats.reset()
-
-    # --- draws -----------------------------------------------------------------------------
-    def chance(self, rate: float) -> bool:
-        if rate <= 0:
-            return False
-        with self._lock:
-            return self._rng.random() < rate
-
-    def pick(self, choices: tuple[int, ...]) -> int:
-        with self._lock:
-            return self._rng.choice(choices)
-
-    def latency(self, latency: float | tuple[float, float]) -> float:
-        if not isinstance(latency, tuple):
-            return latency
-        with self._lock:
-            return draw_latency(latency, self._rng)
-
-    # --- keys and limits -------------------------------------------------------------------
-    def owner_of(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-        """The key's id when the Authorization header carries a known Bearer key."""
-        for name, value in headers:
-            if name.lower() == b"authorization":
-                scheme, _, key = value.decode("latin-1").strip().partition(" ")
-                if scheme.lower() != "bearer":
-                    return None
-                return self._keys.get(key.strip())
-        return None
-
-    def take_token(self, owner: str, rps: float, now: float) -> float:
-        """0 when the request may pass, else the seconds until the key's bucket refills."""
-        with self._lock:
-            bucket = self._buckets.get(owner)
-            if bucket is None:
-                bucket = self._buckets[owner] = [max(rps, 1.0), now]
-            tokens = min(max(rps, 1.0), bucket[0] + (now - bucket[1]) * rps)
-            bucket[1] = now
-            if tokens >= 1.0:
-                bucket[0] = tokens - 1.0
-                return 0.0
-            bucket[0] = tokens
-            return (1.0 - tokens) / rps
-
-    def unfinished_jobs(self) -> int:
-        return self.store.unfinished(self.clock.now())
+_GARBAGE = b"<html><body><h1>200 OK</h1>upstream closed the stream early</body></html>"
+_DRIP_TICK = 0.05
+"""Seconds between two chunks of a dripped listing when the rate allows more than one byte."""
 
 
 # --- responses -------------------------------------------------------------------------------
@@ -212,7 +64,8 @@ def problem(
     headers: Mapping[str, str] | None = None,
     title: str | None = None,
 ) -> Response:
-    """An RFC 7807-like error answer with a fresh ``logId``."""
+    """An RFC 7807-like error answer with a fresh ``logId``, sent as ``application/json`` (what
+    the service's OpenAPI description declares)."""
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
@@ -229,219 +82,12 @@ def problem(
         json.dumps(body).encode("utf-8"),
         status_code=status,
         headers=dict(headers) if headers else None,
-        media_type="application/problem+json",
+        media_type="application/json",
     )
 
 
 def _json(content: bytes) -> Response:
     return Response(content, media_type="application/json")
-
-
-class _BadRequest(Exception):
-    def __init__(self, detail: str, status: int = 400) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.status = status
-
-
-# --- request validation ----------------------------------------------------------------------
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _string_list(value: Any, field: str) -> None:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _BadRequest(f"{field} must be an array of strings")
-
-
-def _message_text(message: Any, where: str) -> tuple[str, str]:
-    if not isinstance(message, dict):
-        raise _BadRequest(f"{where} must be an object with 'role' and 'text' or 'content'")
-    role = message.get("role")
-    if "role" not in message:
-        raise _BadRequest(f"{where}.role is required")
-    if role not in _ROLES:
-        raise _BadRequest(f"{where}.role must be one of 'system', 'user', 'assistant'")
-    if "text" in message and message["text"] is not None:
-        if not isinstance(message["text"], str):
-            raise _BadRequest(f"{where}.text must be a string")
-        return role, message["text"]
-    content = message.get("content")
-    if content is None:
-        raise _BadRequest(f"{where} needs 'text' (a string) or 'content' (an array of blocks)")
-    if isinstance(content, str):
-        return role, content
-    if not isinstance(content, list) or not content:
-        raise _BadRequest(f"{where}.content must be a non-empty array of text blocks")
-    parts = []
-    for j, block in enumerate(content):
-        spot = f"{where}.content[{j}]"
-        if not isinstance(block, dict):
-            raise _BadRequest(f"{spot} must be an object like {{'type': 'text', 'text': '...'}}")
-        if block.get("type") != "text":
-            raise _BadRequest(f"{spot}.type must be 'text'")
-        if not isinstance(block.get("text"), str):
-            raise _BadRequest(f"{spot}.text must be a string")
-        parts.append(block["text"])
-    return role, "\n".join(parts)
-
-
-@dataclass
-class _Parsed:
-    body: dict[str, Any]
-    normalised: dict[str, Any]
-    texts: list[str]
-    schema: dict[str, Any]
-    validator: Draft202012Validator | None
-    schema_problem: str | None
-
-
-def parse_run_request(raw: bytes, config: SandboxConfig) -> _Parsed:
-    """Validate a ``POST /model-inference/run`` body; raises _BadRequest naming the field."""
-    try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _BadRequest(f"Request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise _BadRequest("Request body must be a JSON object")
-    for field in ("data_plane_id", "model"):
-        if field not in body or body[field] is None:
-            raise _BadRequest(f"{field} is required")
-        if not isinstance(body[field], str) or not body[field].strip():
-            raise _BadRequest(f"{field} must be a non-empty string")
-    messages = body.get("messages")
-    if "messages" not in body or messages is None:
-        raise _BadRequest("messages is required")
-    if not isinstance(messages, list) or not messages:
-        raise _BadRequest("messages must be a non-empty array")
-    normal = [_message_text(m, f"messages[{i}]") for i, m in enumerate(messages)]
-    config_in = body.get("inference_config")
-    if "inference_config" not in body or config_in is None:
-        raise _BadRequest("inference_config is required")
-    if not isinstance(config_in, dict):
-        raise _BadRequest("inference_config must be an object")
-    if "output_format_schema" not in config_in or config_in["output_format_schema"] is None:
-        raise _BadRequest("inference_config.output_format_schema is required")
-    schema = config_in["output_format_schema"]
-    if not isinstance(schema, dict):
-        raise _BadRequest("inference_config.output_format_schema must be a JSON Schema object")
-    max_tokens = config_in.get("max_tokens")
-    if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-    ):
-        raise _BadRequest("inference_config.max_tokens must be a positive integer")
-    for field in ("temperature", "top_p"):
-        value = config_in.get(field)
-        if value is not None and not (_is_number(value) and 0 <= value <= 1):
-            raise _BadRequest(f"inference_config.{field} must be a number between 0 and 1")
-    if config_in.get("stop_sequences") is not None:
-        _string_list(config_in["stop_sequences"], "inference_config.stop_sequences")
-    if body.get("tags") is not None:
-        _string_list(body["tags"], "tags")
-    if body["data_plane_id"] not in config.data_plane_ids:
-        raise _BadRequest(
-            f"Data plane {body['data_plane_id']!r} was not found or this key may not use it",
-            status=config.unknown_data_plane_status,
-        )
-    if body["model"] not in config.models:
-        raise _BadRequest(
-            f"model {body['model']!r} is not supported; supported models: "
-            + ", ".join(sorted(config.models))
-        )
-    compiled = compile_schema(schema)
-    validator: Draft202012Validator | None = None
-    schema_problem: str | None = None
-    if isinstance(compiled, str):
-        schema_problem = (
-            "inference_config.output_format_schema is not a valid JSON Schema "
-            f"(Draft 2020-12): {compiled}"
-        )
-        if not config.invalid_schema_as_job_failure:
-            raise _BadRequest(schema_problem)
-    else:
-        validator = compiled
-    normalised = {
-        "data_plane_id": body["data_plane_id"],
-        "model": body["model"],
-        "messages": [{"role": role, "text": text} for role, text in normal],
-        "inference_config": config_in,
-    }
-    if body.get("tags") is not None:
-        normalised["tags"] = body["tags"]
-    return _Parsed(body, normalised, [t for _, t in normal], schema, validator, schema_problem)
-
-
-# --- deciding a job's fate -------------------------------------------------------------------
-def _unit(material: str) -> float:
-    digest = hashlib.sha256(material.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def _failure(message: str, **value: Any) -> list[dict[str, Any]]:
-    return [{"message": message, "value": value}]
-
-
-async def decide_outcome(
-    parsed: _Parsed, config: SandboxConfig, fingerprint: str
-) -> tuple[str, dict[str, Any] | None, list[dict[str, Any]]]:
-    """``(outcome, result, failures)`` for a valid request, decided up front."""
-    seed_material = f"{config.seed}:{fingerprint}"
-    model = parsed.normalised["model"]
-    if parsed.schema_problem is not None:
-        return "failed", None, _failure(parsed.schema_problem, reason="invalid_schema")
-    if model in config.unavailable_models:
-        message = f"Model {model} is not available in data plane {parsed.body['data_plane_id']}"
-        return "failed", None, _failure(message, reason="model_not_available", model=model)
-    if config.failure_rate and _unit(seed_material + ":failure") < config.failure_rate:
-        message = "Model inference failed: the model provider returned an error (sandbox)"
-        return "failed", None, _failure(message, reason="injected_failure")
-    if config.responder is not None:
-        try:
-            answer = config.responder(copy.deepcopy(parsed.normalised))
-            if inspect.isawaitable(answer):
-                answer = await answer
-        except Exception as exc:
-            message = str(exc) or type(exc).__name__
-            return "failed", None, _failure(message, reason="responder_error")
-        if config.validate_responder and parsed.validator is not None:
-            problem_text = output_error(parsed.validator, answer)
-            if problem_text is not None:
-                message = f"Model output does not match output_format_schema: {problem_text}"
-                return "failed", None, _failure(message, reason="invalid_output")
-        output = answer
-    else:
-        words = prompt_words(t for m in parsed.normalised["messages"] for t in [m["text"]])
-        output = synthesize(parsed.schema, seed_material, words=words, validator=parsed.validator)
-    try:
-        output_text = json.dumps(output, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        message = f"Model output is not JSON: {exc}"
-        return "failed", None, _failure(message, reason="invalid_output")
-    completion = estimate_tokens(output_text)
-    prompt = estimate_tokens("".join(parsed.texts))
-    max_tokens = parsed.normalised["inference_config"].get("max_tokens")
-    if max_tokens is not None and completion > max_tokens:
-        message = (
-            f"Token limit exceeded: the answer needs {completion} tokens but max_tokens is "
-            f"{max_tokens}"
-        )
-        return (
-            "failed",
-            None,
-            _failure(
-                message, reason="token_limit_exceeded", max_tokens=max_tokens, tokens=completion
-            ),
-        )
-    usage = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-    return "completed", {"structured_output": output, "usage": usage}, []
 
 
 # --- the app ---------------------------------------------------------------------------------
@@ -470,9 +116,19 @@ class _FrontDoor:
                 core.stats.request_answered(method, template, message["status"])
             await send(message)
 
+        down, status = core.outage_status()
+        if down and status is None:
+            counted = True
+            core.stats.request_answered(method, template, 0)
+            await _reset_connection(core, scope)
+            return
         core.stats.request_started()
         try:
             config = core.config
+            if down and status is not None:
+                outage = problem(status, "Service unavailable (sandbox: outage)", path)
+                await outage(scope, receive, send_counted)
+                return
             delay = core.latency(config.response_delay)
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -521,6 +177,53 @@ class _FrontDoor:
         return None
 
 
+async def _reset_connection(core: SandboxCore, scope: Scope) -> None:
+    """Drop the client's TCP connection with a reset, answering nothing.
+
+    Over the in-process transport there is no connection: the client gets the error httpx
+    raises when a server hangs up without answering.
+    """
+    client = scope.get("client")
+    transport = core.connections.get(tuple(client)) if client else None
+    if transport is None:
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+    sock = transport.get_extra_info("socket")
+    if sock is not None:  # linger 0: close() sends RST instead of FIN
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    for _ in range(3):  # let the server see the connection lost before the app returns
+        await asyncio.sleep(0)
+
+
+def _dripped(body: bytes, rate: float) -> StreamingResponse:
+    """``body`` sent at ``rate`` bytes per second (headers at once), as a stalling proxy does."""
+    interval = max(1.0 / rate, _DRIP_TICK)
+    size = max(1, int(rate * interval))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), size):
+            await asyncio.sleep(interval)
+            yield body[start : start + size]
+
+    return StreamingResponse(chunks(), media_type="application/json")
+
+
+def _listing_body(
+    config: SandboxConfig, page: list[bytes], total: int, offset: int, per_page: int
+) -> bytes:
+    """The ``GET /jobs`` answer, with ``total_records`` as ``total_records_mode`` says."""
+    records = b"[" + b",".join(page) + b"]"
+    if config.total_records_mode == "missing":
+        return b'{"records":' + records + b"}"
+    if config.total_records_mode == "page_end":
+        total = offset + len(page)
+    head = (
+        f'{{"current_page":{offset // per_page + 1},"total_records":{total},'
+        f'"total_pages":{math.ceil(total / per_page)},"records":'
+    )
+    return head.encode("ascii") + records + b"}"
+
+
 def create_app(core: SandboxCore) -> Starlette:
     """The Starlette app of one sandbox."""
 
@@ -541,28 +244,35 @@ def create_app(core: SandboxCore) -> Starlette:
                 )
         try:
             parsed = parse_run_request(await request.body(), config)
-        except _BadRequest as exc:
+        except BadRequest as exc:
             return problem(exc.status, exc.detail, path)
         fingerprint = request_fingerprint(parsed.normalised)
         outcome, result, failures = await decide_outcome(parsed, config, fingerprint)
         job_id = str(uuid.uuid4())
-        core.store.create(
+        cancelled = core.chance(config.cancel_rate)
+        queue = core.latency(config.queue_latency)
+        job = NewJob(
             job_id=job_id,
             data_plane_id=parsed.normalised["data_plane_id"],
             owner=owner,
             input=parsed.body,
             fingerprint=fingerprint,
-            now=core.clock.now(),
-            queue=core.latency(config.queue_latency),
-            run=core.latency(config.run_latency),
+            queue=queue,
+            run=core.latency(config.queue_latency if cancelled else config.run_latency),
             outcome=outcome,
             result=result,
             failures=failures,
+            cancelled=cancelled,
+            skew=core.skew_for(job_id),
+            lag=config.replication_lag,
         )
+        core.store.create(job, core.clock.now())
         if core.chance(config.post_500_after_create_rate):
             return problem(
                 500, "Internal error while answering (sandbox: post_500_after_create)", path
             )
+        if core.chance(config.post_garbage_after_create_rate):
+            return Response(_GARBAGE, media_type="text/html")
         return _json(b'{"job_id":"' + job_id.encode("ascii") + b'"}')
 
     async def get_job(request: Request) -> Response:
@@ -580,12 +290,19 @@ def create_app(core: SandboxCore) -> Starlette:
         try:
             per_page = _int_param(query.get("per_page"), "per_page", DEFAULT_PER_PAGE, 1)
             offset = _int_param(query.get("offset"), "offset", 0, 0)
-        except _BadRequest as exc:
+        except BadRequest as exc:
             return problem(400, exc.detail, path)
         per_page = min(per_page, MAX_PER_PAGE)
         order_by = query.get("order_by") or "created_at_desc"
-        if order_by not in ORDERS:
-            return problem(400, f"order_by must be one of {', '.join(ORDERS)}", path)
+        if order_by not in config.listing_orders:
+            return problem(
+                400,
+                f"order_by {order_by!r} is not supported; supported values: "
+                + ", ".join(config.listing_orders),
+                path,
+            )
+        if config.listing_ignores_order:
+            order_by = "created_at_desc"
         state = query.get("state") or None
         if state is not None and state not in JOB_STATES:
             return problem(400, f"state must be one of {', '.join(JOB_STATES)}", path)
@@ -599,11 +316,10 @@ def create_app(core: SandboxCore) -> Starlette:
             per_page=per_page,
             offset=offset,
         )
-        head = (
-            f'{{"current_page":{offset // per_page + 1},"total_records":{total},'
-            f'"total_pages":{math.ceil(total / per_page)},"records":['
-        )
-        return _json(head.encode("ascii") + b",".join(page) + b"]}")
+        content = _listing_body(config, page, total, offset, per_page)
+        if config.listing_drip is not None:
+            return _dripped(content, config.listing_drip)
+        return _json(content)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -630,7 +346,7 @@ def _int_param(raw: str | None, name: str, default: int, minimum: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise _BadRequest(f"{name} must be an integer >= {minimum}") from None
+        raise BadRequest(f"{name} must be an integer >= {minimum}") from None
     if value < minimum:
-        raise _BadRequest(f"{name} must be an integer >= {minimum}")
+        raise BadRequest(f"{name} must be an integer >= {minimum}")
     return value

@@ -17,6 +17,8 @@ from .._models import KNOWN_MODELS
 
 __all__ = [
     "DEFAULT_DATA_PLANE_ID",
+    "ORDERS",
+    "TOTAL_RECORDS_MODES",
     "Latency",
     "Responder",
     "SandboxConfig",
@@ -31,6 +33,12 @@ DEFAULT_DATA_PLANE_ID = str(
 
 Latency = float | tuple[float, float]
 """Seconds: a fixed value, or a ``(low, high)`` range drawn uniformly from the seeded generator."""
+
+ORDERS = ("created_at_desc", "created_at_asc", "updated_at_desc", "updated_at_asc")
+"""Every ``order_by`` of ``GET /jobs`` in the contract."""
+
+TOTAL_RECORDS_MODES = ("exact", "page_end", "missing")
+"""How ``GET /jobs`` reports ``total_records`` (see ``SandboxConfig.total_records_mode``)."""
 
 Responder = Callable[[dict[str, Any]], Any | Awaitable[Any]]
 """Turns a request (the JSON body, messages normalised to ``{"role", "text"}``) into an output."""
@@ -55,6 +63,13 @@ def _check_rate(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ValueError(f"{name} must be a fraction between 0 and 1, not {value!r}")
     return float(value)
+
+
+def _check_positive_or_none(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive number or None, not {value!r}")
 
 
 def draw_latency(latency: Latency, rng: random.Random) -> float:
@@ -117,11 +132,53 @@ class SandboxConfig:
     """The contract allows 404 or 403 for an unknown data plane."""
     invalid_schema_as_job_failure: bool = False
     """Accept an invalid ``output_format_schema`` and fail the job instead of answering 400."""
+    cancel_rate: float = 0.0
+    """Fraction of jobs that go ``pending_cancellation`` -> ``cancelled`` instead of running."""
+    post_garbage_after_create_rate: float = 0.0
+    """Fraction of POSTs that create their job and answer 200 with a body that is not JSON."""
+
+    # --- what a large, eventually consistent deployment does --------------------------------
+    executor_skew: float = 0.0
+    """Seconds the clock of some executors is behind (negative: ahead). Jobs they run carry
+    stamps shifted by it, and the ``updated_at_*``/``created_at_*`` listings sort by the
+    shifted stamps, so the listing's order no longer follows the real order of updates."""
+    executor_skew_fraction: float = 0.5
+    """Fraction of jobs (chosen by job id and seed) run by the skewed executors."""
+    replication_lag: float = 0.0
+    """Seconds after creation during which a job answers 404 and is missing from ``GET /jobs``
+    (read replicas behind the primary)."""
+    foreign_jobs: int = 0
+    """Other users' jobs of the same company in the default data plane, created when the knob
+    is set (raising it adds jobs, lowering it removes the newest ones)."""
+    foreign_update_interval: float | None = 1.0
+    """Seconds between two updates of each foreign job (they cycle pending/running, so they stay
+    at the top of ``updated_at_desc``); ``None``: they never update."""
+    foreign_null_updated_at: int = 0
+    """How many of the foreign jobs carry ``updated_at: null`` (sorted first in
+    ``updated_at_desc`` and last in ``updated_at_asc``, as SQL's NULLS FIRST/LAST default)."""
+    listing_orders: tuple[str, ...] = ORDERS
+    """``order_by`` values ``GET /jobs`` accepts; others are answered 400 (the older API knows
+    only ``("created_at_desc", "created_at_asc")``)."""
+    listing_ignores_order: bool = False
+    """``GET /jobs`` serves ``created_at_desc`` whatever ``order_by`` says."""
+    total_records_mode: str = "exact"
+    """``"exact"``; ``"page_end"`` (``total_records`` = offset + this page's length, so every
+    page looks like the last); ``"missing"`` (the answer is just ``{"records": [...]}``)."""
+    listing_drip: float | None = None
+    """Bytes per second at which ``GET /jobs`` bodies are sent (``0.1``: a byte every 10 s, a
+    stall); ``None`` sends them at once."""
 
     def __post_init__(self) -> None:
         for name in ("queue_latency", "run_latency", "response_delay"):
             object.__setattr__(self, name, _check_latency(name, getattr(self, name)))
-        for name in ("failure_rate", "error_rate", "post_500_after_create_rate"):
+        for name in (
+            "failure_rate",
+            "error_rate",
+            "post_500_after_create_rate",
+            "post_garbage_after_create_rate",
+            "cancel_rate",
+            "executor_skew_fraction",
+        ):
             object.__setattr__(self, name, _check_rate(name, getattr(self, name)))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, not {self.seed!r}")
@@ -151,6 +208,46 @@ class SandboxConfig:
             raise ValueError("unknown_data_plane_status must be 403 or 404")
         if self.responder is not None and not callable(self.responder):
             raise ValueError("responder must be a callable taking the request dict")
+        self._check_deployment_knobs()
+
+    def _check_deployment_knobs(self) -> None:
+        skew = self.executor_skew
+        if isinstance(skew, bool) or not isinstance(skew, (int, float)) or not math.isfinite(skew):
+            raise ValueError(f"executor_skew must be a finite number of seconds, not {skew!r}")
+        object.__setattr__(self, "executor_skew", float(skew))
+        lag = self.replication_lag
+        if isinstance(lag, bool) or not isinstance(lag, (int, float)) or not 0 <= lag < math.inf:
+            raise ValueError(
+                f"replication_lag must be a finite number of seconds >= 0, not {lag!r}"
+            )
+        object.__setattr__(self, "replication_lag", float(lag))
+        for name in ("foreign_jobs", "foreign_null_updated_at"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, not {value!r}")
+        if self.foreign_null_updated_at > self.foreign_jobs:
+            raise ValueError(
+                f"foreign_null_updated_at ({self.foreign_null_updated_at}) cannot exceed "
+                f"foreign_jobs ({self.foreign_jobs})"
+            )
+        _check_positive_or_none("foreign_update_interval", self.foreign_update_interval)
+        _check_positive_or_none("listing_drip", self.listing_drip)
+        orders = self.listing_orders
+        orders = (orders,) if isinstance(orders, str) else tuple(orders)
+        wrong = [o for o in orders if o not in ORDERS]
+        if not orders or wrong:
+            raise ValueError(
+                f"listing_orders must be a non-empty subset of {', '.join(ORDERS)}, "
+                f"not {self.listing_orders!r}"
+            )
+        object.__setattr__(self, "listing_orders", orders)
+        if not isinstance(self.listing_ignores_order, bool):
+            raise ValueError("listing_ignores_order must be True or False")
+        if self.total_records_mode not in TOTAL_RECORDS_MODES:
+            raise ValueError(
+                f"total_records_mode must be one of {', '.join(TOTAL_RECORDS_MODES)}, "
+                f"not {self.total_records_mode!r}"
+            )
 
     @property
     def models(self) -> frozenset[str]:

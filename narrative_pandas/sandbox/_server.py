@@ -17,8 +17,10 @@ from typing import Any
 
 import httpx
 
-from ._app import FailRule, SandboxCore, SystemWallClock, WallClock, create_app
+from ._app import create_app
+from ._core import FailRule, SandboxCore, SystemWallClock, WallClock
 from ._knobs import SandboxConfig
+from ._records import JOB_STATES
 from ._store import SandboxStats
 
 __all__ = ["Sandbox", "use_sandbox"]
@@ -138,11 +140,44 @@ class Sandbox:
         self._core.add_key(key)
         return key
 
-    def jobs(self) -> list[dict[str, Any]]:
-        """Every live (not expired) job as the API shows it now, oldest first."""
+    def jobs(self, *, include_foreign: bool = False) -> list[dict[str, Any]]:
+        """Every live (not expired) job of the sandbox's keys as the API shows it now, oldest
+        first, including jobs still hidden by ``replication_lag``; ``include_foreign`` adds
+        other users' jobs (``foreign_jobs``, ``add_jobs``)."""
         now = self._core.clock.now()
         self._core.store.expire(now, self._core.config.ttl)
-        return self._core.store.all_jobs(now)
+        return self._core.store.all_jobs(now, foreign=include_foreign)
+
+    def cancel_job(self, job_id: str) -> bool:
+        """Cancel a job as its owner would in the UI: ``pending_cancellation`` now, then
+        ``cancelled`` after one queue latency.
+
+        Returns False when the job has already ended or is being cancelled; raises KeyError for
+        an unknown (or expired) job id.
+        """
+        return self._core.cancel_job(job_id)
+
+    def outage(self, seconds: float, status: int | None = 503) -> None:
+        """From now on, for ``seconds`` of the sandbox's clock, answer every request ``status``
+        (nothing is done), or with ``status=None`` reset each connection without answering."""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise ValueError(f"seconds must be a number >= 0, not {seconds!r}")
+        if status is not None and not (isinstance(status, int) and 400 <= status <= 599):
+            raise ValueError(f"status must be an HTTP error code (400-599) or None, not {status!r}")
+        self._core.start_outage(float(seconds), status)
+
+    def add_jobs(self, n: int, *, state: str = "completed") -> list[str]:
+        """Create ``n`` other users' jobs in the default data plane now, newer than every
+        existing job, staying in ``state`` (e.g. 2,500 newer jobs before a resume).
+
+        They are not counted in ``stats.jobs_created`` (see ``stats.foreign_jobs``). Returns
+        their ids.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be an integer >= 0, not {n!r}")
+        if state not in JOB_STATES:
+            raise ValueError(f"state must be one of {', '.join(JOB_STATES)}, not {state!r}")
+        return self._core.add_jobs(n, state)
 
     def job_timelines(self) -> list[tuple[float, float, float]]:
         """When each live job was created, started and ended (seconds on the sandbox's clock),
@@ -179,6 +214,7 @@ class Sandbox:
         self._bound_port = int(sock.getsockname()[1])
         config = uvicorn.Config(
             self.app,
+            http=_tracking_protocol(self._core.connections),
             log_level="warning",
             access_log=False,
             lifespan="off",
@@ -248,6 +284,30 @@ class Sandbox:
     def __repr__(self) -> str:  # never the key
         where = self.base_url if self.running else "not serving"
         return f"Sandbox({where}, data_plane_id={self.data_plane_id!r})"
+
+
+def _tracking_protocol(connections: dict[tuple[Any, ...], asyncio.Transport]) -> type:
+    """uvicorn's HTTP protocol, keeping each open connection's transport by peer address, so
+    an outage with ``status=None`` can reset the very connection a request came on."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    base: Any = AutoHTTPProtocol
+
+    class TrackingProtocol(base):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            peer = transport.get_extra_info("peername")
+            if peer:
+                self._sandbox_peer = tuple(peer[:2])
+                connections[self._sandbox_peer] = transport
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            peer = getattr(self, "_sandbox_peer", None)
+            if peer is not None:
+                connections.pop(peer, None)
+            super().connection_lost(exc)
+
+    return TrackingProtocol
 
 
 _current: Sandbox | None = None

@@ -1,238 +1,88 @@
-"""The sandbox's job store and counters: lazy job states, cheap listings, thread-safe stats.
+"""The sandbox's job store: lazy job states, cheap listings, expiry, lag, and other users' jobs.
 
-A job's whole life is fixed when it is created (when it starts running, when it ends, how it
-ends), and its state is computed from the clock whenever it is read, so no timer runs per job.
-Transitions are kept in one time-sorted list, which lets ``GET /jobs?order_by=updated_at_desc``
-walk the newest updates first and stop after one page instead of sorting every job.
+Transitions are kept in one list sorted by their stamps, which lets
+``GET /jobs?order_by=updated_at_desc`` walk the newest updates first and stop after one page
+instead of sorting every job. Stamps are the executor's (skewed) times, so the listing's order
+can differ from the real order of updates, as on a real service. Other users' jobs that keep
+updating are sorted on each listing and merged in.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import heapq
-import json
 import math
 import threading
+import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
+
+from ._knobs import ORDERS
+from ._records import (
+    FOREIGN_OWNER,
+    JOB_STATES,
+    JOB_TYPE,
+    TERMINAL_STATES,
+    Cycle,
+    JobRecord,
+    format_timestamp,
+    unit,
+)
+from ._stats import SandboxStats, route_template
 
 __all__ = [
     "JOB_STATES",
     "ORDERS",
     "JobRecord",
     "JobStore",
+    "NewJob",
     "SandboxStats",
     "format_timestamp",
     "route_template",
 ]
 
-JOB_TYPE = "model_inference"
-JOB_STATES = ("pending", "running", "completed", "failed", "cancelled", "pending_cancellation")
-ORDERS = ("created_at_desc", "created_at_asc", "updated_at_desc", "updated_at_asc")
-_PENDING, _RUNNING, _ENDED = 0, 1, 2
-_REQUEST_SOURCE = {"type": "api", "source": "narrative-pandas-sandbox"}
+_FOREIGN_SCHEMA = {
+    "type": "object",
+    "properties": {"segment": {"type": "string"}},
+    "required": ["segment"],
+}
 
 
-def format_timestamp(epoch: float) -> str:
-    """ISO 8601 in UTC without a zone, with microseconds, like the contract's examples."""
-    stamp = datetime.fromtimestamp(epoch, tz=timezone.utc).replace(tzinfo=None)
-    return stamp.isoformat(timespec="microseconds")
+@dataclass(frozen=True)
+class NewJob:
+    """What the app decided about a job it is creating."""
 
-
-def route_template(path: str) -> str:
-    """The route a path belongs to (``/jobs/abc`` -> ``/jobs/{job_id}``); others unchanged."""
-    if path.startswith("/jobs/") and path.count("/") == 2 and len(path) > 6:
-        return "/jobs/{job_id}"
-    return path
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-@dataclass(eq=False, slots=True)
-class JobRecord:
-    """One job, with its whole timeline decided at creation."""
-
-    seq: int
     job_id: str
     data_plane_id: str
     owner: str
     input: dict[str, Any]
-    created: float
-    started: float
-    ended: float
-    stamps: tuple[str, str, str]
+    fingerprint: str
+    queue: float
+    run: float
     outcome: str
     result: dict[str, Any] | None
     failures: list[dict[str, Any]]
-    removed: bool
-    _frag_stage: int
-    _frag: bytes
-
-    def stage(self, now: float) -> int:
-        """0 pending, 1 running, 2 ended (completed or failed) at time ``now``."""
-        if now >= self.ended:
-            return _ENDED
-        if now >= self.started:
-            return _RUNNING
-        return _PENDING
-
-    def state(self, stage: int) -> str:
-        """The contract's state name for a stage."""
-        return ("pending", "running", self.outcome)[stage]
-
-    def as_dict(self, stage: int) -> dict[str, Any]:
-        """The job object of ``GET /jobs/{id}`` at ``stage``: every field of the contract."""
-        ended = stage == _ENDED
-        return {
-            "job_id": self.job_id,
-            "data_plane_id": self.data_plane_id,
-            "type": JOB_TYPE,
-            "state": self.state(stage),
-            "input": self.input,
-            "result": self.result if ended else None,
-            "failures": self.failures if ended else [],
-            "request_source": _REQUEST_SOURCE,
-            "executor": "narrative-sandbox",
-            "execution_cluster": "sandbox-local",
-            "idempotency_key": None,
-            "created_at": self.stamps[0],
-            "updated_at": self.stamps[stage],
-            "ended_at": self.stamps[_ENDED] if ended else None,
-        }
-
-    def fragment(self, stage: int) -> bytes:
-        """The job object as JSON bytes, cached for the current stage."""
-        if self._frag_stage != stage:
-            self._frag = _dumps(self.as_dict(stage))
-            self._frag_stage = stage
-        return self._frag
+    cancelled: bool = False
+    skew: float = 0.0
+    lag: float = 0.0
 
 
-class SandboxStats:
-    """Counters the tests read; every method is thread-safe.
-
-    ``count(method, path, status)`` filters requests by method, route template
-    (``"/model-inference/run"``, ``"/jobs/{job_id}"``, ``"/jobs"``) and answered status.
-    """
-
-    def __init__(self, unfinished: Callable[[], int]) -> None:
-        self._lock = threading.Lock()
-        self._unfinished = unfinished
-        self._counts: Counter[tuple[str, str, int]] = Counter()
-        self._jobs_created = 0
-        self._duplicates = 0
-        self._peak_unfinished = 0
-        self._concurrent = 0
-        self._peak_concurrent = 0
-
-    @property
-    def requests(self) -> int:
-        """Requests answered (any route, any status)."""
-        with self._lock:
-            return sum(self._counts.values())
-
-    def count(
-        self, method: str | None = None, path: str | None = None, status: int | None = None
-    ) -> int:
-        """Requests answered that match every filter given."""
-        want_method = method.upper() if method else None
-        want_path = route_template(path) if path else None
-        with self._lock:
-            return sum(
-                n
-                for (m, p, s), n in self._counts.items()
-                if (want_method is None or m == want_method)
-                and (want_path is None or p == want_path)
-                and (status is None or s == status)
-            )
-
-    @property
-    def jobs_created(self) -> int:
-        """Jobs created (including those whose POST was then answered 500)."""
-        with self._lock:
-            return self._jobs_created
-
-    @property
-    def duplicate_submissions(self) -> int:
-        """Jobs created for a body (tags aside) that an earlier job already had: paid twice."""
-        with self._lock:
-            return self._duplicates
-
-    @property
-    def peak_unfinished_jobs(self) -> int:
-        """Most jobs that were pending or running at the same moment."""
-        with self._lock:
-            return self._peak_unfinished
-
-    def unfinished_jobs(self) -> int:
-        """Jobs pending or running now."""
-        return self._unfinished()
-
-    @property
-    def concurrent_requests(self) -> int:
-        """Requests being answered right now."""
-        with self._lock:
-            return self._concurrent
-
-    @property
-    def peak_concurrent_requests(self) -> int:
-        """Most requests being answered at the same moment."""
-        with self._lock:
-            return self._peak_concurrent
-
-    def reset(self) -> None:
-        """Zero the counters; peaks restart from what is unfinished/in flight now."""
-        unfinished = self._unfinished()
-        with self._lock:
-            self._counts.clear()
-            self._jobs_created = 0
-            self._duplicates = 0
-            self._peak_unfinished = unfinished
-            self._peak_concurrent = self._concurrent
-
-    def snapshot(self) -> dict[str, int]:
-        """All counters at once, for printing."""
-        return {
-            "requests": self.requests,
-            "jobs_created": self.jobs_created,
-            "duplicate_submissions": self.duplicate_submissions,
-            "peak_unfinished_jobs": self.peak_unfinished_jobs,
-            "unfinished_jobs": self.unfinished_jobs(),
-            "peak_concurrent_requests": self.peak_concurrent_requests,
-        }
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v}" for k, v in self.snapshot().items())
-        return f"SandboxStats({fields})"
-
-    # --- updates from the app and the store ------------------------------------------------
-    def request_started(self) -> None:
-        with self._lock:
-            self._concurrent += 1
-            self._peak_concurrent = max(self._peak_concurrent, self._concurrent)
-
-    def request_answered(self, method: str, template: str, status: int) -> None:
-        with self._lock:
-            self._counts[(method.upper(), template, status)] += 1
-
-    def request_finished(self) -> None:
-        with self._lock:
-            self._concurrent -= 1
-
-    def job_created(self, *, duplicate: bool, unfinished: int) -> None:
-        with self._lock:
-            self._jobs_created += 1
-            self._duplicates += int(duplicate)
-            self._peak_unfinished = max(self._peak_unfinished, unfinished)
+def _foreign_input(data_plane_id: str, n: int) -> dict[str, Any]:
+    """A request another user's pipeline sent: its own model, prompt and tags."""
+    return {
+        "data_plane_id": data_plane_id,
+        "model": "openai.gpt-4.1",
+        "messages": [{"role": "user", "text": f"Classify account #{n} into a segment."}],
+        "inference_config": {"output_format_schema": _FOREIGN_SCHEMA},
+        "tags": ["crm-nightly", f"batch-{n // 500}"],
+    }
 
 
 class JobStore:
-    """Every job of one sandbox, with lazy states, TTL expiry and paged listings."""
+    """Every job of one sandbox, with lazy states, TTL expiry, lag and paged listings."""
 
     def __init__(self, stats: SandboxStats) -> None:
         self._lock = threading.RLock()
@@ -244,65 +94,217 @@ class JobStore:
         with self._lock:
             self._jobs: dict[str, JobRecord] = {}
             self._by_seq: dict[int, JobRecord] = {}
-            self._order: list[JobRecord] = []
-            self._events: list[tuple[float, int, int]] = []
+            self._order: list[JobRecord] = []  # by created stamp
+            self._order_keys: list[tuple[float, int]] = []
+            self._events: list[tuple[float, int, int]] = []  # (stamp, seq, stage), by stamp
             self._expiry: list[tuple[float, int]] = []
             self._unfinished: list[float] = []
             self._owner_unfinished: dict[str, list[float]] = {}
+            self._hidden: list[tuple[float, int]] = []  # (visible from, seq) of lagging jobs
+            self._cycling: list[JobRecord] = []  # foreign jobs that keep updating
             self._plane_counts: Counter[str] = Counter()
             self._fingerprints: set[str] = set()
             self._removed = 0
             self._seq = 0
             self._last_created = -math.inf
+            self._max_ahead = 0.0  # largest amount a stamp runs ahead of real time
 
-    def create(
-        self,
-        *,
-        job_id: str,
-        data_plane_id: str,
-        owner: str,
-        input: dict[str, Any],
-        fingerprint: str,
-        now: float,
-        queue: float,
-        run: float,
-        outcome: str,
-        result: dict[str, Any] | None,
-        failures: list[dict[str, Any]],
-    ) -> JobRecord:
-        """Record a new job whose timeline starts ``now``; updates the job counters."""
+    # --- creating and changing jobs ------------------------------------------------------
+    def _next_created(self, now: float) -> float:
+        created = max(now, self._last_created)
+        self._last_created = created
+        self._seq += 1
+        return created
+
+    def _add(self, record: JobRecord, *, events: bool = True) -> None:
+        self._jobs[record.job_id] = record
+        self._by_seq[record.seq] = record
+        key = (record.stamp_time(0), record.seq)
+        at = bisect.bisect_right(self._order_keys, key)
+        self._order_keys.insert(at, key)
+        self._order.insert(at, record)
+        self._max_ahead = max(self._max_ahead, -record.skew)
+        if events:
+            for stage in range(len(record.times)):
+                bisect.insort(self._events, (record.stamp_time(stage), record.seq, stage))
+        if record.ended < math.inf:
+            heapq.heappush(self._expiry, (record.ended, record.seq))
+        self._plane_counts[record.data_plane_id] += 1
+
+    def create(self, job: NewJob, now: float) -> JobRecord:
+        """Record a new job of a key whose timeline starts ``now``; updates the counters."""
         with self._lock:
-            created = max(now, self._last_created)
-            self._last_created = created
-            started = created + queue
-            ended = started + run
-            self._seq += 1
-            seq = self._seq
-            stamps = (format_timestamp(created), format_timestamp(started), format_timestamp(ended))
-            failures = [{"message": f["message"], "timestamp": stamps[2], **f} for f in failures]
+            created = self._next_created(now)
+            started = created + job.queue
+            ended = started + job.run
+            middle = "pending_cancellation" if job.cancelled else "running"
+            outcome = "cancelled" if job.cancelled else job.outcome
+            ended_stamp = format_timestamp(ended - job.skew)
+            failures = [
+                {"message": f["message"], "timestamp": ended_stamp, **f} for f in job.failures
+            ]
             record = JobRecord(
-                seq, job_id, data_plane_id, owner, input, created, started, ended, stamps,
-                outcome, result, failures, False, -1, b"",
+                self._seq, job.job_id, job.data_plane_id, job.owner, job.input,
+                [created, started, ended], ["pending", middle, outcome], job.skew,
+                created + job.lag, None if job.cancelled else job.result, failures,
             )  # fmt: skip
-            self._jobs[job_id] = record
-            self._by_seq[seq] = record
-            self._order.append(record)
-            for stage, when in enumerate((created, started, ended)):
-                bisect.insort(self._events, (when, seq, stage))
-            heapq.heappush(self._expiry, (ended, seq))
-            self._plane_counts[data_plane_id] += 1
+            self._add(record)
+            if job.lag > 0:
+                heapq.heappush(self._hidden, (record.visible, record.seq))
             unfinished = self._drain(self._unfinished, now)
-            owned = self._owner_unfinished.setdefault(owner, [])
+            owned = self._owner_unfinished.setdefault(job.owner, [])
             self._drain(owned, now)
             if ended > now:
                 heapq.heappush(self._unfinished, ended)
                 heapq.heappush(owned, ended)
                 unfinished += 1
-            duplicate = fingerprint in self._fingerprints
-            self._fingerprints.add(fingerprint)
+            duplicate = job.fingerprint in self._fingerprints
+            self._fingerprints.add(job.fingerprint)
         self._stats.job_created(duplicate=duplicate, unfinished=unfinished)
         return record
 
+    def add_foreign(
+        self,
+        n: int,
+        *,
+        now: float,
+        data_plane_id: str,
+        state: str,
+        seed: int,
+        skew: float = 0.0,
+        skew_fraction: float = 0.0,
+        cycle_interval: float | None = None,
+        cycling: bool = False,
+    ) -> list[str]:
+        """Create ``n`` other users' jobs now, newer than every job so far; returns their ids.
+
+        ``cycling`` jobs keep flipping pending/running every ``cycle_interval`` seconds (the
+        ``foreign_jobs`` knob); the others stay in ``state`` (``add_jobs``).
+        """
+        created_ids = []
+        with self._lock:
+            for _ in range(n):
+                real = self._next_created(now)
+                material = hashlib.sha256(f"{seed}:foreign:{self._seq}".encode()).digest()
+                job_id = str(uuid.UUID(bytes=material[:16], version=4))
+                shifted = skew if unit(f"{seed}:{job_id}:skew") < skew_fraction else 0.0
+                newest = self._order_keys[-1][0] if self._order_keys else -math.inf
+                created = max(real, newest + shifted)  # its stamp is the newest of all
+                index = len(self._cycling) if cycling else self._seq
+                record = JobRecord(
+                    self._seq, job_id, data_plane_id, FOREIGN_OWNER,
+                    _foreign_input(data_plane_id, index), [created], [state], shifted,
+                )  # fmt: skip
+                if state == "completed":
+                    record.result = {
+                        "structured_output": {"segment": "smb"},
+                        "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
+                    }
+                elif state in ("failed", "cancelled"):
+                    message = (
+                        "Job was cancelled by its owner"
+                        if state == "cancelled"
+                        else ("Model inference failed: the model provider returned an error")
+                    )
+                    record.failures = [{"message": message, "timestamp": record.stamps[0]}]
+                if cycling:
+                    phase = 1.0 - unit(f"{seed}:{job_id}:phase")  # in (0, 1]
+                    record.cycle = Cycle(created, phase, cycle_interval)
+                    self._cycling.append(record)
+                self._add(record, events=not cycling)
+                created_ids.append(job_id)
+        self._stats.foreign_created(n)
+        return created_ids
+
+    def set_foreign(
+        self,
+        count: int,
+        *,
+        now: float,
+        interval: float | None,
+        null_updated: int,
+        data_plane_id: str,
+        seed: int,
+        skew: float,
+        skew_fraction: float,
+    ) -> None:
+        """Make ``count`` foreign jobs keep updating (adding or removing the newest ones)."""
+        with self._lock:
+            extra = len(self._cycling) - count
+            for record in self._cycling[count:]:
+                self._remove(record)
+            if extra > 0:
+                del self._cycling[count:]
+            for record in self._cycling:
+                if record.cycle is not None and record.cycle.interval != interval:
+                    record.cycle.retime(now, interval)
+        if extra < 0:
+            self.add_foreign(
+                -extra, now=now, data_plane_id=data_plane_id, state="pending", seed=seed,
+                skew=skew, skew_fraction=skew_fraction, cycle_interval=interval, cycling=True,
+            )  # fmt: skip
+        with self._lock:
+            for i, record in enumerate(self._cycling):
+                if record.null_updated != (i < null_updated):
+                    record.null_updated = i < null_updated
+                    record._frag_key = None
+
+    def cancel(self, job_id: str, now: float, delay: float) -> bool:
+        """Move a job to ``pending_cancellation`` now and to ``cancelled`` ``delay`` later.
+
+        False when the job has already ended or is being cancelled; KeyError when unknown.
+        """
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None:
+                raise KeyError(f"no job {job_id!r} in the sandbox (unknown or expired)")
+            if record.cycle is not None:  # a foreign job stops cycling where it is
+                record.states = [record.state_at(now)]
+                record.times = [record.created]
+                record.cycle = None
+                record.null_updated = False
+                self._cycling.remove(record)
+            stage = record.stage(now)
+            if record.states[stage] in TERMINAL_STATES | {"pending_cancellation"}:
+                return False
+            seq = record.seq
+            self._events = [e for e in self._events if e[1] != seq or e[2] <= stage]
+            record.times = [*record.times[: stage + 1], max(now, record.times[stage]), 0.0]
+            record.times[-1] = record.times[-2] + delay
+            record.states = [*record.states[: stage + 1], "pending_cancellation", "cancelled"]
+            record.result = None
+            record.restamp()
+            record.failures = [
+                {"message": "Job was cancelled", "timestamp": record.stamps[-1], "value": {}}
+            ]
+            for i in (stage + 1, stage + 2):
+                bisect.insort(self._events, (record.stamp_time(i), seq, i))
+            self._rebuild_heaps()
+            return True
+
+    def _rebuild_heaps(self) -> None:
+        live = [r for r in self._by_seq.values()]
+        self._expiry = [(r.ended, r.seq) for r in live if r.ended < math.inf]
+        heapq.heapify(self._expiry)
+        own = [r for r in live if not r.foreign]
+        self._unfinished = [r.ended for r in own]
+        heapq.heapify(self._unfinished)
+        self._owner_unfinished = {}
+        for r in own:
+            self._owner_unfinished.setdefault(r.owner, []).append(r.ended)
+        for heap in self._owner_unfinished.values():
+            heapq.heapify(heap)
+
+    def _remove(self, record: JobRecord) -> None:
+        if record.removed:
+            return
+        record.removed = True
+        self._by_seq.pop(record.seq, None)
+        self._jobs.pop(record.job_id, None)
+        self._plane_counts[record.data_plane_id] -= 1
+        self._removed += 1
+
+    # --- counting ------------------------------------------------------------------------
     @staticmethod
     def _drain(heap: list[float], now: float) -> int:
         while heap and heap[0] <= now:
@@ -310,7 +312,7 @@ class JobStore:
         return len(heap)
 
     def unfinished(self, now: float) -> int:
-        """Jobs pending or running at ``now``."""
+        """Jobs of the keys pending or running at ``now``."""
         with self._lock:
             return self._drain(self._unfinished, now)
 
@@ -321,6 +323,12 @@ class JobStore:
             count = self._drain(heap, now)
             return count, (heap[0] if heap else None)
 
+    def _still_hidden(self, now: float) -> list[JobRecord]:
+        while self._hidden and self._hidden[0][0] <= now:
+            heapq.heappop(self._hidden)
+        found = (self._by_seq.get(seq) for _, seq in self._hidden)
+        return [r for r in found if r is not None]
+
     def expire(self, now: float, ttl: float | None) -> None:
         """Drop jobs that ended at least ``ttl`` seconds ago."""
         if ttl is None:
@@ -328,34 +336,45 @@ class JobStore:
         with self._lock:
             while self._expiry and self._expiry[0][0] + ttl <= now:
                 _, seq = heapq.heappop(self._expiry)
-                record = self._by_seq.pop(seq, None)
+                record = self._by_seq.get(seq)
                 if record is not None:
-                    record.removed = True
-                    del self._jobs[record.job_id]
-                    self._plane_counts[record.data_plane_id] -= 1
-                    self._removed += 1
+                    self._remove(record)
             if self._removed > 1000 and self._removed * 2 > len(self._order):
-                self._order = [r for r in self._order if not r.removed]
+                kept = [
+                    (k, r)
+                    for k, r in zip(self._order_keys, self._order, strict=True)
+                    if not r.removed
+                ]
+                self._order_keys = [k for k, _ in kept]
+                self._order = [r for _, r in kept]
                 self._events = [e for e in self._events if e[1] in self._by_seq]
                 self._removed = 0
 
+    # --- reading -------------------------------------------------------------------------
     def get(self, job_id: str, now: float, ttl: float | None) -> bytes | None:
-        """The job as JSON bytes, or None when unknown or expired."""
+        """The job as JSON bytes, or None when unknown, expired or not yet replicated."""
         self.expire(now, ttl)
         with self._lock:
             record = self._jobs.get(job_id)
-            return None if record is None else record.fragment(record.stage(now))
+            if record is None or now < record.visible:
+                return None
+            return record.fragment(now)
 
     def timelines(self) -> list[tuple[float, float, float]]:
-        """``(created, started, ended)`` of every job ever created and not yet expired, oldest
-        first."""
+        """``(created, started, ended)`` of every job of the keys not yet expired, oldest
+        first (other users' jobs left out)."""
         with self._lock:
-            return [(r.created, r.started, r.ended) for r in self._order if not r.removed]
+            return [
+                (r.times[0], r.times[1], r.times[-1])
+                for r in sorted(self._by_seq.values(), key=lambda r: r.seq)
+                if not r.foreign
+            ]
 
-    def all_jobs(self, now: float) -> list[dict[str, Any]]:
-        """Every live job as a dict, oldest first."""
+    def all_jobs(self, now: float, *, foreign: bool = False) -> list[dict[str, Any]]:
+        """Every live job of the keys (and of other users with ``foreign``), oldest first."""
         with self._lock:
-            return [r.as_dict(r.stage(now)) for r in self._order if not r.removed]
+            records = sorted(self._by_seq.values(), key=lambda r: r.seq)
+            return [r.as_dict(now) for r in records if foreign or not r.foreign]
 
     def listing(
         self,
@@ -374,49 +393,64 @@ class JobStore:
         with self._lock:
             if job_type not in (None, JOB_TYPE):
                 return 0, []
+
+            def wanted(r: JobRecord) -> bool:
+                return (data_plane_id is None or r.data_plane_id == data_plane_id) and (
+                    state is None or r.state_at(now) == state
+                )
+
             if state is None:
                 total = (
                     len(self._jobs)
                     if data_plane_id is None
                     else self._plane_counts.get(data_plane_id, 0)
                 )
+                total -= sum(1 for r in self._still_hidden(now) if wanted(r))
             else:
-                total = sum(
-                    1
-                    for r in self._jobs.values()
-                    if (data_plane_id is None or r.data_plane_id == data_plane_id)
-                    and r.state(r.stage(now)) == state
-                )
+                total = sum(1 for r in self._jobs.values() if now >= r.visible and wanted(r))
             page: list[bytes] = []
             if offset >= total:
                 return total, page
             skipped = 0
-            for record, stage in self._walk(order_by, now):
-                if data_plane_id is not None and record.data_plane_id != data_plane_id:
-                    continue
-                if state is not None and record.state(stage) != state:
+            for record in self._walk(order_by, now):
+                if now < record.visible or not wanted(record):
                     continue
                 if skipped < offset:
                     skipped += 1
                     continue
-                page.append(record.fragment(stage))
+                page.append(record.fragment(now))
                 if len(page) >= per_page:
                     break
             return total, page
 
-    def _walk(self, order_by: str, now: float) -> Iterator[tuple[JobRecord, int]]:
+    def _walk(self, order_by: str, now: float) -> Iterator[JobRecord]:
+        desc = order_by.endswith("desc")
         if order_by.startswith("created_at"):
-            records = reversed(self._order) if order_by.endswith("desc") else iter(self._order)
-            for record in records:
-                if not record.removed:
-                    yield record, record.stage(now)
+            records = reversed(self._order) if desc else iter(self._order)
+            yield from (r for r in records if not r.removed)
             return
-        # updated_at: each live job appears once, at the transition it has reached by `now`.
-        end = bisect.bisect_right(self._events, (now, math.inf, math.inf))
-        indices = range(end - 1, -1, -1) if order_by.endswith("desc") else range(end)
+        # updated_at: NULLs first when descending, last when ascending (SQL's default).
+        nulls = [r for r in self._cycling if r.null_updated]
+        if desc:
+            yield from reversed(nulls)
+        cycling = sorted(
+            ((r.updated_stamp_time(now), r.seq, r) for r in self._cycling if not r.null_updated),
+            key=lambda item: (item[0], item[1]),
+            reverse=desc,
+        )
+        merged = heapq.merge(
+            self._walk_events(now, desc), cycling, key=lambda i: (i[0], i[1]), reverse=desc
+        )
+        yield from (record for _, _, record in merged)
+        if not desc:
+            yield from nulls
+
+    def _walk_events(self, now: float, desc: bool) -> Iterator[tuple[float, int, JobRecord]]:
+        """Each job once, at the transition it has reached by ``now``, in stamp order."""
         events, by_seq = self._events, self._by_seq
-        for i in indices:
-            _, seq, stage = events[i]
+        end = bisect.bisect_right(events, (now + self._max_ahead, math.inf, math.inf))
+        for i in range(end - 1, -1, -1) if desc else range(end):
+            stamp, seq, stage = events[i]
             found = by_seq.get(seq)
-            if found is not None and found.stage(now) == stage:
-                yield found, stage
+            if found is not None and found.cycle is None and found.stage(now) == stage:
+                yield stamp, seq, found
