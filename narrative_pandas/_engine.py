@@ -86,8 +86,11 @@ MIN_POLL_INTERVAL_S = 0.05
 MAX_POLL_INTERVAL_S = 5.0
 #: Rows waiting on another run's claim re-read the journal and the cache this often.
 CLAIM_WAIT_POLL_S = 0.2
-#: Rounds of resubmission after the client's own retries gave up (429/5xx/connection).
+#: Rounds of resubmission after the client's own retries gave up (429/502/503/connection).
 MAX_SUBMIT_ROUNDS = 5
+#: Wait before such a round: doubling from the first (an outage outlasts the client's retries).
+RETRY_ROUND_FIRST_WAIT_S = 2.0
+RETRY_ROUND_MAX_WAIT_S = 30.0
 #: How long a stopping run waits for POSTs already on the wire, so their job ids are journaled.
 SUBMIT_GRACE_S = 5.0
 #: Completion tokens assumed for the budget before any job has completed and without max_tokens.
@@ -620,7 +623,11 @@ class Engine:
         elif result.kind == "retry":
             live.rounds += 1
             if live.rounds < MAX_SUBMIT_ROUNDS and not self.stopping:
-                logger.info("requeueing a request after %s", type(result.error).__name__)
+                wait = RETRY_ROUND_FIRST_WAIT_S * 2 ** (live.rounds - 1)
+                logger.info(
+                    "requeueing a request in %.0fs after %s", wait, type(result.error).__name__
+                )
+                await self._clock.sleep(min(RETRY_ROUND_MAX_WAIT_S, wait))
                 self._queue.append(live)
             else:
                 self._fail(live, f"not submitted: {result.error}")
