@@ -460,7 +460,7 @@ class Engine:
         elif claim.outcome == "cached" and claim.result is not None:
             self._finish_cached(live, claim.result, old="queued")
         elif claim.outcome == "held":
-            self._waiting[live.request.key] = live
+            self._wait_on_claim(live)
         else:  # new / ours: ours to submit
             self._queue.appendleft(live)
 
@@ -612,7 +612,7 @@ class Engine:
             assert result.result is not None
             self._finish_cached(live, result.result, old=live.phase)
         elif result.kind == "wait":
-            self._waiting[request.key] = live
+            self._wait_on_claim(live)
             self._next_claim_check = min(
                 self._next_claim_check, self._clock.now() + CLAIM_WAIT_POLL_S
             )
@@ -645,6 +645,11 @@ class Engine:
                 old=live.phase,
                 new="failed",
             )
+
+    def _wait_on_claim(self, live: _Live) -> None:
+        if not live.submitted_at:  # the run's timeout counts from the first wait
+            live.submitted_at = self._clock.now()
+        self._waiting[live.request.key] = live
 
     def _fail(self, live: _Live, error: str) -> None:
         self.report.failed += live.request.rows

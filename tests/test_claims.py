@@ -15,6 +15,7 @@ import pytest
 from helpers import python_script, spawn, wait_until
 from pydantic import BaseModel
 
+import narrative_pandas as npd
 from narrative_pandas import _claims
 from narrative_pandas._cache import Cache, ClaimOwner, JournalEntry, MemoryCache, SQLiteCache
 from narrative_pandas._claims import CLAIM_STALE_S, live_run, owner_alive, process_owner
@@ -341,6 +342,24 @@ class TestRunsShareClaims:
         assert sandbox.stats.jobs_created == 60
         assert sandbox.stats.duplicates == 0
         assert outputs[0] == outputs[1]
+
+    def test_a_claim_held_elsewhere_is_waited_on_and_never_posted(
+        self, sandbox: Sandbox, target: dict[str, str]
+    ) -> None:
+        """A live claim of another host's run: the row waits (up to timeout), sending nothing."""
+        cache = MemoryCache()
+        plan = frame(1).narrative.preview(PROMPT, output=Label, **target)
+        key, tag = plan["request_key"].iloc[0], plan["body"].iloc[0]["tags"][-1]
+        far = ClaimOwner("elsewhere.invalid", 1, "far:engine", "run-far")
+        cache.journal_claim(key, tag, far, alive=owner_alive)  # heartbeat: now
+        with pytest.warns(npd.RowsFailedWarning, match="waiting for another run"):
+            out = frame(1).narrative.infer(
+                PROMPT, output=Label, cache=cache, timeout=1.0, progress=False, **target
+            )
+        assert_report_matches_frame(out)
+        assert out.attrs["narrative"]["timed_out_rows"] == 1
+        assert sandbox.stats.count(method="POST") == 0
+        assert [e.run_id for e in cache.journal_entries()] == ["run-far"]
 
     def test_a_killed_owners_claims_are_taken_over_and_reconciled(
         self, sandbox: Sandbox, target: dict[str, str], tmp_path: Path
