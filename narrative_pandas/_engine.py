@@ -377,6 +377,10 @@ class Engine:
             self._stop_reason = self._stop_reason or "interrupted"
             await asyncio.shield(self._wind_down())
             raise
+        except Exception as exc:  # a bug or a broken cache: a run-level error, tasks wound down
+            self._set_fatal(exc)
+            await asyncio.shield(self._wind_down())
+            raise
         if self._fatal is not None or self._stop_reason is not None:
             await self._wind_down()
         if self._fatal is not None:

@@ -365,8 +365,9 @@ class TestRunsShareClaims:
         self, sandbox: Sandbox, target: dict[str, str], tmp_path: Path
     ) -> None:
         """kill -9 with POSTs of unknown outcome, 2,500 newer jobs, re-run: jobs == rows."""
+        # The killed run's jobs end after the newer jobs are added, so they are listed above them.
         sandbox.configure(
-            queue_latency=30.0, run_latency=0.05, post_garbage_after_create_rate=0.5, seed=3
+            queue_latency=10.0, run_latency=0.05, post_garbage_after_create_rate=0.5, seed=3
         )
         path = tmp_path / "killed.sqlite"
         script = python_script(
