@@ -11,10 +11,13 @@ that true, all behind one :class:`Cache` interface:
     puts a result only after it validated the output against the schema), so failed, timed-out or
     invalid rows are retried by the next run instead of being remembered.
 ``journal``
-    One entry per request whose job is in flight: written just *before* the POST is sent (an
-    "intent", no job id yet), updated with the job id once the server answered, and removed once the
-    result is cached or the job failed / is gone. After a crash the engine re-attaches to the listed
-    job ids, and reconciles intents (unknown outcome) through the job listing by ``tag``.
+    One entry per request whose job is in flight. Before a POST a run *claims* the request
+    (:meth:`Cache.journal_claim`: one transaction that inserts only when no live claim exists), so
+    two runs, threads or processes never both submit it; the entry gets the job id once the
+    server answered, and is removed once the result is cached or the job failed / is gone. A claim
+    names its owner (host, pid, a per-process nonce, run id) and carries a heartbeat; another run
+    takes it over only when that owner is gone, and then reconciles it through the job listing
+    (by ``tag``) before anything is sent.
 ``runs``
     One JSON record per run (its options, input rows and requests), so ``attach(run_id)`` can
     finish a run after a restart.
@@ -25,8 +28,10 @@ What is stored, exactly
 results   ``key`` (the request hash), ``output`` (the model's validated ``structured_output``, as
           JSON text), ``usage`` (token counts, as JSON text), ``job_id``, ``model``,
           ``created_at`` (epoch seconds)
-journal   ``key``, ``job_id`` (or NULL for an intent), ``tag`` (the label sent with the job),
-          ``run_id``, ``submitted_at`` (epoch seconds)
+journal   ``key``, ``job_id`` (or NULL for a claim), ``tag`` (the label sent with the job),
+          ``run_id``, ``submitted_at`` (epoch seconds of the first intent), ``state``
+          (``posting``, ``unknown`` or ``submitted``), the owner's ``owner_host``,
+          ``owner_pid``, ``owner_nonce`` and ``heartbeat_at`` (epoch seconds)
 runs      ``run_id``, the caller's record as JSON text (options, input rows, requests),
           ``status``, ``rows``, ``created_at``, ``updated_at``
 meta      ``schema_version``
@@ -55,6 +60,7 @@ Where
 from __future__ import annotations
 
 import abc
+import atexit
 import contextlib
 import json
 import logging
@@ -64,19 +70,23 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from . import _config
-from ._exceptions import ConfigurationError
+from ._exceptions import CacheLockedError, ConfigurationError
 from ._models import InferenceUsage
+from ._sqlite_writer import SQLiteWriter, is_lock_error, locked_message
 
 __all__ = [
     "SCHEMA_VERSION",
     "Cache",
     "CachedResult",
+    "Claim",
+    "ClaimOwner",
     "JournalEntry",
     "MemoryCache",
     "SQLiteCache",
@@ -86,14 +96,20 @@ __all__ = [
 
 logger = logging.getLogger("narrative_pandas")
 
-SCHEMA_VERSION = 1
-"""Version of the SQLite layout; a file written by a newer version is refused, not damaged."""
+SCHEMA_VERSION = 2
+"""Version of the SQLite layout; a file written by a newer version is refused, not damaged.
+2 added ``blobs`` and ``run_blobs`` (a file of version 1 is upgraded in place when opened)."""
 
 _CHUNK = 500
 """Keys per ``IN (...)`` query: well under SQLite's variable limit on every version."""
 
-_LOCK_RETRIES = 5
-"""Attempts of one transaction when SQLite still says "database is locked" after its timeout."""
+_LOCK_RETRIES = 3
+"""Least attempts of one read when SQLite still says "database is locked" after its timeout."""
+
+_WRITER_BUSY_S = 0.2
+"""SQLite's own wait on a lock in the writer thread, which then retries (and says so) itself."""
+
+_TABLES = ("results", "journal", "runs", "blobs")
 
 _SECRET_FIELDS = frozenset({"api_key", "apikey", "api-key", "authorization", "x-api-key"})
 """Field names dropped from run records, whatever their value, so a key never reaches a file."""
@@ -114,21 +130,72 @@ class CachedResult:
 
 
 @dataclass(frozen=True)
+class ClaimOwner:
+    """Who holds a claim: one run's engine in one process on one host.
+
+    ``nonce`` is ``<process nonce>:<engine token>``: it tells a reused pid apart, and two
+    engines of one process (or of one run id) apart."""
+
+    host: str
+    pid: int
+    nonce: str
+    run_id: str
+
+
+@dataclass(frozen=True)
 class JournalEntry:
-    """A job in flight; ``job_id`` is None while only the intent to POST is known."""
+    """A job in flight; ``job_id`` is None while only the claim (the intent to POST) is known.
+
+    ``state`` is ``posting`` (claimed, the POST about to be or being sent), ``unknown`` (its
+    outcome was never learned: reconcile through the listing before any POST) or ``submitted``.
+    ``owner`` is None for entries written without a claim (``journal_intent``, older files).
+    """
 
     key: str
     job_id: str | None
     tag: str
     run_id: str | None
     submitted_at: float
+    state: str = field(default="", compare=False)
+    owner: ClaimOwner | None = field(default=None, compare=False)
+    heartbeat_at: float = field(default=0.0, compare=False)
+
+    def owned_by(self, owner: ClaimOwner) -> bool:
+        """True when ``owner`` (this very run of this very process) holds the entry."""
+        return self.owner is not None and self.owner.nonce == owner.nonce
+
+
+ClaimOutcome = Literal["new", "ours", "taken_over", "job", "held", "cached"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`Cache.journal_claim` found and did.
+
+    ``new``/``ours``: the caller holds the claim and may POST. ``taken_over``: the caller now
+    holds a claim whose dead owner may have sent its POST (``previous``): reconcile first.
+    ``job``: a job exists (``entry.job_id``): poll it. ``held``: a live owner holds it: wait.
+    ``cached``: the result is already cached (``result``).
+    """
+
+    outcome: ClaimOutcome
+    entry: JournalEntry | None = None
+    previous: JournalEntry | None = None
+    result: CachedResult | None = None
 
 
 # --------------------------------------------------------------------------------------------
 # Encoding shared by both backends, so they behave identically (JSON in, fresh objects out).
 
 _ResultRow = tuple[str, str, str | None, str | None, str | None, float]
-_JournalRow = tuple[str, str | None, str, str | None, float]
+#: key, job_id, tag, run_id, submitted_at, state, owner_host, owner_pid, owner_nonce, heartbeat_at
+_JournalRow = tuple[
+    str, str | None, str, str | None, float, str | None, str | None, int | None, str | None, float
+]
+_JOURNAL_COLUMNS = (
+    "key, job_id, tag, run_id, submitted_at, state, owner_host, owner_pid, owner_nonce, "
+    "heartbeat_at"
+)
 
 
 def _dumps(value: Any) -> str:
@@ -161,8 +228,58 @@ def _decode_result(row: Sequence[Any]) -> CachedResult:
 
 
 def _decode_journal(row: Sequence[Any]) -> JournalEntry:
-    key, job_id, tag, run_id, submitted_at = row
-    return JournalEntry(key, job_id, tag, run_id, float(submitted_at))
+    key, job_id, tag, run_id, submitted_at, state, host, pid, nonce, heartbeat_at = row
+    owner = None
+    if host is not None and pid is not None and nonce is not None:
+        owner = ClaimOwner(host, int(pid), nonce, run_id or "")
+    state = state or ("submitted" if job_id else "posting")
+    beat = float(heartbeat_at) if heartbeat_at is not None else float(submitted_at)
+    return JournalEntry(key, job_id, tag, run_id, float(submitted_at), state, owner, beat)
+
+
+def _journal_row(
+    key: str,
+    job_id: str | None,
+    tag: str,
+    run_id: str | None,
+    submitted_at: float,
+    state: str,
+    owner: ClaimOwner | None,
+    heartbeat_at: float,
+) -> _JournalRow:
+    if owner is None:
+        return (key, job_id, tag, run_id, submitted_at, state, None, None, None, heartbeat_at)
+    return (
+        key, job_id, tag, owner.run_id, submitted_at, state,
+        owner.host, owner.pid, owner.nonce, heartbeat_at,
+    )  # fmt: skip
+
+
+def _decide_claim(
+    found: JournalEntry | None,
+    key: str,
+    tag: str,
+    owner: ClaimOwner,
+    now: float,
+    alive: Callable[[JournalEntry], bool],
+    max_age: float | None,
+) -> tuple[ClaimOutcome, _JournalRow | None, JournalEntry | None]:
+    """The one rule of claims, shared by both backends: what to answer and what row to store.
+
+    A claim is inserted only when there is no entry, or the entry is a job id older than
+    ``max_age`` (forgotten, as a plain read would), or its owner is gone (taken over: the
+    intent's time and tag are kept, since that owner's POST may have created a job then).
+    """
+    if found is None or (found.job_id and not _is_fresh(found, max_age, now)):
+        return "new", _journal_row(key, None, tag, None, now, "posting", owner, now), None
+    if found.job_id:
+        return "job", None, found
+    if found.owned_by(owner):
+        return "ours", None, found
+    if alive(found):
+        return "held", None, found
+    row = _journal_row(key, None, found.tag, None, found.submitted_at, "unknown", owner, now)
+    return "taken_over", row, found
 
 
 def _unique(keys: Iterable[str]) -> list[str]:
@@ -194,6 +311,24 @@ def _scrub(value: Any) -> Any:
     if not isinstance(value, dict):
         return value
     return {k: _scrub(v) for k, v in value.items() if str(k).lower() not in _SECRET_FIELDS}
+
+
+def _checked_blobs(blobs: Mapping[str, bytes | None] | None) -> dict[str, bytes]:
+    """The blobs to store, refused if one holds the API key (the same rule as records)."""
+    out: dict[str, bytes] = {}
+    for blob_id, data in (blobs or {}).items():
+        if data is None:
+            continue
+        if not isinstance(data, bytes):
+            raise TypeError(f"blob {blob_id!r} must be bytes, got {type(data).__name__}")
+        for secret in _known_secrets():
+            if secret.encode() in data:
+                raise ConfigurationError(
+                    "Refusing to store a run's data that contains the API key (is it in a "
+                    "column of the frame?); pass the key through settings, never inside the data."
+                )
+        out[blob_id] = data
+    return out
 
 
 def _known_secrets() -> list[str]:
@@ -286,7 +421,44 @@ class Cache(abc.ABC):
     # journal ---------------------------------------------------------------------------------
     @abc.abstractmethod
     def journal_intent(self, key: str, tag: str, run_id: str | None) -> None:
-        """Record that a POST for ``key`` is about to be sent (replaces any older entry)."""
+        """Record an intent without a claim (replaces any older entry). The engine claims with
+        :meth:`journal_claim` instead; this low-level write stays for tools and tests."""
+
+    @abc.abstractmethod
+    def journal_claim(
+        self,
+        key: str,
+        tag: str,
+        owner: ClaimOwner,
+        *,
+        alive: Callable[[JournalEntry], bool],
+        max_age: float | None = None,
+        check_results: bool = True,
+    ) -> Claim:
+        """Claim ``key`` for ``owner`` before its POST, atomically (one transaction).
+
+        Looks at the cached result (when ``check_results``) and the journal entry of ``key``
+        and inserts a claim only when nothing live is there; ``alive(entry)`` says whether the
+        owner of a job-less entry is still there. See :class:`Claim` for the answers.
+        """
+
+    @abc.abstractmethod
+    def journal_mark_unknown(self, key: str, owner: ClaimOwner) -> None:
+        """Mark ``owner``'s claim of ``key`` as ``unknown``: its POST may have created a job."""
+
+    @abc.abstractmethod
+    def journal_release(self, key: str, owner: ClaimOwner) -> None:
+        """Drop ``owner``'s job-less claim of ``key`` (its POST surely created nothing)."""
+
+    @abc.abstractmethod
+    def journal_forget(self, key: str, job_id: str) -> None:
+        """Drop the entry of ``key`` if it still names ``job_id`` (that job ended or is gone);
+        a newer claim of the same key is kept."""
+
+    @abc.abstractmethod
+    def journal_heartbeat(self, owner: ClaimOwner, at: float | None = None) -> int:
+        """Stamp now (or ``at``) on every job-less claim of ``owner``; returns how many there
+        are. A run that ends stamps 0, so another process takes its claims over at once."""
 
     @abc.abstractmethod
     def journal_job(self, key: str, job_id: str, tag: str, run_id: str | None) -> None:
@@ -310,7 +482,13 @@ class Cache(abc.ABC):
 
     # runs ------------------------------------------------------------------------------------
     @abc.abstractmethod
-    def save_run(self, run_id: str, record: dict[str, Any]) -> None:
+    def save_run(
+        self,
+        run_id: str,
+        record: dict[str, Any],
+        *,
+        blobs: Mapping[str, bytes | None] | None = None,
+    ) -> None:
         """Store a run's JSON-serialisable record, replacing any earlier one of that id.
 
         The listing's ``status`` is ``record["status"]`` (default ``"running"``), ``rows`` is
@@ -318,7 +496,20 @@ class Cache(abc.ABC):
         ``record["created_at"]`` if a number, else the time of the first save. Fields named like
         an API key (``api_key``, ``authorization``...) are dropped; a record holding the key's
         value raises :class:`~narrative_pandas.ConfigurationError`.
+
+        ``blobs`` are the large parts the record refers to by id (the input frame, the plan):
+        ``id -> bytes`` to store, or ``id -> None`` for one already stored. A blob is stored
+        once whatever the number of runs that refer to it, and is deleted with the last of them
+        (:meth:`delete_run`, :meth:`prune_runs`). Bytes holding the API key are refused too.
         """
+
+    @abc.abstractmethod
+    def stored_blobs(self, ids: Iterable[str]) -> set[str]:
+        """The ids among ``ids`` already stored (so a caller builds only the missing ones)."""
+
+    @abc.abstractmethod
+    def load_blob(self, blob_id: str) -> bytes | None:
+        """The bytes stored under ``blob_id``, or None."""
 
     @abc.abstractmethod
     def load_run(self, run_id: str) -> dict[str, Any] | None:
@@ -339,6 +530,45 @@ class Cache(abc.ABC):
     def list_runs(self) -> list[dict[str, Any]]:
         """Summaries of the stored runs, newest first: ``id``, ``created_at``, ``updated_at``,
         ``status``, ``rows``."""
+
+    def prune_runs(
+        self, *, older_than: float | None = None, keep_last: int | None = None
+    ) -> list[str]:
+        """Delete old run records and the blobs only they used; return the ids deleted.
+
+        A run goes when it was created more than ``older_than`` seconds ago *and* is not among
+        the ``keep_last`` newest (give one or both). Results and the journal are untouched: a
+        pruned run's rows still come from the cache, only ``attach`` to it is no longer possible.
+        """
+        if older_than is None and keep_last is None:
+            raise ValueError("prune_runs needs older_than= (seconds) and/or keep_last= (runs)")
+        if older_than is not None and (isinstance(older_than, bool) or older_than < 0):
+            raise ValueError(f"older_than must be seconds >= 0, got {older_than!r}")
+        if keep_last is not None and (
+            isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0
+        ):
+            raise ValueError(f"keep_last must be an int >= 0, got {keep_last!r}")
+        runs = self.list_runs()  # newest first
+        protected = {r["id"] for r in runs[: keep_last or 0]} if keep_last is not None else set()
+        cutoff = None if older_than is None else self._clock_now() - older_than
+        doomed = [
+            r["id"]
+            for r in runs
+            if r["id"] not in protected and (cutoff is None or r["created_at"] < cutoff)
+        ]
+        self._delete_runs(doomed)
+        return doomed
+
+    def _clock_now(self) -> float:
+        now: Callable[[], float] = getattr(self, "_now", time.time)
+        return now()
+
+    def _delete_runs(self, run_ids: list[str]) -> None:
+        for run_id in run_ids:
+            self.delete_run(run_id)
+
+    def flush(self, timeout: float | None = None) -> None:  # noqa: B027 - an optional hook
+        """Wait until every write queued by this process is stored (nothing to do in memory)."""
 
     # lifecycle -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -370,6 +600,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_locks_after_fork)
 
 
+@atexit.register
+def _write_queued_at_exit() -> None:
+    """What a file cache still holds in its queue goes in before the interpreter ends."""
+    for cache in list(_live_caches):
+        if isinstance(cache, SQLiteCache):
+            try:
+                cache.close()
+            except Exception:  # best effort at exit; the journal covers the rest
+                logger.debug("could not close cache %s at exit", cache, exc_info=True)
+
+
 class MemoryCache(Cache):
     """A process-local cache: dictionaries behind a lock, gone when the process ends.
 
@@ -384,6 +625,8 @@ class MemoryCache(Cache):
         self._results: dict[str, _ResultRow] = {}
         self._journal: dict[str, _JournalRow] = {}
         self._runs: dict[str, tuple[str, float, float, str, int | None]] = {}
+        self._blobs: dict[str, bytes] = {}
+        self._run_blobs: dict[str, frozenset[str]] = {}
         _live_caches.add(self)
 
     def __repr__(self) -> str:
@@ -421,15 +664,70 @@ class MemoryCache(Cache):
             return len(self._results)
 
     def journal_intent(self, key: str, tag: str, run_id: str | None) -> None:
+        now = self._now()
         with self._lock:
-            self._journal[key] = (key, None, tag, run_id, self._now())
+            self._journal[key] = _journal_row(key, None, tag, run_id, now, "posting", None, now)
+
+    def journal_claim(
+        self,
+        key: str,
+        tag: str,
+        owner: ClaimOwner,
+        *,
+        alive: Callable[[JournalEntry], bool],
+        max_age: float | None = None,
+        check_results: bool = True,
+    ) -> Claim:
+        now = self._now()
+        with self._lock:
+            if check_results and key in self._results:
+                return Claim("cached", result=_decode_result(self._results[key]))
+            row = self._journal.get(key)
+            found = None if row is None else _decode_journal(row)
+            outcome, new_row, previous = _decide_claim(found, key, tag, owner, now, alive, max_age)
+            if new_row is not None:
+                self._journal[key] = new_row
+        entry = _decode_journal(new_row) if new_row is not None else found
+        return Claim(outcome, entry, previous)
+
+    def journal_mark_unknown(self, key: str, owner: ClaimOwner) -> None:
+        with self._lock:
+            row = self._journal.get(key)
+            if row is not None and row[1] is None and _decode_journal(row).owned_by(owner):
+                self._journal[key] = (*row[:5], "unknown", *row[6:])
+
+    def journal_release(self, key: str, owner: ClaimOwner) -> None:
+        with self._lock:
+            row = self._journal.get(key)
+            if row is not None and row[1] is None and _decode_journal(row).owned_by(owner):
+                del self._journal[key]
+
+    def journal_forget(self, key: str, job_id: str) -> None:
+        with self._lock:
+            row = self._journal.get(key)
+            if row is not None and row[1] == job_id:
+                del self._journal[key]
+
+    def journal_heartbeat(self, owner: ClaimOwner, at: float | None = None) -> int:
+        now = self._now() if at is None else at
+        count = 0
+        with self._lock:
+            for key, row in list(self._journal.items()):
+                if row[1] is None and _decode_journal(row).owned_by(owner):
+                    self._journal[key] = (*row[:9], now)
+                    count += 1
+        return count
 
     def journal_job(self, key: str, job_id: str, tag: str, run_id: str | None) -> None:
+        now = self._now()
         with self._lock:
             old = self._journal.get(key)
-            keep = old is not None and old[1] is None and old[2] == tag
-            submitted = old[4] if keep and old is not None else self._now()
-            self._journal[key] = (key, job_id, tag, run_id, submitted)
+            if old is not None and old[1] is None and old[2] == tag:
+                self._journal[key] = (key, job_id, tag, run_id, old[4], "submitted", *old[6:9], now)
+            else:
+                self._journal[key] = _journal_row(
+                    key, job_id, tag, run_id, now, "submitted", None, now
+                )
 
     def journal_get_many(
         self, keys: Iterable[str], max_age: float | None = None
@@ -453,8 +751,15 @@ class MemoryCache(Cache):
         entries = [_decode_journal(r) for r in rows if run_id is None or r[3] == run_id]
         return sorted(entries, key=lambda e: (e.submitted_at, e.key))
 
-    def save_run(self, run_id: str, record: dict[str, Any]) -> None:
+    def save_run(
+        self,
+        run_id: str,
+        record: dict[str, Any],
+        *,
+        blobs: Mapping[str, bytes | None] | None = None,
+    ) -> None:
         text = _encode_record(record)
+        new_blobs = _checked_blobs(blobs)
         now = self._now()
         created_at, status, rows = _run_summary(record, now)
         with self._lock:
@@ -462,6 +767,17 @@ class MemoryCache(Cache):
             if old is not None and not isinstance(record.get("created_at"), (int, float)):
                 created_at = old[1]
             self._runs[run_id] = (text, created_at, now, status, rows)
+            for blob_id, data in new_blobs.items():
+                self._blobs.setdefault(blob_id, data)
+            self._run_blobs[run_id] = frozenset(blobs or ())
+
+    def stored_blobs(self, ids: Iterable[str]) -> set[str]:
+        with self._lock:
+            return {i for i in _unique(ids) if i in self._blobs}
+
+    def load_blob(self, blob_id: str) -> bytes | None:
+        with self._lock:
+            return self._blobs.get(blob_id)
 
     def load_run(self, run_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -485,6 +801,10 @@ class MemoryCache(Cache):
     def delete_run(self, run_id: str) -> None:
         with self._lock:
             self._runs.pop(run_id, None)
+            self._run_blobs.pop(run_id, None)
+            used = set().union(*self._run_blobs.values())
+            for blob_id in [b for b in self._blobs if b not in used]:
+                del self._blobs[blob_id]
 
     def list_runs(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -516,7 +836,12 @@ CREATE TABLE IF NOT EXISTS journal (
     job_id TEXT,
     tag TEXT NOT NULL,
     run_id TEXT,
-    submitted_at REAL NOT NULL
+    submitted_at REAL NOT NULL,
+    state TEXT,
+    owner_host TEXT,
+    owner_pid INTEGER,
+    owner_nonce TEXT,
+    heartbeat_at REAL
 );
 CREATE INDEX IF NOT EXISTS journal_run_id ON journal (run_id);
 CREATE TABLE IF NOT EXISTS runs (
@@ -527,16 +852,41 @@ CREATE TABLE IF NOT EXISTS runs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS blobs (
+    id TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS run_blobs (
+    run_id TEXT NOT NULL,
+    blob_id TEXT NOT NULL,
+    PRIMARY KEY (run_id, blob_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS run_blobs_blob_id ON run_blobs (blob_id);
 """
+
+#: Claim columns added to the journal of files written before claims existed.
+_CLAIM_COLUMNS = {
+    "state": "TEXT",
+    "owner_host": "TEXT",
+    "owner_pid": "INTEGER",
+    "owner_nonce": "TEXT",
+    "heartbeat_at": "REAL",
+}
+
+
+def _add_claim_columns(conn: sqlite3.Connection) -> None:
+    """Give an older file's journal the claim columns (additive: older readers still work)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(journal)")}
+    for name, kind in _CLAIM_COLUMNS.items():
+        if name not in present:
+            conn.execute(f"ALTER TABLE journal ADD COLUMN {name} {kind}")
+
 
 # Connections inherited through fork() are never used or closed in the child (closing could
 # disturb the parent's WAL); they are parked here for the life of the child.
 _inherited_connections: list[sqlite3.Connection] = []
-
-
-def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
-    message = str(exc).lower()
-    return "locked" in message or "busy" in message
 
 
 class SQLiteCache(Cache):
@@ -580,12 +930,17 @@ class SQLiteCache(Cache):
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
+        self._writer = SQLiteWriter(
+            str(self.path), lambda: self._open(_WRITER_BUSY_S), self.timeout
+        )
         _live_caches.add(self)
 
     def __repr__(self) -> str:
         return f"SQLiteCache({str(self.path)!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if self._pid == os.getpid() and self._writer.pending:
+            self._writer.flush()  # the process that unpickles it reads what this one wrote
         return (_reopen_sqlite, (str(self.path), self.timeout))
 
     @property
@@ -594,17 +949,19 @@ class SQLiteCache(Cache):
 
     # connection ------------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
-        """The open connection of this process (caller holds ``self._lock``)."""
+        """The reading connection of this process (caller holds ``self._lock``)."""
         pid = os.getpid()
-        if self._conn is not None and self._pid != pid:
-            _inherited_connections.append(self._conn)
+        if self._pid != pid:  # a forked child: the parent's connection and writer stay unused
+            if self._conn is not None:
+                _inherited_connections.append(self._conn)
             self._conn = None
-        if self._conn is None:
-            self._conn = self._retry(self._open)
+            self._writer.forget_after_fork()
             self._pid = pid
+        if self._conn is None:
+            self._conn = self._retry(lambda: self._open(self.timeout))
         return self._conn
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, busy_timeout: float) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             # Owner-only from the start; SQLite gives -wal/-shm the same mode. If this fails
@@ -612,75 +969,114 @@ class SQLiteCache(Cache):
             with contextlib.suppress(OSError):
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         conn = sqlite3.connect(
-            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                row = conn.execute(
-                    "SELECT value FROM meta WHERE name = 'schema_version'"
-                ).fetchone()
-                if row is None:
-                    conn.execute(
-                        "INSERT INTO meta (name, value) VALUES ('schema_version', ?)",
-                        (str(SCHEMA_VERSION),),
-                    )
-                elif int(row[0]) > SCHEMA_VERSION:
-                    raise ConfigurationError(
-                        f"the cache file {str(self.path)!r} was written by a newer "
-                        f"narrative_pandas (schema {row[0]}, this one reads {SCHEMA_VERSION}); "
-                        "upgrade narrative_pandas or use another cache path."
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            if self._stored_version(conn) != SCHEMA_VERSION:  # only then is a write needed
+                self._create_schema(conn)
         except BaseException:
             conn.close()
             raise
         logger.debug("opened cache %s", self.path)
         return conn
 
+    def _stored_version(self, conn: sqlite3.Connection) -> int | None:
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        version = None if row is None else int(row[0])
+        if version is not None and version > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"the cache file {str(self.path)!r} was written by a newer "
+                f"narrative_pandas (schema {version}, this one reads {SCHEMA_VERSION}); "
+                "upgrade narrative_pandas or use another cache path."
+            )
+        return version
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        """Create the tables (or add the new ones to a file of schema 1) in one transaction."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._stored_version(conn)  # another process may have upgraded it meanwhile
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            _add_claim_columns(conn)
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     def _retry(self, action: Callable[[], _T]) -> _T:
-        for attempt in range(_LOCK_RETRIES):
+        """``action``, tried again while the file is locked, for up to ``timeout`` seconds."""
+        deadline = time.monotonic() + self.timeout
+        attempt = 0
+        while True:
             try:
                 return action()
             except sqlite3.OperationalError as exc:
-                if not _is_lock_error(exc) or attempt == _LOCK_RETRIES - 1:
+                if not is_lock_error(exc):
                     raise
-                delay = 0.05 * 2**attempt * (1 + random.random())
+                attempt += 1
+                if attempt >= _LOCK_RETRIES and time.monotonic() >= deadline:
+                    raise CacheLockedError(
+                        locked_message(str(self.path), self.timeout), path=str(self.path)
+                    ) from None
+                delay = 0.05 * 2 ** min(attempt, 4) * (1 + random.random())
                 logger.debug("cache %s is locked; retrying in %.2fs", self.path, delay)
                 time.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _read(self, action: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _read(
+        self,
+        action: Callable[[sqlite3.Connection], _T],
+        tables: Iterable[str] = ("results", "journal"),
+    ) -> _T:
+        """``action`` on the reading connection, once this process's writes to ``tables`` are in."""
+        self._writer.settle(tables)
         with self._lock:
             conn = self._connection()
             return self._retry(lambda: action(conn))
 
-    def _write(self, action: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``action`` in one short write transaction, retried while the file is locked."""
+    def _write(
+        self,
+        action: Callable[[sqlite3.Connection], _T],
+        tables: Iterable[str] = _TABLES,
+    ) -> _T:
+        """Run ``action`` in a write transaction of the writer thread and wait until committed.
 
-        def attempt() -> _T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                value = action(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return value
-
+        Waits while another process holds the lock, up to ``timeout`` seconds, then raises
+        :class:`~narrative_pandas.CacheLockedError` (nothing is written then).
+        """
         with self._lock:
-            conn = self._connection()
-            return self._retry(attempt)
+            self._connection()  # the file exists with its tables before the writer opens it
+        value: _T = self._writer.write(action, tables)
+        return value
+
+    def _write_soon(
+        self,
+        action: Callable[[sqlite3.Connection], object],
+        tables: Iterable[str] = _TABLES,
+        label: str = "write",
+    ) -> None:
+        """Queue ``action`` for the writer thread and return at once (see ``_sqlite_writer``)."""
+        with self._lock:
+            self._connection()
+        self._writer.write_soon(action, tables, label)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every write this process queued is in the file."""
+        self._writer.flush(timeout)
 
     # results ---------------------------------------------------------------------------------
     def get_many(self, keys: Iterable[str]) -> dict[str, CachedResult]:
@@ -697,12 +1093,14 @@ class SQLiteCache(Cache):
         now = self._now()
         rows = [_encode_result(r, now) for r in results]
         if rows:
-            self._write(
+            self._write_soon(
                 lambda conn: conn.executemany(
                     "INSERT OR REPLACE INTO results "
                     "(key, output, usage, job_id, model, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                     rows,
-                )
+                ),
+                ("results",),
+                "result",
             )
 
     def _delete_keys(self, table: str, keys: Iterable[str]) -> None:
@@ -714,13 +1112,13 @@ class SQLiteCache(Cache):
                 conn.execute(f"DELETE FROM {table} WHERE key IN ({marks})", chunk)
 
         if wanted:
-            self._write(delete)
+            self._write_soon(delete, (table,), f"removal from {table}")
 
     def delete(self, keys: Iterable[str]) -> None:
         self._delete_keys("results", keys)
 
     def clear(self) -> None:
-        self._write(lambda conn: conn.execute("DELETE FROM results"))
+        self._write(lambda conn: conn.execute("DELETE FROM results"), ("results",))
 
     def __len__(self) -> int:
         count: int = self._read(lambda c: c.execute("SELECT COUNT(*) FROM results").fetchone()[0])
@@ -728,26 +1126,113 @@ class SQLiteCache(Cache):
 
     # journal ---------------------------------------------------------------------------------
     def journal_intent(self, key: str, tag: str, run_id: str | None) -> None:
-        row = (key, None, tag, run_id, self._now())
+        now = self._now()
+        row = _journal_row(key, None, tag, run_id, now, "posting", None, now)
         self._write(
             lambda conn: conn.execute(
-                "INSERT OR REPLACE INTO journal (key, job_id, tag, run_id, submitted_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO journal ({_JOURNAL_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
         )
 
-    def journal_job(self, key: str, job_id: str, tag: str, run_id: str | None) -> None:
-        row = (key, job_id, tag, run_id, self._now())
-        self._write(
+    def journal_claim(
+        self,
+        key: str,
+        tag: str,
+        owner: ClaimOwner,
+        *,
+        alive: Callable[[JournalEntry], bool],
+        max_age: float | None = None,
+        check_results: bool = True,
+    ) -> Claim:
+        now = self._now()
+
+        def claim(conn: sqlite3.Connection) -> Claim:
+            if check_results:
+                hit = conn.execute(
+                    "SELECT key, output, usage, job_id, model, created_at FROM results "
+                    "WHERE key = ?",
+                    (key,),
+                ).fetchone()
+                if hit is not None:
+                    return Claim("cached", result=_decode_result(hit))
+            row = conn.execute(
+                f"SELECT {_JOURNAL_COLUMNS} FROM journal WHERE key = ?", (key,)
+            ).fetchone()
+            found = None if row is None else _decode_journal(row)
+            outcome, new_row, previous = _decide_claim(found, key, tag, owner, now, alive, max_age)
+            if new_row is None:
+                return Claim(outcome, found, previous)
+            conn.execute(
+                f"INSERT OR REPLACE INTO journal ({_JOURNAL_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                new_row,
+            )
+            return Claim(outcome, _decode_journal(new_row), previous)
+
+        # One BEGIN IMMEDIATE transaction: the read and the insert see no other writer between.
+        claimed: Claim = self._write(claim, ("results", "journal"))
+        return claimed
+
+    def journal_mark_unknown(self, key: str, owner: ClaimOwner) -> None:
+        self._write_soon(
             lambda conn: conn.execute(
-                "INSERT INTO journal (key, job_id, tag, run_id, submitted_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                "UPDATE journal SET state = 'unknown' WHERE key = ? AND job_id IS NULL "
+                "AND owner_nonce = ? AND run_id = ?",
+                (key, owner.nonce, owner.run_id),
+            ),
+            ("journal",),
+            "journal mark unknown",
+        )
+
+    def journal_release(self, key: str, owner: ClaimOwner) -> None:
+        self._write_soon(
+            lambda conn: conn.execute(
+                "DELETE FROM journal WHERE key = ? AND job_id IS NULL "
+                "AND owner_nonce = ? AND run_id = ?",
+                (key, owner.nonce, owner.run_id),
+            ),
+            ("journal",),
+            "journal release",
+        )
+
+    def journal_forget(self, key: str, job_id: str) -> None:
+        self._write_soon(
+            lambda conn: conn.execute(
+                "DELETE FROM journal WHERE key = ? AND job_id = ?", (key, job_id)
+            ),
+            ("journal",),
+            "journal forget",
+        )
+
+    def journal_heartbeat(self, owner: ClaimOwner, at: float | None = None) -> int:
+        now = self._now() if at is None else at
+        cursor = self._write(
+            lambda conn: conn.execute(
+                "UPDATE journal SET heartbeat_at = ? WHERE job_id IS NULL "
+                "AND owner_nonce = ? AND run_id = ?",
+                (now, owner.nonce, owner.run_id),
+            ),
+            ("journal",),
+        )
+        return int(cursor.rowcount)
+
+    def journal_job(self, key: str, job_id: str, tag: str, run_id: str | None) -> None:
+        now = self._now()
+        row = _journal_row(key, job_id, tag, run_id, now, "submitted", None, now)
+        self._write_soon(  # lost in a kill, the claim stays: taken over and reconciled by its tag
+            lambda conn: conn.execute(
+                f"INSERT INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET "
                 "job_id = excluded.job_id, tag = excluded.tag, run_id = excluded.run_id, "
+                "state = 'submitted', heartbeat_at = excluded.heartbeat_at, "
                 "submitted_at = CASE WHEN journal.job_id IS NULL AND journal.tag = excluded.tag "
                 "THEN journal.submitted_at ELSE excluded.submitted_at END",
                 row,
-            )
+            ),
+            ("journal",),
+            "journal entry",
         )
 
     def journal_get_many(
@@ -757,8 +1242,7 @@ class SQLiteCache(Cache):
         now = self._now()
 
         def read(conn: sqlite3.Connection) -> list[Any]:
-            select = "SELECT key, job_id, tag, run_id, submitted_at FROM journal"
-            return _select_keys(conn, select, wanted)
+            return _select_keys(conn, f"SELECT {_JOURNAL_COLUMNS} FROM journal", wanted)
 
         entries = (_decode_journal(row) for row in (self._read(read) if wanted else []))
         return {e.key: e for e in entries if _is_fresh(e, max_age, now)}
@@ -767,7 +1251,7 @@ class SQLiteCache(Cache):
         self._delete_keys("journal", keys)
 
     def journal_entries(self, run_id: str | None = None) -> list[JournalEntry]:
-        sql = "SELECT key, job_id, tag, run_id, submitted_at FROM journal"
+        sql = f"SELECT {_JOURNAL_COLUMNS} FROM journal"
         params: tuple[Any, ...] = ()
         if run_id is not None:
             sql += " WHERE run_id = ?"
@@ -777,13 +1261,27 @@ class SQLiteCache(Cache):
         return [_decode_journal(row) for row in rows]
 
     # runs ------------------------------------------------------------------------------------
-    def save_run(self, run_id: str, record: dict[str, Any]) -> None:
+    def save_run(
+        self,
+        run_id: str,
+        record: dict[str, Any],
+        *,
+        blobs: Mapping[str, bytes | None] | None = None,
+    ) -> None:
         text = _encode_record(record)
+        new_blobs = _checked_blobs(blobs)
+        refs = [(run_id, blob_id) for blob_id in dict.fromkeys(blobs or ())]
         now = self._now()
         created_at, status, rows = _run_summary(record, now)
         explicit_created = isinstance(record.get("created_at"), (int, float))
-        self._write(
-            lambda conn: conn.execute(
+
+        def save(conn: sqlite3.Connection) -> None:
+            for blob_id, data in new_blobs.items():  # compressed here, off the caller's thread
+                conn.execute(
+                    "INSERT OR IGNORE INTO blobs (id, data, size, created_at) VALUES (?, ?, ?, ?)",
+                    (blob_id, zlib.compress(data, 1), len(data), now),
+                )
+            conn.execute(
                 "INSERT INTO runs (run_id, record, status, rows, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
                 "record = excluded.record, status = excluded.status, rows = excluded.rows, "
@@ -791,13 +1289,37 @@ class SQLiteCache(Cache):
                 "excluded.created_at ELSE runs.created_at END",
                 (run_id, text, status, rows, created_at, now, int(explicit_created)),
             )
+            conn.execute("DELETE FROM run_blobs WHERE run_id = ?", (run_id,))
+            conn.executemany("INSERT INTO run_blobs (run_id, blob_id) VALUES (?, ?)", refs)
+
+        self._write_soon(save, ("runs", "blobs"), "run record")
+
+    def stored_blobs(self, ids: Iterable[str]) -> set[str]:
+        wanted = _unique(ids)
+        if not wanted:
+            return set()
+        marks = ",".join("?" * len(wanted))
+        rows = self._read(  # no wait for queued writes: a blob missed here is merely sent again
+            lambda conn: conn.execute(
+                f"SELECT id FROM blobs WHERE id IN ({marks})", wanted
+            ).fetchall(),
+            (),
         )
+        return {row[0] for row in rows}
+
+    def load_blob(self, blob_id: str) -> bytes | None:
+        row = self._read(
+            lambda conn: conn.execute("SELECT data FROM blobs WHERE id = ?", (blob_id,)).fetchone(),
+            ("blobs",),
+        )
+        return None if row is None else zlib.decompress(row[0])
 
     def load_run(self, run_id: str) -> dict[str, Any] | None:
         row = self._read(
             lambda conn: conn.execute(
                 "SELECT record FROM runs WHERE run_id = ?", (run_id,)
-            ).fetchone()
+            ).fetchone(),
+            ("runs",),
         )
         if row is None:
             return None
@@ -805,35 +1327,60 @@ class SQLiteCache(Cache):
         return record
 
     def update_run(self, run_id: str, **fields: Any) -> None:
-        def update(conn: sqlite3.Connection) -> None:
-            row = conn.execute("SELECT record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise KeyError(f"no run {run_id!r} in this cache")
-            record = {**json.loads(row[0]), **fields}
-            now = self._now()
-            _, status, rows = _run_summary(record, now)
-            conn.execute(
-                "UPDATE runs SET record = ?, status = ?, rows = ?, updated_at = ? WHERE run_id = ?",
-                (_encode_record(record), status, rows, now, run_id),
-            )
+        """Merge ``fields`` in place (SQLite's ``json_patch``): the record is never read back."""
+        patch = _encode_record(fields)
+        now = self._now()
+        status = fields.get("status")
+        rows = _run_summary(fields, now)[2] if "rows" in fields else None
 
-        self._write(update)
+        def update(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "UPDATE runs SET record = json_patch(record, ?), updated_at = ?, "
+                "status = coalesce(?, status), rows = CASE WHEN ? THEN ? ELSE rows END "
+                "WHERE run_id = ?",
+                (
+                    patch,
+                    now,
+                    status if isinstance(status, str) else None,
+                    int("rows" in fields),
+                    rows,
+                    run_id,
+                ),
+            )
+            if cursor.rowcount == 0:
+                raise KeyError(f"no run {run_id!r} in this cache")
+
+        self._write(update, ("runs",))
 
     def delete_run(self, run_id: str) -> None:
-        self._write(lambda conn: conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)))
+        self._delete_runs([run_id])
+
+    def _delete_runs(self, run_ids: list[str]) -> None:
+        def delete(conn: sqlite3.Connection) -> None:
+            for chunk in _chunks(run_ids):
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM runs WHERE run_id IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM run_blobs WHERE run_id IN ({marks})", chunk)
+            conn.execute("DELETE FROM blobs WHERE id NOT IN (SELECT blob_id FROM run_blobs)")
+
+        if run_ids:
+            self._write(delete, ("runs", "blobs"))
 
     def list_runs(self) -> list[dict[str, Any]]:
         rows = self._read(
             lambda conn: conn.execute(
                 "SELECT run_id, created_at, updated_at, status, rows FROM runs "
                 "ORDER BY created_at DESC, run_id DESC"
-            ).fetchall()
+            ).fetchall(),
+            ("runs",),
         )
         return [_run_listing(*row) for row in rows]
 
     # lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
-        """Close this process's connection; the next call reopens it."""
+        """Write what is queued, then close this process's connections; the next call reopens."""
+        if self._pid == os.getpid():
+            self._writer.close()
         with self._lock:
             conn, self._conn = self._conn, None
             if conn is not None:

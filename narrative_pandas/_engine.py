@@ -3,13 +3,14 @@
 One engine runs one run. It
 
 - serves what the cache already holds, and picks up jobs the journal says were already submitted
-  (reconciling POSTs whose outcome was never learned through the job listing, by their tag);
+  (claims of runs that are gone are reconciled through the job listing, by their tag);
 - keeps at most ``concurrency`` jobs unfinished, submitting the next request as soon as one ends;
 - polls many outstanding jobs with few requests: one ``GET /jobs`` sweep (newest updates first,
   paging only down to what the previous sweep already saw) answers for all of them, and
   ``GET /jobs/{id}`` is used for a few jobs and for stragglers;
-- never creates two jobs for one request: the intent is journaled before each POST, and a POST
-  whose outcome is unknown is reconciled through the listing before anything is resent;
+- never creates two jobs for one request: each POST is preceded by a claim in the journal that
+  other runs (threads, processes) respect, and a POST whose outcome is unknown stays unknown
+  until the listing settles it (``_submitter``, ``_claims``, ``_reconcile``);
 - ends every request in exactly one :class:`RowOutcome`.
 
 Run-level failures (bad key, no permission, unknown data plane) stop submitting at once and are
@@ -29,23 +30,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._budget import TokenBudget
+from ._claims import ClaimBook, live_run, owner_alive
 from ._clock import Clock, system_clock
-from ._exceptions import (
-    APIConnectionError,
-    APIError,
-    APIStatusError,
-    APIUnknownOutcomeError,
-    AuthenticationError,
-    BadRequestError,
-    NotFoundError,
-    PermissionDeniedError,
-)
 from ._frame import RowOutcome
 from ._models import Job, TokenCounts
 from ._poller import Poller
+from ._reconcile import Reconciler
+from ._submitter import SubmitResult, Submitter
 
 if TYPE_CHECKING:
-    from ._cache import Cache
+    from ._cache import Cache, CachedResult, Claim, JournalEntry
     from ._client import Client
     from ._progress import Phase, ProgressTracker
     from ._schema import OutputSpec
@@ -73,13 +67,13 @@ POLL_AGE_FRACTION = 0.1
 JOBS_PER_POLL = 15
 MIN_POLL_INTERVAL_S = 0.05
 MAX_POLL_INTERVAL_S = 5.0
-#: Pages of the listing searched for the tag of a POST whose outcome is unknown.
-RECONCILE_PAGES = 4
-#: How often a reconciliation that found nothing looks again before resubmitting.
-RECONCILE_ATTEMPTS = 2
-RECONCILE_DELAY_S = 1.0
-#: Rounds of resubmission after the client's own retries gave up (429/5xx/connection).
+#: Rows waiting on another run's claim re-read the journal and the cache this often.
+CLAIM_WAIT_POLL_S = 0.2
+#: Rounds of resubmission after the client's own retries gave up (429/502/503/connection).
 MAX_SUBMIT_ROUNDS = 5
+#: Wait before such a round: doubling from the first (an outage outlasts the client's retries).
+RETRY_ROUND_FIRST_WAIT_S = 2.0
+RETRY_ROUND_MAX_WAIT_S = 30.0
 #: How long a stopping run waits for POSTs already on the wire, so their job ids are journaled.
 SUBMIT_GRACE_S = 5.0
 #: After a stop, how long the last look at outstanding jobs may take before the run returns.
@@ -185,6 +179,7 @@ class EngineReport:
     unique_requests: int = 0
     cached: int = 0
     resumed: int = 0
+    shared: int = 0
     reconciled: int = 0
     submitted: int = 0
     completed: int = 0
@@ -279,6 +274,24 @@ class Engine:
         self._largest_page = 0
         self._release_tasks: set[asyncio.Task[None]] = set()
         self._lease_tasks: set[asyncio.Task[None]] = set()
+        # The submit side: claims in the journal, POSTs, unknown outcomes (see _submitter).
+        self._claims = (
+            ClaimBook(cache, run_id, max_age=options.journal_max_age) if cache is not None else None
+        )
+        self._reconciler = Reconciler(client, data_plane_id=options.data_plane_id)
+        self._submitter = Submitter(
+            client,
+            self._claims,
+            self._reconciler,
+            self._clock,
+            timeout=options.timeout,
+            refresh=options.refresh,
+            stopping=lambda: self.stopping,
+            trusted=lambda: self._any_post_succeeded,
+        )
+        #: Requests another live run has claimed: we wait for its job instead of submitting.
+        self._waiting: dict[str, _Live] = {}
+        self._next_claim_check = 0.0
 
     # ------------------------------------------------------------------ control
 
@@ -306,6 +319,16 @@ class Engine:
     async def run(self) -> dict[str, RowOutcome]:
         """Drive every request to an outcome; raise a run-level error after journaling."""
         self._loop = asyncio.get_running_loop()
+        if self._claims is None:
+            return await self._run()
+        with live_run(self._claims.owner):  # our claims count as alive while this runs
+            self._claims.start_heartbeat()
+            try:
+                return await self._run()
+            finally:
+                await asyncio.shield(self._end_submit_side())
+
+    async def _run(self) -> dict[str, RowOutcome]:
         try:
             self._serve_from_cache()
             await self._resume_from_journal()
@@ -314,13 +337,23 @@ class Engine:
             self._stop_reason = self._stop_reason or "interrupted"
             await asyncio.shield(self._wind_down())
             raise
+        except Exception as exc:  # a bug or a broken cache: a run-level error, tasks wound down
+            self._set_fatal(exc)
+            await asyncio.shield(self._wind_down())
+            raise
         if self._fatal is not None or self._stop_reason is not None:
             await self._wind_down()
         if self._fatal is not None:
             raise self._fatal
+        self._settle_unfinished("internal error: the run ended without an outcome for this row")
         self.report.status = self._stop_reason or "done"
         await self._drain_releases()
         return self.outcomes
+
+    async def _end_submit_side(self) -> None:
+        await self._reconciler.close()
+        if self._claims is not None:
+            await self._claims.stop_heartbeat()
 
     def _serve_from_cache(self) -> None:
         pending = self._requests
@@ -328,35 +361,39 @@ class Engine:
             hits = self._cache.get_many(r.key for r in pending)
             for request in pending:
                 hit = hits.get(request.key)
-                if hit is None:
-                    continue
-                self._finish(
-                    request,
-                    RowOutcome(
-                        output=hit.output,
-                        job_id=hit.job_id,
-                        usage=TokenCounts.of(hit.usage),
-                        status="cached",
-                    ),
-                    old="queued",
-                    new="cached",
-                )
-                self.report.cached += request.rows
+                if hit is not None:
+                    self._finish_cached(_Live(request), hit, old="queued")
         for request in pending:
             if request.key not in self.outcomes:
                 self._queue.append(_Live(request))
 
-    async def _resume_from_journal(self) -> None:
-        if self._cache is None or not self._queue:
-            return
-        entries = self._cache.journal_get_many(
-            (live.request.key for live in self._queue), max_age=self._options.journal_max_age
+    def _finish_cached(self, live: _Live, hit: CachedResult, *, old: Phase) -> None:
+        request = live.request
+        outcome = RowOutcome(
+            output=hit.output, job_id=hit.job_id, usage=TokenCounts.of(hit.usage), status="cached"
         )
+        self._finish(request, outcome, old=old, new="cached")
+        self.report.cached += request.rows
+
+    async def _resume_from_journal(self) -> None:
+        """Pick up journaled jobs; claims of runs that are gone are taken over and reconciled
+        (one listing walk for all of them), claims of live runs are waited on."""
+        claims = self._claims
+        if claims is None or not self._queue:
+            return
+        keys = [live.request.key for live in self._queue]
+        if self._cache is not None and self._cache.persistent:
+            entries = await asyncio.to_thread(
+                self._cache.journal_get_many, keys, self._options.journal_max_age
+            )
+        else:
+            assert self._cache is not None
+            entries = self._cache.journal_get_many(keys, max_age=self._options.journal_max_age)
         if not entries:
             return
         now = self._clock.now()
         remaining: deque[_Live] = deque()
-        intents: list[_Live] = []
+        claimless: list[_Live] = []
         for live in self._queue:
             entry = entries.get(live.request.key)
             if entry is None:
@@ -364,30 +401,46 @@ class Engine:
             elif entry.job_id:
                 self._adopt(live, entry.job_id, now, resumed=True)
             else:
-                intents.append(live)
+                claimless.append(live)
         self._queue = remaining
-        if intents:
-            found = await self._find_tagged_jobs({live.request.tag: live for live in intents})
-            for live in intents:
-                job = found.get(live.request.tag)
-                if job is None:
-                    self._queue.appendleft(live)
-                else:
-                    self._adopt(live, job.job_id, now, resumed=True)
-                    self.report.reconciled += 1
-                    if self._cache is not None:
-                        self._cache.journal_job(
-                            live.request.key, job.job_id, live.request.tag, self._run_id
-                        )
+        found = await claims.claim_many(
+            ((live.request.key, live.request.tag) for live in claimless),
+            check_results=not self._options.refresh,
+        )
+        for live in claimless:
+            claim = found[live.request.key]
+            if claim.outcome == "taken_over":  # reconciled in a task of its own, batched
+                self._budget.reserve(live.request)
+                self._start_submit(live, claim)
+            else:
+                self._apply_claim_now(live, claim)
         logger.info("resuming %d journaled job(s) instead of resubmitting", len(self._outstanding))
 
-    def _adopt(self, live: _Live, job_id: str, now: float, *, resumed: bool) -> None:
+    def _apply_claim_now(self, live: _Live, claim: Claim) -> None:
+        """A claim met at resume that needs no request: adopt, serve, wait, or queue."""
+        if claim.outcome == "job" and claim.entry is not None and claim.entry.job_id:
+            self._adopt(live, claim.entry.job_id, self._clock.now(), resumed=False)
+            self.report.shared += live.request.rows
+        elif claim.outcome == "cached" and claim.result is not None:
+            self._finish_cached(live, claim.result, old="queued")
+        elif claim.outcome == "held":
+            self._wait_on_claim(live)
+        else:  # new / ours: ours to submit
+            self._queue.appendleft(live)
+
+    def _adopt(
+        self, live: _Live, job_id: str, now: float, *, resumed: bool, reserved: bool = False
+    ) -> None:
+        """Wait for ``job_id`` as the request's job (``reserved``: budget and slot are held)."""
         live.job_id = job_id
         live.phase = "pending"
         live.submitted_at = now
         live.confirmed_at = now
         live.resumed = resumed
         self._outstanding[job_id] = live
+        if reserved:
+            self._tracker.transition(live.request.rows, "queued", "pending")
+            return
         self._budget.reserve(live.request)
         if self._options.slots is not None:
             task = asyncio.create_task(self._lease_for_adopted(live.request.key))
@@ -401,11 +454,15 @@ class Engine:
         next_poll = self._clock.now()
         while True:
             self._fill()
-            if not self._queue and not self._posting and not self._outstanding:
+            if not (self._queue or self._posting or self._outstanding or self._waiting):
                 return
             if self.stopping:
                 return
             now = self._clock.now()
+            if self._waiting and now >= self._next_claim_check:
+                await self._check_waiting()
+                self._next_claim_check = self._clock.now() + CLAIM_WAIT_POLL_S
+                continue
             if self._outstanding and now >= next_poll:
                 await self._until_stopped(self._poll())
                 if self.stopping:
@@ -415,6 +472,8 @@ class Engine:
                 next_poll = self._clock.now() + self._poll_interval()
                 continue
             wait_for = next_poll - now if self._outstanding else MAX_POLL_INTERVAL_S
+            if self._waiting:
+                wait_for = min(wait_for, self._next_claim_check - now)
             self._wake.clear()
             await self._clock.wait(self._wake, max(0.0, wait_for))
 
@@ -435,9 +494,7 @@ class Engine:
                 return
             self._queue.popleft()
             self._budget.reserve(live.request)
-            task = asyncio.create_task(self._submit(live))
-            self._posting.add(task)
-            task.add_done_callback(self._posting.discard)
+            self._start_submit(live)
 
     def _give_up_queue(self, why: Literal["budget", "cancelled", "interrupted"]) -> None:
         limit = self._options.max_total_tokens
@@ -459,151 +516,157 @@ class Engine:
 
     # ------------------------------------------------------------------ submit
 
-    async def _submit(self, live: _Live) -> None:
+    def _start_submit(self, live: _Live, claim: Claim | None = None) -> None:
+        task = asyncio.create_task(self._submit(live, claim))
+        self._posting.add(task)
+        task.add_done_callback(self._posting.discard)
+
+    async def _submit(self, live: _Live, claim: Claim | None = None) -> None:
+        """One submission task: it always ends in an applied result or a row outcome."""
         request = live.request
-        slots = self._options.slots
-        if slots is not None and request.key not in self._leases:
-            await slots.acquire()
-            self._leases.add(request.key)
-            if self.stopping:
-                self._budget.settle(request.key, None)
-                await self._release(request.key)
-                self._queue.appendleft(live)
-                return
         try:
-            job_id = await self._post_once_or_reconcile(live)
-        except _Fatal:
+            slots = self._options.slots
+            if slots is not None and request.key not in self._leases:
+                await slots.acquire()
+                self._leases.add(request.key)
+                if self.stopping:
+                    self._budget.settle(request.key, None)
+                    await self._release(request.key)
+                    self._queue.appendleft(live)
+                    return
+            result = await self._submitter.submit(request, claim)
+            await self._apply(live, result)
+        except asyncio.CancelledError:
+            raise  # the wind-down settles the row: "submission outcome unknown; journaled"
+        except Exception as exc:  # a bug or a broken cache: the row says so; nothing escapes
+            logger.error("submitting a request failed unexpectedly", exc_info=True)
             self._budget.settle(request.key, None)
-            await self._release(request.key)
-            self._queue.appendleft(live)
-            self._wake.set()
-            return
-        except (APIStatusError, APIConnectionError) as exc:
-            self._budget.settle(request.key, None)
-            await self._release(request.key)
-            live.rounds += 1
-            if live.rounds < MAX_SUBMIT_ROUNDS and not self.stopping:
-                logger.info("requeueing a request after %s", type(exc).__name__)
-                self._queue.append(live)
-            else:
-                self._finish(
-                    request,
-                    RowOutcome(error=f"not submitted: {exc}", status="failed"),
-                    old="queued",
-                    new="failed",
-                )
+            self._release_soon(request.key)
+            if request.key not in self.outcomes:
                 self.report.failed += request.rows
-            self._wake.set()
-            return
-        if job_id is None:  # reconciliation says: never created; try again
-            self._budget.settle(request.key, None)
-            await self._release(request.key)
-            live.rounds += 1
-            if live.rounds < MAX_SUBMIT_ROUNDS and not self.stopping:
-                self._queue.appendleft(live)
-            else:
                 self._finish(
                     request,
                     RowOutcome(
-                        error="not submitted: the service never confirmed the job", status="failed"
+                        error=f"failed while submitting ({type(exc).__name__}: {exc}); if a job "
+                        "was created its claim stays journaled and a later run reconciles it",
+                        status="failed",
                     ),
-                    old="queued",
+                    old=live.phase,
                     new="failed",
                 )
+        finally:
             self._wake.set()
-            return
-        if self._cache is not None:
-            self._cache.journal_job(request.key, job_id, request.tag, self._run_id)
-        self.report.submitted += 1
-        self._any_post_succeeded = True
-        now = self._clock.now()
-        live.job_id = job_id
-        live.phase = "pending"
-        live.submitted_at = now
-        live.confirmed_at = now
-        self._outstanding[job_id] = live
-        self._tracker.transition(request.rows, "queued", "pending")
-        self._wake.set()
 
-    async def _post_once_or_reconcile(self, live: _Live) -> str | None:
-        """POST the request; on an unknown outcome, look for its tag before deciding."""
+    async def _apply(self, live: _Live, result: SubmitResult) -> None:
+        """Turn a submission's result into the row's next step."""
         request = live.request
-        if self._cache is not None:
-            self._cache.journal_intent(request.key, request.tag, self._run_id)
-        try:
-            job = await self._client.run_model_inference(request.body)
-        except (AuthenticationError, PermissionDeniedError, NotFoundError) as exc:
-            self._set_fatal(exc)
-            raise _Fatal from exc
-        except BadRequestError as exc:
-            if not self._any_post_succeeded:
-                self._set_fatal(exc)
-                raise _Fatal from exc
-            raise
-        except APIUnknownOutcomeError:
-            logger.info("a POST's outcome is unknown; reconciling through the job listing")
-            for attempt in range(RECONCILE_ATTEMPTS):
-                found = await self._find_tagged_jobs({request.tag: live})
-                if request.tag in found:
+        if result.kind == "job":
+            assert result.job_id is not None
+            if result.how == "shared":
+                self.report.shared += request.rows
+            else:
+                self._any_post_succeeded = True
+                if result.how == "posted":
+                    self.report.submitted += 1
+                else:
                     self.report.reconciled += 1
-                    return found[request.tag].job_id
-                if attempt + 1 < RECONCILE_ATTEMPTS:
-                    await self._clock.sleep(RECONCILE_DELAY_S)
-            return None
-        return job.job_id
+            self._adopt(live, result.job_id, self._clock.now(), resumed=False, reserved=True)
+            return
+        self._budget.settle(request.key, None)
+        await self._release(request.key)
+        if result.kind == "cached":
+            assert result.result is not None
+            self._finish_cached(live, result.result, old=live.phase)
+        elif result.kind == "wait":
+            self._wait_on_claim(live)
+            self._next_claim_check = min(
+                self._next_claim_check, self._clock.now() + CLAIM_WAIT_POLL_S
+            )
+        elif result.kind == "fatal":
+            assert result.error is not None
+            self._set_fatal(result.error)
+            self._queue.appendleft(live)
+        elif result.kind == "retry":
+            live.rounds += 1
+            if live.rounds < MAX_SUBMIT_ROUNDS and not self.stopping:
+                wait = RETRY_ROUND_FIRST_WAIT_S * 2 ** (live.rounds - 1)
+                logger.info(
+                    "requeueing a request in %.0fs after %s", wait, type(result.error).__name__
+                )
+                await self._clock.sleep(min(RETRY_ROUND_MAX_WAIT_S, wait))
+                self._queue.append(live)
+            else:
+                self._fail(live, f"not submitted: {result.error}")
+        elif result.kind == "failed":
+            self._fail(live, result.message or f"not submitted: {result.error}")
+        else:  # unknown, and the run's timeout (or a stop) ended the wait
+            self.report.timed_out += request.rows
+            self._finish(
+                request,
+                RowOutcome(
+                    error=f"submission outcome unknown ({result.message}); it was never "
+                    "resubmitted, and its claim stays journaled so a later run reconciles it",
+                    status="timeout",
+                ),
+                old=live.phase,
+                new="failed",
+            )
+
+    def _wait_on_claim(self, live: _Live) -> None:
+        if not live.submitted_at:  # the run's timeout counts from the first wait
+            live.submitted_at = self._clock.now()
+        self._waiting[live.request.key] = live
+
+    def _fail(self, live: _Live, error: str) -> None:
+        self.report.failed += live.request.rows
+        self._finish(
+            live.request, RowOutcome(error=error, status="failed"), old=live.phase, new="failed"
+        )
+
+    async def _check_waiting(self) -> None:
+        """Rows waiting on another run's claim: serve its cached result, poll its job, or claim
+        the request ourselves once that claim is gone (its owner ended or died)."""
+        claims = self._claims
+        assert claims is not None
+        keys = list(self._waiting)
+        results, entries = await claims.read(keys)
+        now = self._clock.now()
+        for key in keys:
+            live = self._waiting.get(key)
+            if live is None:
+                continue
+            entry: JournalEntry | None = entries.get(key)
+            if key in results and not self._options.refresh:
+                del self._waiting[key]
+                self._finish_cached(live, results[key], old=live.phase)
+            elif entry is not None and entry.job_id:
+                del self._waiting[key]
+                self._adopt(live, entry.job_id, now, resumed=False)
+                self.report.shared += live.request.rows
+            elif entry is None or not owner_alive(entry):
+                del self._waiting[key]  # claim it again: new, or taken over and reconciled
+                self._queue.appendleft(live)
+            elif self._options.timeout is not None and now - live.submitted_at >= (
+                self._options.timeout
+            ):
+                del self._waiting[key]
+                self.report.timed_out += live.request.rows
+                self._finish(
+                    live.request,
+                    RowOutcome(
+                        error=f"timed out after {self._options.timeout:g}s waiting for another "
+                        "run that is submitting the same request",
+                        status="timeout",
+                    ),
+                    old=live.phase,
+                    new="failed",
+                )
 
     def _set_fatal(self, exc: BaseException) -> None:
         if self._fatal is None:
             self._fatal = exc
         self._stopped.set()
         self._wake.set()
-
-    async def _find_tagged_jobs(self, wanted: Mapping[str, _Live]) -> dict[str, Job]:
-        """Search the newest jobs for the given requests (the contract has no filter by tag).
-
-        A job matches by our per-request tag in its recorded ``input``, or, where the server
-        records the input without tags, by the same model and messages (the same request).
-        """
-        found: dict[str, Job] = {}
-        by_content = {_content_key(live.request.body): tag for tag, live in wanted.items()}
-        plane = self._options.data_plane_id
-        consumed = 0
-        for _ in range(RECONCILE_PAGES):
-            try:
-                listing = await self._client.list_jobs(
-                    type="model_inference",
-                    data_plane_id=plane,
-                    order_by="created_at_desc",
-                    per_page=MAX_PER_PAGE,
-                    offset=consumed,
-                )
-            except (AuthenticationError, PermissionDeniedError) as exc:
-                self._set_fatal(exc)
-                raise _Fatal from exc
-            except APIError as exc:
-                logger.warning("could not search the job listing: %s", exc)
-                break
-            for job in listing.records:
-                if job.state in ("failed", "cancelled"):
-                    continue
-                tags = [t for t in _tags_of(job) if t in wanted]
-                if not tags and isinstance(job.input, Mapping):
-                    match = by_content.get(_content_key(job.input))
-                    tags = [match] if match is not None else []
-                for tag in tags:
-                    found.setdefault(tag, job)
-            consumed += len(listing.records)
-            self._largest_page = max(self._largest_page, len(listing.records))
-            last = _last_page(
-                len(listing.records),
-                listing.total_records,
-                consumed,
-                MAX_PER_PAGE,
-                self._largest_page,
-            )
-            if len(found) == len(wanted) or last:
-                break
-        return found
 
     # ------------------------------------------------------------------ poll
 
@@ -699,7 +762,7 @@ class Engine:
                 old=live.phase,
                 new="failed",
             )
-            self._journal_done(request.key)
+            self._journal_done(request.key, job.job_id)
             return
         raw = job.result.structured_output if job.result is not None else None
         output, error = self._spec.validate(raw)
@@ -716,7 +779,7 @@ class Engine:
                 old=live.phase,
                 new="failed",
             )
-            self._journal_done(request.key)
+            self._journal_done(request.key, job.job_id)
             return
         self.report.completed += request.rows
         if self._cache is not None:
@@ -732,7 +795,7 @@ class Engine:
                     created_at=time.time(),
                 )
             )
-            self._cache.journal_remove([request.key])
+            self._cache.journal_forget(request.key, job.job_id)
         self._finish(
             request,
             RowOutcome(output=output, job_id=job.job_id, usage=counts, status="completed"),
@@ -740,9 +803,10 @@ class Engine:
             new="completed",
         )
 
-    def _journal_done(self, key: str) -> None:
+    def _journal_done(self, key: str, job_id: str) -> None:
+        """The job ended or is gone: drop its entry (a newer claim of the same key stays)."""
         if self._cache is not None:
-            self._cache.journal_remove([key])
+            self._cache.journal_forget(key, job_id)
 
     def _job_vanished(self, job_id: str) -> None:
         """404 on a job we know: expired or never kept. Resubmit it (it was never finished)."""
@@ -752,7 +816,7 @@ class Engine:
         logger.info("job %s is no longer known to the service; resubmitting its request", job_id)
         self._budget.settle(live.request.key, None)
         self._release_soon(live.request.key)
-        self._journal_done(live.request.key)
+        self._journal_done(live.request.key, job_id)
         self._tracker.transition(live.request.rows, live.phase, "queued")
         live.job_id = None
         live.phase = "queued"
@@ -831,9 +895,10 @@ class Engine:
             for task in still:
                 task.cancel()
             if still:
+                await asyncio.gather(*still, return_exceptions=True)
                 logger.warning(
-                    "%d submission(s) did not answer in time; their intent is journaled and the "
-                    "next run reconciles them through the job listing",
+                    "%d submission(s) did not answer in time; their claims stay journaled and "
+                    "the next run reconciles them through the job listing",
                     len(still),
                 )
         if self._fatal is None and self._outstanding:
@@ -855,20 +920,25 @@ class Engine:
                 new="stopped",
             )
         self._outstanding.clear()
+        self._queue.extend(self._waiting.values())  # another run submits these: not us
+        self._waiting.clear()
         self._give_up_queue(reason)
-        for request in self._requests:
-            if request.key not in self.outcomes:  # a POST cancelled at the grace limit
-                self._finish(
-                    request,
-                    RowOutcome(
-                        error=f"{reason}: submission outcome unknown; journaled for reconciliation",
-                        status=reason,
-                    ),
-                    old="queued",
-                    new="stopped",
-                )
+        # A POST cancelled at the grace limit:
+        self._settle_unfinished(
+            f"{reason}: submission outcome unknown; journaled for reconciliation", status=reason
+        )
         self.report.status = "error" if self._fatal is not None else reason
         await self._drain_releases()
+
+    def _settle_unfinished(self, error: str, *, status: str = "failed") -> None:
+        """Give every request still without an outcome this one (so the frame and the report
+        always agree, whatever happened to the task that owned it)."""
+        new: Phase = "stopped" if status in ("cancelled", "interrupted") else "failed"
+        for request in self._requests:
+            if request.key not in self.outcomes:
+                if new == "failed":
+                    self.report.failed += request.rows
+                self._finish(request, RowOutcome(error=error, status=status), old="queued", new=new)
 
     async def _drain_releases(self) -> None:
         for task in list(self._lease_tasks):  # leases still being taken are no longer needed
@@ -892,33 +962,3 @@ def _last_page(count: int, total_records: Any, consumed: int, per_page: int, lar
     if isinstance(total_records, int) and not isinstance(total_records, bool):
         return consumed >= total_records
     return count < min(per_page, largest)
-
-
-def _content_key(request: Mapping[str, Any]) -> str:
-    """Model and messages of a request or a recorded input, normalised, as one string."""
-    messages = []
-    for message in request.get("messages") or []:
-        if not isinstance(message, Mapping):
-            continue
-        text = message.get("text")
-        if text is None and isinstance(message.get("content"), list):
-            text = "".join(
-                block.get("text", "") for block in message["content"] if isinstance(block, Mapping)
-            )
-        messages.append((message.get("role"), text))
-    return repr((request.get("model"), messages))
-
-
-def _tags_of(job: Job) -> list[str]:
-    """Tags recorded in a job's ``input`` (its shape is not documented: look where it may be)."""
-    source: Any = job.input
-    if isinstance(source, Mapping):
-        tags = source.get("tags")
-        if tags is None and isinstance(source.get("request"), Mapping):
-            tags = source["request"].get("tags")
-        if isinstance(tags, list):
-            return [t for t in tags if isinstance(t, str)]
-    extra = getattr(job, "tags", None)
-    if isinstance(extra, list):
-        return [t for t in extra if isinstance(t, str)]
-    return []

@@ -11,6 +11,7 @@ the built-in it resembles, so ``except KeyError`` and ``except ValueError`` keep
     ├── JobFailedError                       a job ended failed/cancelled (job_id, failures)
     ├── JobTimeoutError (TimeoutError)       a job did not finish within the per-job timeout
     ├── RowsFailedError                      errors="raise": rows failed; .result is the frame
+    ├── CacheLockedError (TimeoutError)      another process held the cache file too long
     └── APIError                             anything that came from talking to the service
         ├── APIConnectionError               the request did not get an answer
         │   └── APITimeoutError              ... because it timed out
@@ -42,6 +43,7 @@ __all__ = [
     "APIUnknownOutcomeError",
     "AuthenticationError",
     "BadRequestError",
+    "CacheLockedError",
     "ConfigurationError",
     "JobFailedError",
     "JobTimeoutError",
@@ -72,6 +74,17 @@ class NarrativeError(Exception):
 
 class ConfigurationError(NarrativeError, ValueError):
     """A setting is missing or unsafe (no API key, plain http to a remote host, bad option)."""
+
+
+class CacheLockedError(NarrativeError, TimeoutError):
+    """Another process held the SQLite cache file's lock for longer than the cache's ``timeout``.
+
+    ``path`` is the file. Nothing was sent for the write that could not be made.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class TemplateError(NarrativeError, KeyError):

@@ -208,6 +208,7 @@ class Run:
             "skipped_rows": len(plan.skipped),
             "cached_rows": engine_report.cached,
             "resumed_rows": engine_report.resumed,
+            "shared_rows": engine_report.shared,
             "reconciled_jobs": engine_report.reconciled,
             "jobs_submitted": engine_report.submitted,
             "not_submitted_rows": engine_report.not_submitted,

@@ -94,6 +94,7 @@ _SUMMED = (
     "skipped_rows",
     "cached_rows",
     "resumed_rows",
+    "shared_rows",
     "reconciled_jobs",
     "jobs_submitted",
     "not_submitted_rows",

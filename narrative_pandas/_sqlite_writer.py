@@ -1,0 +1,310 @@
+"""One background thread makes every write of a SQLite cache file, in order, in few transactions.
+
+Why: a run writes for every row (the journal, the result). Made on the event loop, each write is a
+transaction of its own, and while another process holds the file's lock the loop - and every run
+in the process - freezes. Here every write is queued and made by one thread:
+
+* **in order**: writes are applied exactly in the order they were queued, so a result always reaches
+  the file before the journal entry it replaces is removed (a kill can lose the tail of the queue,
+  never a middle part);
+* **batched**: whatever is queued when the thread gets to it is committed in one transaction
+  (group commit), so 100,000 rows make a few hundred transactions, not 300,000;
+* **durable when asked**: :meth:`SQLiteWriter.write` waits until its transaction is committed (the
+  intent written before a POST); :meth:`SQLiteWriter.write_soon` returns at once;
+* **patient with a lock**: while another process holds the lock, the thread keeps retrying and
+  logs once which file is locked; a caller that waits gives up after the cache's ``timeout`` with
+  :class:`~narrative_pandas.CacheLockedError`, naming the file. A write that fails for another
+  reason is logged (``write_soon``) or raised to its caller (``write``), and never stops the ones
+  after it.
+
+Readers call :meth:`SQLiteWriter.settle` first, for the tables they read, so a process always
+reads its own writes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import random
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._exceptions import CacheLockedError
+
+__all__ = ["SQLiteWriter", "is_lock_error", "locked_message"]
+
+logger = logging.getLogger("narrative_pandas")
+
+BATCH_MAX = 5_000
+"""Most queued writes committed in one transaction (bounds the time the file's lock is held)."""
+
+LOCK_NOTICE_S = 1.0
+"""After waiting this long for another process's lock, say so once (a warning naming the file)."""
+
+_RETRY_MAX_S = 0.25
+"""Longest pause between two attempts on a locked file."""
+
+Action = Callable[[sqlite3.Connection], Any]
+
+
+def is_lock_error(exc: BaseException) -> bool:
+    """True for SQLite's "database is locked" / "busy" errors (another connection has the lock)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
+
+
+def locked_message(path: str, waited: float) -> str:
+    """What to tell a user whose cache file another process keeps locked."""
+    return (
+        f"the cache file {path!r} is locked by another process (waited {waited:.0f}s): another "
+        "notebook, script or SQLite tool has it open in a write transaction. Finish or close "
+        "that, or use another cache path; nothing was sent for the rows still waiting."
+    )
+
+
+@dataclass
+class _Item:
+    action: Action
+    tables: frozenset[str]
+    seq: int
+    future: concurrent.futures.Future[Any] | None = None
+    label: str = "write"
+
+
+@dataclass
+class _State:
+    queue: deque[_Item] = field(default_factory=deque)
+    next_seq: int = 1
+    done_seq: int = 0
+    last_seq: dict[str, int] = field(default_factory=dict)
+    blocked_since: float | None = None
+    stopping: bool = False
+
+
+class SQLiteWriter:
+    """The single writing thread of one cache file in one process (see the module docstring).
+
+    ``connect`` opens the thread's own connection; ``timeout`` bounds how long a caller waits.
+    The thread starts on the first write and ends on :meth:`close` (after the queue is empty).
+    """
+
+    def __init__(self, path: str, connect: Callable[[], sqlite3.Connection], timeout: float):
+        self.path = path
+        self.timeout = timeout
+        self._connect = connect
+        self._cond = threading.Condition(threading.Lock())
+        self._state = _State()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._noticed = False
+        self.transactions = 0
+        """Write transactions committed so far (for tests and benchmarks)."""
+
+    # ------------------------------------------------------------------ callers
+
+    def write_soon(self, action: Action, tables: Iterable[str], label: str = "write") -> None:
+        """Queue ``action`` (run inside a write transaction) and return at once."""
+        self._enqueue(action, tables, None, label)
+
+    def write(self, action: Action, tables: Iterable[str], label: str = "write") -> Any:
+        """Queue ``action`` and wait until it is committed; return its value or raise its error."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._enqueue(action, tables, future, label)
+        try:
+            return future.result(timeout=self.timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # not applied if the thread has not reached it yet
+            raise self._timeout_error() from None
+
+    def settle(self, tables: Iterable[str], timeout: float | None = None) -> None:
+        """Wait until every write queued so far on ``tables`` is applied (read your own writes)."""
+        limit = self.timeout if timeout is None else timeout
+        with self._cond:
+            state = self._state
+            target = max((state.last_seq.get(t, 0) for t in tables), default=0)
+            if not self._cond.wait_for(lambda: state.done_seq >= target, timeout=limit):
+                raise self._timeout_error()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything queued so far is applied."""
+        limit = self.timeout if timeout is None else timeout
+        with self._cond:
+            state = self._state
+            target = state.next_seq - 1
+            if not self._cond.wait_for(lambda: state.done_seq >= target, timeout=limit):
+                raise self._timeout_error()
+
+    @property
+    def pending(self) -> int:
+        """Writes queued and not yet applied."""
+        with self._cond:
+            return self._state.next_seq - 1 - self._state.done_seq
+
+    def close(self, timeout: float | None = None) -> None:
+        """Apply what is queued, stop the thread and close its connection."""
+        with self._cond:
+            thread = self._thread
+            self._state.stopping = True
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.timeout if timeout is None else timeout)
+            if thread.is_alive():
+                logger.warning(
+                    "cache %s: %d write(s) still waiting for the file's lock at close",
+                    self.path,
+                    self.pending,
+                )
+                return
+        with self._cond:
+            self._thread = None
+            self._state.stopping = False
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the parent's thread and queue do not exist here; start afresh."""
+        self._cond = threading.Condition(threading.Lock())
+        self._state = _State()
+        self._thread = None
+        self._noticed = False
+        self._conn = None  # the parent's connection is never used (nor closed) in the child
+
+    def _enqueue(
+        self,
+        action: Action,
+        tables: Iterable[str],
+        future: concurrent.futures.Future[Any] | None,
+        label: str,
+    ) -> None:
+        names = frozenset(tables)
+        with self._cond:
+            state = self._state
+            item = _Item(action, names, state.next_seq, future, label)
+            state.next_seq += 1
+            for name in names:
+                state.last_seq[name] = item.seq
+            state.queue.append(item)
+            if self._thread is None or not self._thread.is_alive():
+                state.stopping = False
+                self._thread = threading.Thread(
+                    target=self._work, name=f"narrative-cache-writer:{self.path}", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _timeout_error(self) -> Exception:
+        with self._cond:
+            since = self._state.blocked_since
+        if since is not None:
+            waited = time.monotonic() - since
+            return CacheLockedError(locked_message(self.path, waited), path=self.path)
+        return CacheLockedError(
+            f"the cache file {self.path!r} did not take a write within {self.timeout:.0f}s "
+            "(the disk may be very slow or full); nothing was sent for the rows still waiting.",
+            path=self.path,
+        )
+
+    # ------------------------------------------------------------------ the thread
+
+    def _work(self) -> None:
+        state = self._state
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(state.queue) or state.stopping)
+                if not state.queue:
+                    self._close_connection()
+                    return
+                batch = [state.queue.popleft() for _ in range(min(BATCH_MAX, len(state.queue)))]
+            try:
+                self._apply(batch)
+            except BaseException:  # pragma: no cover - _apply settles every item itself
+                logger.exception("cache %s: the writer thread failed", self.path)
+            with self._cond:
+                state.done_seq = max(state.done_seq, batch[-1].seq)
+                self._cond.notify_all()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _apply(self, batch: list[_Item]) -> None:
+        """Commit ``batch`` in one transaction; on an error other than a lock, item by item."""
+        attempt = 0
+        while True:
+            items = [i for i in batch if i.future is None or not i.future.cancelled()]
+            if not items:
+                return
+            try:
+                values = self._transaction(items)
+            except Exception as exc:
+                if is_lock_error(exc):
+                    attempt += 1
+                    self._wait_for_lock(attempt, len(items))
+                    continue
+                if len(items) == 1:
+                    self._fail(items[0], exc)
+                    self._unblocked()
+                    return
+                for item in items:  # find the culprit; the others still go in, in order
+                    self._apply([item])
+                return
+            self._unblocked()
+            for item, value in zip(items, values, strict=True):
+                if item.future is not None and not item.future.cancelled():
+                    item.future.set_result(value)
+            return
+
+    def _transaction(self, items: list[_Item]) -> list[Any]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            values = [item.action(conn) for item in items]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.transactions += 1
+        return values
+
+    def _wait_for_lock(self, attempt: int, waiting: int) -> None:
+        now = time.monotonic()
+        with self._cond:
+            since = self._state.blocked_since
+            if since is None:
+                since = self._state.blocked_since = now
+        if now - since >= LOCK_NOTICE_S and not self._noticed:
+            self._noticed = True
+            logger.warning(
+                "%s; %d write(s) wait in memory and go in as soon as it is free",
+                locked_message(self.path, now - since),
+                waiting,
+            )
+        time.sleep(min(_RETRY_MAX_S, 0.01 * 2**attempt) * (1 + random.random() / 2))
+
+    def _unblocked(self) -> None:
+        with self._cond:
+            since, self._state.blocked_since = self._state.blocked_since, None
+        if since is not None and self._noticed:
+            logger.warning(
+                "the cache file %r is free again after %.0fs", self.path, time.monotonic() - since
+            )
+            self._noticed = False
+
+    def _fail(self, item: _Item, exc: Exception) -> None:
+        if item.future is not None:
+            if not item.future.cancelled():
+                item.future.set_exception(exc)
+            return
+        logger.warning("cache %s: a %s could not be stored: %s", self.path, item.label, exc)
