@@ -293,14 +293,15 @@ def create_app(core: SandboxCore) -> Starlette:
         except BadRequest as exc:
             return problem(400, exc.detail, path)
         per_page = min(per_page, MAX_PER_PAGE)
-        order_by = query.get("order_by") or "created_at_desc"
-        if order_by not in config.listing_orders:
+        requested = query.get("order_by") or None
+        if requested is not None and requested not in config.listing_orders:
             return problem(
                 400,
-                f"order_by {order_by!r} is not supported; supported values: "
+                f"order_by {requested!r} is not supported; supported values: "
                 + ", ".join(config.listing_orders),
                 path,
             )
+        order_by = requested or "created_at_desc"
         if config.listing_ignores_order:
             order_by = "created_at_desc"
         state = query.get("state") or None
