@@ -42,6 +42,7 @@ SCENARIOS = (
     "(e) = (a), httpx",
     "(f) SDK-guide loop",
     "(f) ours, same rows",
+    "(g) foreign + skew",
     "sandbox throughput",
 )
 
