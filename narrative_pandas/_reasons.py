@@ -17,12 +17,13 @@ __all__ = ["group_reasons", "reason_key", "summarise_reasons"]
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _JOB_ID = re.compile(rf"\s*\b(?:job(?:_id)?[\s:=]+)?{_UUID}\b")
+_EMPTY_PARENS = re.compile(r"\(\s*[;,:]?\s*\)")
 _SPACES = re.compile(r"\s+")
 
 
 def reason_key(reason: object) -> str:
     """``reason`` on one line, with any job id taken out (the same reason for every job)."""
-    text = _JOB_ID.sub("", str(reason))
+    text = _EMPTY_PARENS.sub("", _JOB_ID.sub("", str(reason)))
     return _SPACES.sub(" ", text).strip(" ;,") or "(no reason given)"
 
 

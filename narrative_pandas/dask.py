@@ -99,6 +99,7 @@ _SUMMED = (
     "not_submitted_rows",
     "completed_rows",
     "failed_rows",
+    "stopped_rows",
     "invalid_rows",
     "timed_out_rows",
     "prompt_tokens",
