@@ -230,9 +230,7 @@ class TestDask:
 
         sandbox.configure(responder=answer, validate_responder=False)
         df = pd.DataFrame({"text": ["good 0", "fail 1", "bad 2", "good 3"]})
-        lazy = dd.from_pandas(df, npartitions=2).narrative.infer(
-            PROMPT, output=Label, **target
-        )
+        lazy = dd.from_pandas(df, npartitions=2).narrative.infer(PROMPT, output=Label, **target)
         check_column(lazy._meta)
         with pytest.warns(npd.RowsFailedWarning):
             out = npd_dask.compute(lazy, scheduler="sync")
