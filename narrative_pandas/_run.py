@@ -292,7 +292,7 @@ class Run:
         Examples
         --------
         >>> run.cancel()                                                     # doctest: +SKIP
-        >>> run.result()["narrative_error"].str.startswith("cancelled").sum()  # doctest: +SKIP
+        >>> run.result()["narrative_status"].value_counts()["stopped"]     # doctest: +SKIP
         180
         """
         self._stop("cancelled")

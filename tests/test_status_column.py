@@ -7,6 +7,8 @@ values against what the run did (the report and ``run.status()``).
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +239,54 @@ class TestDask:
         check_column(out)
         assert out["narrative_status"].tolist() == ["completed", "failed", "invalid", "completed"]
         assert out.attrs["narrative"]["stopped_rows"] == 0
+
+
+class TestCancelIsNotAFailure:
+    def test_warning_counts_and_a_second_call_finishes(
+        self, sandbox: Sandbox, target: dict[str, str]
+    ) -> None:
+        """Cancel with jobs submitted and not: one RowsStoppedWarning, no ids, never "failed";
+        frame, run.status() and report agree; the same call again completes every row, paying
+        for none twice."""
+        sandbox.configure(queue_latency=1.0, run_latency=0.05)
+        df = pd.DataFrame({"text": [f"t{i}" for i in range(20)]})
+        run = df.narrative.start(PROMPT, output=Label, concurrency=5, progress=False, **target)
+        wait_until(lambda: sandbox.stats.jobs_created == 5, what="5 submissions")
+        run.cancel()
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            out = run.result()
+        assert [w.category for w in seen] == [npd.RowsStoppedWarning]
+        text = str(seen[0].message)
+        assert text.startswith("20 of 20 rows were stopped before they had an answer (15 x not ")
+        assert re.search(r"; 5 x still (pending|running) when cancelled; a later run", text)
+        assert "Running the same call again collects the jobs already submitted" in text
+        assert "failed" not in text
+        assert not re.search(r"[0-9a-f]{8}-[0-9a-f]{4}-", text)
+
+        status = run.status()
+        report = out.attrs["narrative"]
+        assert counts(out) == {"stopped": 20}
+        assert status["stopped"] == report["stopped_rows"] == 20
+        assert status["failed"] == report["failed_rows"] == 0
+        assert status["completed"] == report["completed_rows"] == 0
+
+        again = df.narrative.infer(PROMPT, output=Label, progress=False, **target)
+        assert counts(again) == {"completed": 20}
+        assert again.attrs["narrative"]["resumed_rows"] == 5
+        assert sandbox.stats.jobs_created == 20
+        assert sandbox.stats.duplicate_submissions == 0
+
+    def test_errors_raise_does_not_raise_for_stopped_rows(
+        self, sandbox: Sandbox, target: dict[str, str]
+    ) -> None:
+        """errors="raise" is about failures: a cancelled run returns its frame and warns."""
+        sandbox.configure(queue_latency=1.0)
+        run = pd.DataFrame({"text": ["a", "b", "c"]}).narrative.start(
+            PROMPT, output=Label, concurrency=1, errors="raise", progress=False, **target
+        )
+        wait_until(lambda: sandbox.stats.jobs_created == 1, what="1 submission")
+        run.cancel()
+        with pytest.warns(npd.RowsStoppedWarning, match="3 of 3 rows were stopped"):
+            out = run.result()
+        assert counts(out) == {"stopped": 3}
