@@ -82,6 +82,11 @@ MISTAKES: list[tuple[str, str, str]] = [
 ]
 
 
+FULL_CELL = """\
+%env NARRATIVE_PANDAS_FULL_TRACEBACK=1
+out = df.narrative.infer("Review: {review}", output_schema=Label)"""
+
+
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory: pytest.TempPathFactory) -> nbformat.NotebookNode:
     """The notebook of mistakes, run once in a fresh kernel of this interpreter."""
@@ -98,6 +103,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> nbformat.NotebookNode:
     cells = [nbformat.v4.new_code_cell(SETUP)]  # type: ignore[no-untyped-call]
     cells += [nbformat.v4.new_code_cell(src) for src, _, _ in MISTAKES]  # type: ignore[no-untyped-call]
     cells.append(nbformat.v4.new_code_cell("%tb"))  # type: ignore[no-untyped-call]
+    cells.append(nbformat.v4.new_code_cell(FULL_CELL))  # type: ignore[no-untyped-call]
     cells.append(nbformat.v4.new_code_cell("sb.stop()"))  # type: ignore[no-untyped-call]
     nb = nbformat.v4.new_notebook(cells=cells)  # type: ignore[no-untyped-call]
     client = NotebookClient(
@@ -173,3 +179,12 @@ class TestMistakesInCells:
         assert "narrative_pandas" in text and "_run.py" in text
         assert len(text.splitlines()) > 12
         assert WRONG_KEY not in text
+
+    def test_environment_switch_gives_full_tracebacks(
+        self, executed: nbformat.NotebookNode
+    ) -> None:
+        """With NARRATIVE_PANDAS_FULL_TRACEBACK=1 every error shows all its frames."""
+        error = error_of(executed.cells[len(MISTAKES) + 2])
+        assert error["ename"] == "UnknownOptionError"
+        text = "\n".join(traceback_lines(error))
+        assert "_options.py" in text and len(text.splitlines()) > 12
