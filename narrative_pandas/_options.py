@@ -19,7 +19,7 @@ from typing import Any
 
 from ._exceptions import OptionTypeError, UnknownOptionError
 
-__all__ = ["OPTION_TYPES", "RUN_OPTIONS", "VERB_OPTIONS", "check_options"]
+__all__ = ["OPTION_TYPES", "RUN_OPTIONS", "VERB_OPTIONS", "VERB_REQUIRED", "check_options"]
 
 RUN_OPTIONS: tuple[str, ...] = (
     "output",
@@ -58,6 +58,19 @@ VERB_OPTIONS: dict[str, frozenset[str]] = {
     "preview": frozenset(RUN_OPTIONS),
 }
 """Valid keywords per public verb."""
+
+VERB_REQUIRED: dict[str, tuple[str, ...]] = {
+    "start": ("output",),
+    "infer": ("output",),
+    "ainfer": ("output",),
+    "preview": ("output",),
+}
+"""Keywords a verb cannot do without (checked first, so the message names the verb called)."""
+
+_REQUIRED_HINTS: dict[str, str] = {
+    "output": "the structure of each answer: a pydantic model class or a JSON Schema dict, "
+    "e.g. output=Sentiment",
+}
 
 # Words people reach for, from other libraries, that are not close in spelling.
 _ALIASES: dict[str, str] = {
@@ -173,7 +186,7 @@ def closest_option(name: str, valid: frozenset[str] | set[str]) -> str | None:
 
 
 def check_options(verb: str, options: Mapping[str, Any]) -> None:
-    """Refuse unknown keywords (naming ``verb``) and options of the wrong type."""
+    """Refuse unknown keywords (naming ``verb``), missing required ones, and wrong types."""
     valid = VERB_OPTIONS[verb]
     for name in options:
         if name in valid:
@@ -192,6 +205,10 @@ def check_options(verb: str, options: Mapping[str, Any]) -> None:
             name=name,
             suggestion=suggestion,
         )
+    for name in VERB_REQUIRED.get(verb, ()):
+        if options.get(name) is None:
+            what = _REQUIRED_HINTS.get(name, "a value")
+            raise OptionTypeError(f"{verb}() needs {name}=: {what}.")
     for name, value in options.items():
         check = OPTION_TYPES.get(name)
         if value is None or check is None:

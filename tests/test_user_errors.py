@@ -294,3 +294,15 @@ class TestShortTraceback:
             warnings.simplefilter("always")
             frame().narrative.preview(PROMPT, output=Label, model="openai.gpt-4.2")
         assert [w.filename for w in seen] == [__file__]
+
+
+class TestRequiredOption:
+    @pytest.mark.parametrize("verb", ["infer", "start", "preview"])
+    def test_missing_output_names_the_verb(self, verb: str) -> None:
+        """Forgetting output= names the verb called (never an internal function) and says how."""
+        with pytest.raises(npd.OptionTypeError) as caught:
+            getattr(frame().narrative, verb)(PROMPT)
+        assert str(caught.value) == (
+            f"{verb}() needs output=: the structure of each answer: a pydantic model class or "
+            "a JSON Schema dict, e.g. output=Sentiment."
+        )
