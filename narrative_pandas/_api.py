@@ -160,6 +160,7 @@ def _start(
             base_url=settings.base_url,
             data_plane_id=data_plane_id or settings.data_plane_id,
             allow_insecure_http=settings.allow_insecure_http,
+            key_source=f"the client= given ({settings.key_source})",
         )
     else:
         settings = resolve_settings(api_key, base_url, data_plane_id)

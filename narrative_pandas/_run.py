@@ -16,6 +16,7 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Generator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -93,6 +94,7 @@ class Run:
         self._http: dict[str, int] = {}
         self._stop_reason: StopReason | None = None
         self._frame: pd.DataFrame | None = None
+        self._run_error: Exception | None = None
         rows = len(plan.row_keys)
         self._tracker: ProgressTracker = make_progress(
             progress, rows, on_cancel=self.cancel, title="narrative"
@@ -130,7 +132,7 @@ class Run:
         self._engine = engine
         if self._stop_reason is not None:
             engine.stop(self._stop_reason)
-        run_error: BaseException | None = None
+        run_error: Exception | None = None
         try:
             await engine.run()
         except AuthenticationError as exc:
@@ -150,6 +152,7 @@ class Run:
             }
             status = engine.report.status
             if run_error is not None:
+                self._run_error = run_error
                 self._tracker.finish("error", error=f"{type(run_error).__name__}: {run_error}")
             else:
                 finish_status = status if status in ("interrupted", "cancelled") else "done"
@@ -250,12 +253,20 @@ class Run:
     def _row_outcomes(self, pending_text: str | None) -> list[RowOutcome | None]:
         live = self._engine.outcomes if self._engine is not None else {}
         pending = RowOutcome(error=pending_text, status="pending") if pending_text else None
+        unsent = None
+        if self._run_error is not None and self._stop_reason is None:
+            # The engine winds down as if cancelled; these rows were stopped by the error.
+            error = self._run_error
+            unsent = RowOutcome(error=f"not submitted: {type(error).__name__}", status="failed")
         out: list[RowOutcome | None] = []
         for position, key in enumerate(self._plan.row_keys):
             if key is None:
                 out.append(RowOutcome(error=self._plan.skipped[position], status="skipped"))
-            else:
-                out.append(live.get(key, pending))
+                continue
+            outcome = live.get(key, pending)
+            if unsent is not None and outcome is not None and outcome.status == "cancelled":
+                outcome = unsent if outcome.job_id is None else replace(outcome, status="failed")
+            out.append(outcome)
         return out
 
     def partial(self) -> pd.DataFrame:

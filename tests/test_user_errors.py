@@ -306,3 +306,22 @@ class TestRequiredOption:
             f"{verb}() needs output=: the structure of each answer: a pydantic model class or "
             "a JSON Schema dict, e.g. output=Sentiment."
         )
+
+
+class TestRunLevelErrorAgrees:
+    def test_report_status_and_partial_agree_after_a_refusal(
+        self, sandbox: Sandbox, target: dict[str, str]
+    ) -> None:
+        """After a 400 on the first POST: status(), report and partial() all say failed."""
+        with pytest.warns(npd.UnknownModelWarning):
+            run = frame(4).narrative.start(
+                PROMPT, output=Label, model="acme.nope-1", progress=False, cache=False, **target
+            )
+        with pytest.raises(npd.BadRequestError):
+            run.result()
+        status = run.status()
+        assert (status["status"], status["failed"], status["stopped"]) == ("error", 4, 0)
+        assert (run.report["failed_rows"], run.report["stopped_rows"]) == (4, 0)
+        partial = run.partial()
+        assert partial["narrative_status"].tolist() == ["failed"] * 4
+        assert set(partial["narrative_error"]) == {"not submitted: BadRequestError"}
