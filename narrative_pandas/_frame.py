@@ -99,6 +99,28 @@ class RowOutcome:
     status: str = "completed"
 
 
+# The engine's word -> category code (-1: NA), so the column is built from codes: a list of
+# strings through pd.Categorical costs ~5 µs a row, this ~0.3 µs.
+_CODE_OF: dict[str, int] = {
+    word: STATUS_CATEGORIES.index(status) for word, status in _STATUS_OF.items()
+} | {"pending": -1}
+
+
+def status_column(outcomes: Sequence[RowOutcome]) -> pd.Categorical:
+    """``narrative_status`` for ``outcomes`` (one code per row)."""
+    code_of = _CODE_OF
+    codes = np.fromiter(
+        (code_of[o.status] if o.status in code_of else _code(row_status(o)) for o in outcomes),
+        dtype=np.int8,
+        count=len(outcomes),
+    )
+    return pd.Categorical.from_codes(codes, dtype=STATUS_DTYPE)
+
+
+def _code(status: str | None) -> int:
+    return -1 if status is None else STATUS_CATEGORIES.index(status)
+
+
 def row_status(outcome: RowOutcome) -> str | None:
     """The ``narrative_status`` of a row (None while it is still in flight)."""
     status = _STATUS_OF.get(outcome.status)
@@ -180,7 +202,6 @@ def build_frame(
     usages = [o.usage for o in outcomes]
     meta: dict[str, list[Any]] = {
         "narrative_error": [o.error for o in outcomes],
-        "narrative_status": [row_status(o) for o in outcomes],
         "narrative_job_id": [o.job_id for o in outcomes],
         "narrative_prompt_tokens": [u.prompt_tokens if u is not None else None for u in usages],
         "narrative_completion_tokens": [
@@ -190,6 +211,8 @@ def build_frame(
     }
     for name, values in meta.items():
         data[prefix + name] = _to_array(values, METADATA_DTYPES[name])
+        if name == "narrative_error":  # the status sits right beside the error
+            data[prefix + "narrative_status"] = status_column(outcomes)
     # Both sides on a fresh RangeIndex, so concat can only pair rows by position; the caller's
     # index (duplicates, MultiIndex, ...) is put back afterwards, exactly as it was.
     positions = pd.RangeIndex(n)
