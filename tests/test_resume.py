@@ -318,7 +318,7 @@ class TestInterruptAndResume:
         run = frame(3).narrative.start(PROMPT, output=Label, cache=cache, progress=False, **target)
         wait_until(lambda: sandbox.stats.jobs_created == 3, what="3 submissions")
         run.cancel()
-        with pytest.warns(npd.RowsFailedWarning):
+        with pytest.warns(npd.RowsStoppedWarning):
             run.result()
         assert len(cache.journal_entries()) == 3
         sandbox.reset()  # the server forgets every job
