@@ -21,6 +21,7 @@ from ._config import Settings, resolve_settings
 from ._engine import EngineOptions, JobRequest
 from ._exceptions import ConfigurationError
 from ._frame import METADATA_COLUMNS, output_column_names
+from ._options import check_options
 from ._plan import DEFAULT_CONCURRENCY, DEFAULT_MODEL, RunPlan, build_plan
 from ._run import Run, new_run_id
 from ._schema import OutputSpec
@@ -35,7 +36,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 RUN_RECORD_VERSION = 1
 
 
-def start(
+def start(df: pd.DataFrame, prompt: str | None = None, **options: Any) -> Run:
+    """Replaced below by the docstring and signature of :func:`_start`."""
+    check_options("start", options)
+    return _start(df, prompt, **options)
+
+
+def _start(
     df: pd.DataFrame,
     prompt: str | None = None,
     *,
@@ -103,8 +110,11 @@ def start(
     timeout : float, optional
         Seconds a job may stay unfinished before its row is given up (the job stays journaled).
     errors : {"coerce", "raise"}
-        "coerce" (default): failed rows say why in ``narrative_error`` and one warning summarises.
-        "raise": after the run, raise ``RowsFailedError`` whose ``.result`` is the whole frame.
+        "coerce" (default): failed rows say why in ``narrative_error`` and one
+        ``RowsFailedWarning`` summarises. "raise": after the run, raise ``RowsFailedError``
+        whose ``.result`` is the whole frame. Rows a cancel, an interrupt or the token budget
+        stopped are not failures: a ``RowsStoppedWarning`` says how many (run the same call
+        again to finish them).
     missing : {"empty", "skip"}
         Missing values render as "" (default), or the row is skipped with a reason.
     prefix : str
@@ -123,7 +133,8 @@ def start(
         Stop submitting once the run's tokens (completed plus an estimate for those in flight)
         would pass this budget; the rest end with a ``narrative_error`` that says so.
     only_failed : DataFrame, optional
-        A previous result of this call on the same frame: only its failed rows are run, and the
+        A previous result of this call on the same frame: only its rows without a completed
+        answer (``narrative_status`` failed, invalid, timed_out, stopped) are run, and the
         returned frame is that result with those rows replaced.
     on_interrupt : {"raise", "return"}
         On Ctrl-C: re-raise ``KeyboardInterrupt`` (default) or return the partial frame.
@@ -149,6 +160,7 @@ def start(
             base_url=settings.base_url,
             data_plane_id=data_plane_id or settings.data_plane_id,
             allow_insecure_http=settings.allow_insecure_http,
+            key_source=f"the client= given ({settings.key_source})",
         )
     else:
         settings = resolve_settings(api_key, base_url, data_plane_id)
@@ -203,9 +215,13 @@ def start(
     return run._launch()
 
 
+start.__doc__ = _start.__doc__
+start.__signature__ = inspect.signature(_start)  # type: ignore[attr-defined]
+
+
 def _same_signature(func: F) -> F:
     """Give ``func`` the signature of :func:`start` (so ``?`` in Jupyter lists every option)."""
-    params = list(inspect.signature(start).parameters.values())
+    params = list(inspect.signature(_start).parameters.values())
     own = inspect.signature(func)
     func.__signature__ = own.replace(  # type: ignore[attr-defined]
         parameters=params, return_annotation=own.return_annotation
@@ -237,7 +253,8 @@ def infer(df: pd.DataFrame, prompt: str | None = None, **options: Any) -> pd.Dat
     >>> out = npd.infer(df, "Review: {review}", output=Sentiment)       # doctest: +SKIP
     >>> out[["review", "label", "narrative_error"]]                    # doctest: +SKIP
     """
-    return start(df, prompt, **options).result()
+    check_options("infer", options)
+    return _start(df, prompt, **options).result()
 
 
 @_same_signature
@@ -248,7 +265,8 @@ async def ainfer(df: pd.DataFrame, prompt: str | None = None, **options: Any) ->
     --------
     >>> out = await df.narrative.ainfer("Review: {review}", output=Sentiment)  # doctest: +SKIP
     """
-    return await start(df, prompt, **options)
+    check_options("ainfer", options)
+    return await _start(df, prompt, **options)
 
 
 @_same_signature
@@ -266,10 +284,7 @@ def preview(df: pd.DataFrame, prompt: str | None = None, **options: Any) -> pd.D
     --------
     >>> df.narrative.preview("Review: {review}", output=Sentiment).body.iloc[0]  # doctest: +SKIP
     """
-    unknown = set(options) - set(inspect.signature(start).parameters)
-    if unknown:
-        names = ", ".join(sorted(unknown))
-        raise TypeError(f"preview() got unexpected keyword argument(s): {names}")
+    check_options("preview", options)
     plan_options = set(inspect.signature(build_plan).parameters) - {"df", "prompt", "settings"}
     kwargs = {k: v for k, v in options.items() if k in plan_options}
     settings = resolve_settings(None, options.get("base_url"), options.get("data_plane_id"))
@@ -314,6 +329,10 @@ def _failed_positions(df: pd.DataFrame, previous: pd.DataFrame, prefix: str) -> 
             "only_failed must be the result of infer on this same frame (same length and index); "
             f"got {len(previous)} rows for a frame of {len(df)}."
         )
+    status_column = prefix + "narrative_status"
+    if status_column in previous.columns:  # every row without a completed answer
+        unfinished = previous[status_column].astype(object) != "completed"
+        return [int(i) for i in unfinished.to_numpy().nonzero()[0]]
     return [int(i) for i in previous[error_column].notna().to_numpy().nonzero()[0]]
 
 

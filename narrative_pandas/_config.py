@@ -1,9 +1,12 @@
-"""Resolving the API key, base URL and data plane: arguments, then the sandbox, then environment
-variables, then :func:`configure` defaults.
+"""Resolving the API key, base URL and data plane: arguments, then ``use_sandbox()``, then
+:func:`configure`, then environment variables.
 
+What is typed in the session wins over what the environment holds: a notebook that calls
+``configure(api_key=...)`` uses that key even with a stale ``NARRATIVE_API_KEY`` exported.
 ``use_sandbox()`` (see :mod:`narrative_pandas.sandbox`) installs a process-wide target that wins
-over the environment, so a notebook that says "use the sandbox" never sends a real key anywhere;
-``configure()`` removes it again.
+over both, so a notebook that says "use the sandbox" never sends a real key anywhere;
+``configure()`` removes it again. :attr:`Settings.key_source` says where the key came from, so
+an authentication error can name it (never the key).
 """
 
 from __future__ import annotations
@@ -66,14 +69,16 @@ class Settings:
     data_plane_id: str | None
     allow_insecure_http: bool = False
     source: str = field(default="default", compare=False)
+    key_source: str = field(default="unknown", compare=False)
+    """Where the key came from, in words: e.g. "NARRATIVE_API_KEY (environment variable)"."""
 
     def require_key(self) -> ApiKey:
         """The key, or a ConfigurationError that says how to provide one."""
         if self.api_key is None or not self.api_key.reveal():
             raise ConfigurationError(
-                "No Narrative API key. Pass api_key=..., set the NARRATIVE_API_KEY environment "
-                "variable, or call narrative_pandas.configure(api_key=...). To try the library "
-                "without a key, call narrative_pandas.use_sandbox()."
+                "No Narrative API key. Call narrative_pandas.configure(api_key=...) (e.g. with "
+                "getpass.getpass()), pass api_key=..., or set the NARRATIVE_API_KEY environment "
+                "variable. To try the library without a key, call narrative_pandas.use_sandbox()."
             )
         return self.api_key
 
@@ -106,7 +111,7 @@ def configure(
     data_plane_id: str | None = None,
     allow_insecure_http: bool = False,
 ) -> None:
-    """Set process-wide defaults (used when neither arguments nor environment give a value).
+    """Set process-wide defaults: they win over environment variables, arguments win over them.
 
     Calling it also stops using a sandbox installed by ``use_sandbox()``.
 
@@ -131,11 +136,29 @@ def sandbox_target_active() -> bool:
     return _sandbox_target is not None
 
 
+KEY_SOURCES = (
+    "the api_key= argument",
+    "the sandbox (use_sandbox())",
+    "narrative_pandas.configure(api_key=...)",
+    f"{ENV_API_KEY} (environment variable)",
+)
+"""Where a key may come from, in the order they win."""
+
+
 def _first(*values: str | None) -> str | None:
     for value in values:
         if value:
             return value
     return None
+
+
+def _key_and_source(*values: str | ApiKey | None) -> tuple[ApiKey | None, str]:
+    """The first key given, masked at once (never a plain local), and where it came from."""
+    for value, source in zip(values, KEY_SOURCES, strict=True):
+        key = value if isinstance(value, ApiKey) else ApiKey(value) if value else None
+        if key is not None and key.reveal():
+            return key, source
+    return None, "none"
 
 
 def resolve_settings(
@@ -145,23 +168,24 @@ def resolve_settings(
     *,
     allow_insecure_http: bool | None = None,
 ) -> Settings:
-    """Resolve settings: arguments, then ``use_sandbox()``, then environment, then ``configure()``.
+    """Resolve settings: arguments, then ``use_sandbox()``, then ``configure()``, then environment.
 
     Raises ConfigurationError for a plain ``http://`` URL to a host that is not loopback, unless
     ``allow_insecure_http`` is set, so a key never crosses a network in clear text by accident.
     """
     sandbox = _sandbox_target or _Defaults()
-    key_arg = api_key.reveal() if isinstance(api_key, ApiKey) else api_key
-    key = _first(key_arg, sandbox.api_key, os.environ.get(ENV_API_KEY), _configured.api_key)
+    key, key_source = _key_and_source(
+        api_key, sandbox.api_key, _configured.api_key, os.environ.get(ENV_API_KEY)
+    )
     url = (
-        _first(base_url, sandbox.base_url, os.environ.get(ENV_BASE_URL), _configured.base_url)
+        _first(base_url, sandbox.base_url, _configured.base_url, os.environ.get(ENV_BASE_URL))
         or DEFAULT_BASE_URL
     )
     plane = _first(
         data_plane_id,
         sandbox.data_plane_id,
-        os.environ.get(ENV_DATA_PLANE_ID),
         _configured.data_plane_id,
+        os.environ.get(ENV_DATA_PLANE_ID),
     )
     insecure = (
         allow_insecure_http
@@ -172,11 +196,12 @@ def resolve_settings(
     check_base_url(url, allow_insecure_http=insecure)
     source = "sandbox" if _sandbox_target is not None and not base_url else "settings"
     return Settings(
-        api_key=ApiKey(key) if key else None,
+        api_key=key,
         base_url=url,
         data_plane_id=plane,
         allow_insecure_http=insecure,
         source=source,
+        key_source=key_source,
     )
 
 
@@ -193,6 +218,13 @@ def is_loopback_host(host: str) -> bool:
 def check_base_url(url: str, *, allow_insecure_http: bool = False) -> None:
     """Refuse URLs that are not http(s), and plain http to non-loopback hosts unless allowed."""
     parts = urlsplit(url)
+    if "@" in parts.netloc:
+        # Never echo it: whatever sits before the "@" may be a password or a key.
+        raise ConfigurationError(
+            f"base_url must not contain credentials (a 'user@' or 'user:password@' part, here "
+            f"before {parts.hostname!r}); pass the key as api_key=... and use e.g. "
+            f"{DEFAULT_BASE_URL!r}."
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             f"base_url {url!r} is not an http(s) URL; use e.g. {DEFAULT_BASE_URL!r}."

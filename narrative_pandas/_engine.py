@@ -501,8 +501,8 @@ class Engine:
         messages = {
             "budget": f"not submitted: max_total_tokens={limit} would be exceeded "
             f"(used {self._budget.used})",
-            "cancelled": "cancelled: not submitted",
-            "interrupted": "interrupted: not submitted",
+            "cancelled": "not submitted (cancelled)",
+            "interrupted": "not submitted (interrupted)",
         }
         while self._queue:
             live = self._queue.popleft()
@@ -826,7 +826,7 @@ class Engine:
         else:
             self._finish(
                 live.request,
-                RowOutcome(error=f"job {job_id} disappeared from the service", status="failed"),
+                RowOutcome(error="the job disappeared from the service", status="failed"),
                 old="queued",
                 new="failed",
             )
@@ -846,9 +846,9 @@ class Engine:
             self._finish(
                 live.request,
                 RowOutcome(
-                    error=f"timed out after {timeout:g}s (job {job_id} was still {live.phase}; "
-                    "it may still finish and be billed — it stays journaled, so a later run "
-                    "collects it)",
+                    error=f"timed out after {timeout:g}s (the job was still {live.phase}; it may "
+                    "still finish and be billed — it stays journaled, so a later run collects "
+                    "it)",
                     job_id=job_id,
                     status="timeout",
                 ),
@@ -911,8 +911,7 @@ class Engine:
             self._finish(
                 live.request,
                 RowOutcome(
-                    error=f"{reason}: job {job_id} was still {live.phase}; it stays journaled "
-                    "and a later run collects it instead of resubmitting",
+                    error=f"still {live.phase} when {reason}; a later run collects the job",
                     job_id=job_id,
                     status=reason,
                 ),
@@ -925,7 +924,7 @@ class Engine:
         self._give_up_queue(reason)
         # A POST cancelled at the grace limit:
         self._settle_unfinished(
-            f"{reason}: submission outcome unknown; journaled for reconciliation", status=reason
+            f"submission outcome unknown when {reason}; a later run finds the job", status=reason
         )
         self.report.status = "error" if self._fatal is not None else reason
         await self._drain_releases()

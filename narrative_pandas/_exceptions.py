@@ -5,6 +5,8 @@ the built-in it resembles, so ``except KeyError`` and ``except ValueError`` keep
 
     NarrativeError
     ├── ConfigurationError (ValueError)      missing key, insecure URL, bad option
+    │   ├── UnknownOptionError (TypeError)   a keyword no verb knows (suggests the closest)
+    │   └── OptionTypeError (TypeError)      an option of the wrong type (a bare string...)
     ├── TemplateError (KeyError)             a placeholder names no column; a malformed template
     ├── SchemaError (ValueError)             the output schema is not a usable JSON Schema
     ├── OutputValidationError (ValueError)   a job's structured_output breaks the schema
@@ -25,12 +27,24 @@ the built-in it resembles, so ``except KeyError`` and ``except ValueError`` keep
             └── ServerError          5xx
 
 Messages say what went wrong and what to do next. None of them ever contains the API key.
+
+The errors that mean "your call is wrong" (``ConfigurationError`` and its subclasses,
+``TemplateError``, ``SchemaError``, and the service's 400/401/403/404 answers that stop a run)
+show in IPython and Jupyter as their message and the user's own line, without the package's
+frames; ``%tb`` or ``NARRATIVE_PANDAS_FULL_TRACEBACK=1`` gives the full traceback (see
+``_tracebacks``).
+
+Warnings: ``RowsFailedWarning`` (rows failed, ``errors="coerce"``), ``RowsStoppedWarning`` (a
+cancel, an interrupt or the token budget stopped rows: not a failure, a re-run finishes them) and
+``UnknownModelWarning`` (a model id this version does not know; it is sent anyway).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from ._tracebacks import render_short_traceback
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,14 +63,18 @@ __all__ = [
     "JobTimeoutError",
     "NarrativeError",
     "NotFoundError",
+    "OptionTypeError",
     "OutputValidationError",
     "PermissionDeniedError",
     "RateLimitError",
     "RowsFailedError",
     "RowsFailedWarning",
+    "RowsStoppedWarning",
     "SchemaError",
     "ServerError",
     "TemplateError",
+    "UnknownModelWarning",
+    "UnknownOptionError",
     "status_error_class",
 ]
 
@@ -72,7 +90,15 @@ class NarrativeError(Exception):
         return self.message
 
 
-class ConfigurationError(NarrativeError, ValueError):
+class _CallMistake:
+    """Mixin: in IPython, show the message and the user's line only (``%tb`` for the rest)."""
+
+    def _render_traceback_(self) -> list[str]:
+        assert isinstance(self, BaseException)
+        return render_short_traceback(self)
+
+
+class ConfigurationError(_CallMistake, NarrativeError, ValueError):
     """A setting is missing or unsafe (no API key, plain http to a remote host, bad option)."""
 
 
@@ -87,7 +113,21 @@ class CacheLockedError(NarrativeError, TimeoutError):
         self.path = path
 
 
-class TemplateError(NarrativeError, KeyError):
+class UnknownOptionError(ConfigurationError, TypeError):
+    """A keyword argument none of the verb's options is called; the message names the closest."""
+
+    def __init__(self, message: str, *, verb: str, name: str, suggestion: str | None) -> None:
+        super().__init__(message)
+        self.verb = verb
+        self.name = name
+        self.suggestion = suggestion
+
+
+class OptionTypeError(ConfigurationError, TypeError):
+    """An option of the wrong type (e.g. ``stop_sequences="STOP"``), refused before sending."""
+
+
+class TemplateError(_CallMistake, NarrativeError, KeyError):
     """A template placeholder names no column, or the template cannot be parsed."""
 
     def __init__(
@@ -104,7 +144,7 @@ class TemplateError(NarrativeError, KeyError):
         self.columns = list(columns)
 
 
-class SchemaError(NarrativeError, ValueError):
+class SchemaError(_CallMistake, NarrativeError, ValueError):
     """The output schema is not a JSON Schema the service can use; ``keyword`` names the culprit."""
 
     def __init__(self, message: str, *, keyword: str | None = None, path: str = "") -> None:
@@ -210,19 +250,19 @@ class APIStatusError(APIError):
         return self.status_code
 
 
-class BadRequestError(APIStatusError):
+class BadRequestError(_CallMistake, APIStatusError):
     """400: the request body was malformed or invalid."""
 
 
-class AuthenticationError(APIStatusError):
+class AuthenticationError(_CallMistake, APIStatusError):
     """401: the API key is missing or wrong."""
 
 
-class PermissionDeniedError(APIStatusError):
+class PermissionDeniedError(_CallMistake, APIStatusError):
     """403: the key may not use this resource (often the data plane)."""
 
 
-class NotFoundError(APIStatusError):
+class NotFoundError(_CallMistake, APIStatusError):
     """404: unknown job (or expired), or unknown data plane."""
 
 
@@ -256,3 +296,15 @@ def status_error_class(status_code: int) -> type[APIStatusError]:
 
 class RowsFailedWarning(UserWarning):
     """Emitted once per run (errors="coerce") when rows failed: how many and the main reasons."""
+
+
+class RowsStoppedWarning(UserWarning):
+    """Emitted once per run when a cancel, an interrupt or the token budget stopped rows.
+
+    Stopped rows did not fail: running the same call again collects the jobs already submitted
+    and submits the rest (their ``narrative_status`` is ``stopped``).
+    """
+
+
+class UnknownModelWarning(UserWarning):
+    """A model id this version does not list; it is sent anyway (the service's list grows)."""

@@ -24,10 +24,13 @@ from ._schema import Dtype, OutputSpec
 __all__ = [
     "METADATA_COLUMNS",
     "METADATA_DTYPES",
+    "STATUS_CATEGORIES",
+    "STATUS_DTYPE",
     "RowOutcome",
     "build_frame",
     "check_collisions",
     "output_column_names",
+    "row_status",
 ]
 
 logger = logging.getLogger("narrative_pandas")
@@ -35,8 +38,36 @@ logger = logging.getLogger("narrative_pandas")
 # pandas-stubs overloads pd.array per literal dtype; the dtype here is only known at run time.
 _array: Callable[..., Any] = pd.array
 
+STATUS_CATEGORIES: tuple[str, ...] = (
+    "completed",  # a schema-valid answer (fresh or from the cache)
+    "failed",  # the job failed on the service, or could not be submitted
+    "invalid",  # the answer did not match the output schema
+    "timed_out",  # still unfinished at the per-job timeout (it stays journaled)
+    "stopped",  # cancel, interrupt or token budget: a re-run collects or submits it
+    "skipped",  # a missing value with missing="skip"
+)
+"""The categories of ``narrative_status``, in this order, in every result frame."""
+STATUS_DTYPE = pd.CategoricalDtype(list(STATUS_CATEGORIES), ordered=False)
+
+# RowOutcome.status (the engine's words) -> narrative_status; "pending" (a row still in flight,
+# in partial()) has no category: NA.
+_STATUS_OF: dict[str, str] = {
+    "completed": "completed",
+    "cached": "completed",
+    "failed": "failed",
+    "invalid": "invalid",
+    "timeout": "timed_out",
+    "timed_out": "timed_out",
+    "cancelled": "stopped",
+    "interrupted": "stopped",
+    "budget": "stopped",
+    "stopped": "stopped",
+    "skipped": "skipped",
+}
+
 METADATA_COLUMNS: tuple[str, ...] = (
     "narrative_error",
+    "narrative_status",
     "narrative_job_id",
     "narrative_prompt_tokens",
     "narrative_completion_tokens",
@@ -44,6 +75,7 @@ METADATA_COLUMNS: tuple[str, ...] = (
 )
 METADATA_DTYPES: dict[str, Dtype] = {
     "narrative_error": "string",
+    "narrative_status": STATUS_DTYPE,
     "narrative_job_id": "string",
     "narrative_prompt_tokens": "Int64",
     "narrative_completion_tokens": "Int64",
@@ -55,8 +87,9 @@ METADATA_DTYPES: dict[str, Dtype] = {
 class RowOutcome:
     """How one row ended: its validated output, or why it has none.
 
-    ``output`` is used as given (a failed row carries ``None``); ``status`` is informational:
-    completed, failed, invalid, timeout, skipped, cancelled, pending, budget, cached, ...
+    ``output`` is used as given (a failed row carries ``None``); ``status`` is the engine's
+    word (completed, cached, failed, invalid, timeout, cancelled, interrupted, budget, skipped,
+    pending), mapped by :func:`row_status` to the ``narrative_status`` column.
     """
 
     output: dict[str, Any] | None = None
@@ -64,6 +97,37 @@ class RowOutcome:
     job_id: str | None = None
     usage: InferenceUsage | TokenCounts | None = None
     status: str = "completed"
+
+
+# The engine's word -> category code (-1: NA), so the column is built from codes: a list of
+# strings through pd.Categorical costs ~5 µs a row, this ~0.3 µs.
+_CODE_OF: dict[str, int] = {
+    word: STATUS_CATEGORIES.index(status) for word, status in _STATUS_OF.items()
+} | {"pending": -1}
+
+
+def status_column(outcomes: Sequence[RowOutcome]) -> pd.Categorical:
+    """``narrative_status`` for ``outcomes`` (one code per row)."""
+    code_of = _CODE_OF
+    codes = np.fromiter(
+        (code_of[o.status] if o.status in code_of else _code(row_status(o)) for o in outcomes),
+        dtype=np.int8,
+        count=len(outcomes),
+    )
+    return pd.Categorical.from_codes(codes, dtype=STATUS_DTYPE)
+
+
+def _code(status: str | None) -> int:
+    return -1 if status is None else STATUS_CATEGORIES.index(status)
+
+
+def row_status(outcome: RowOutcome) -> str | None:
+    """The ``narrative_status`` of a row (None while it is still in flight)."""
+    status = _STATUS_OF.get(outcome.status)
+    if status is None and outcome.status != "pending":
+        # A word this table does not know yet: say whether the row has an answer, at least.
+        status = "completed" if outcome.error is None else "failed"
+    return status
 
 
 def output_column_names(
@@ -147,6 +211,8 @@ def build_frame(
     }
     for name, values in meta.items():
         data[prefix + name] = _to_array(values, METADATA_DTYPES[name])
+        if name == "narrative_error":  # the status sits right beside the error
+            data[prefix + "narrative_status"] = status_column(outcomes)
     # Both sides on a fresh RangeIndex, so concat can only pair rows by position; the caller's
     # index (duplicates, MultiIndex, ...) is put back afterwards, exactly as it was.
     positions = pd.RangeIndex(n)

@@ -6,9 +6,11 @@ raises before anything is sent, and ``preview`` shows exactly the bodies ``infer
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -18,11 +20,12 @@ from pydantic import BaseModel, ValidationError
 
 from ._config import Settings
 from ._engine import EngineOptions, JobRequest, RequestCommon, request_tag
-from ._exceptions import ConfigurationError
+from ._exceptions import ConfigurationError, OptionTypeError, UnknownModelWarning
 from ._frame import check_collisions
-from ._models import InferenceConfig, ModelInferenceRunRequest
+from ._models import KNOWN_MODELS, InferenceConfig
 from ._schema import OutputSpec
 from ._template import MessageTemplates
+from ._tracebacks import user_stacklevel
 
 __all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_MODEL", "RunPlan", "build_plan", "request_tag"]
 
@@ -106,16 +109,24 @@ def build_inference_config(
 
 
 def _check_model(model: str) -> None:
-    if not isinstance(model, str) or not model:
-        raise ConfigurationError(f"model={model!r} is not valid; pass a model id string.")
-    # Validation (and its warning for unknown ids) lives on the wire model.
-    ModelInferenceRunRequest.model_validate(
-        {
-            "data_plane_id": "check",
-            "model": model,
-            "messages": [{"role": "user", "text": "check"}],
-            "inference_config": {"output_format_schema": {}},
-        }
+    """Refuse a non-string model; warn, at the user's line, about an id this version lacks.
+
+    An unknown id is still sent (the service's list grows faster than ours); if the service
+    refuses it, the first POST's 400 ends the run with that error.
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise OptionTypeError(
+            f"model={model!r} is not valid; pass a model id string, e.g. {DEFAULT_MODEL!r}."
+        )
+    if model in KNOWN_MODELS:
+        return
+    close = difflib.get_close_matches(model, KNOWN_MODELS, n=1, cutoff=0.6)
+    hint = f"Did you mean {close[0]!r}? " if close else ""
+    warnings.warn(
+        f"model {model!r} is not one narrative_pandas knows. {hint}Sending it anyway: the "
+        f"service decides (known ids: {', '.join(KNOWN_MODELS)}).",
+        UnknownModelWarning,
+        stacklevel=user_stacklevel(),
     )
 
 
@@ -157,8 +168,17 @@ def build_plan(
     _positive("max_total_tokens", max_total_tokens, integer=True)
     if not isinstance(prefix, str):
         raise ConfigurationError(f"prefix={prefix!r} is not valid; pass a string.")
-    if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
-        raise ConfigurationError("tags must be a list of strings, e.g. tags=['labelling'].")
+    for name, value, example in (
+        ("tags", tags, "tags=['labelling']"),
+        ("stop_sequences", stop_sequences, "stop_sequences=['STOP']"),
+    ):
+        if value is not None and (
+            isinstance(value, (str, bytes)) or not all(isinstance(t, str) for t in value)
+        ):
+            raise OptionTypeError(
+                f"{name} must be a list of strings, e.g. {example}; got {value!r} "
+                "(a bare string would be split into characters)."
+            )
     _check_model(model)
 
     templates = MessageTemplates.build(prompt, system=system, messages=messages)
@@ -202,7 +222,11 @@ def build_plan(
             skipped[position] = row
             continue
         wire_messages = [{"role": m.role, "text": m.text} for m in row]
-        key = hashlib.sha256((head + _canonical(wire_messages) + tail).encode("utf-8")).hexdigest()
+        try:
+            encoded = (head + _canonical(wire_messages) + tail).encode("utf-8")
+        except UnicodeEncodeError:
+            raise _unencodable(df, position, bound.positions) from None
+        key = hashlib.sha256(encoded).hexdigest()
         row_keys.append(key)
         counts[key] = counts.get(key, 0) + 1
         if key not in unique:
@@ -237,6 +261,30 @@ def build_plan(
         errors=errors_mode,
         on_interrupt=interrupt_mode,
         model=model,
+    )
+
+
+def _unencodable(
+    df: pd.DataFrame, position: int, used: Sequence[Sequence[int]]
+) -> ConfigurationError:
+    """Name the cell with a lone surrogate (text that is not valid Unicode) at ``position``."""
+    label = df.index[position]
+    for column_position in dict.fromkeys(p for turn in used for p in turn):
+        column = df.columns[column_position]
+        value = df.iat[position, column_position]
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return ConfigurationError(
+                    f"row {label!r}, column {column!r} holds text that is not valid Unicode "
+                    f"(a lone surrogate {value[exc.start]!r} at character {exc.start}). Fix it "
+                    f"first, e.g. df[{column!r}] = df[{column!r}].str.encode('utf-8', "
+                    "'replace').str.decode('utf-8')."
+                )
+    return ConfigurationError(
+        f"row {label!r} renders to text that is not valid Unicode (a lone surrogate in the "
+        "template or a formatted value); fix the template or the row's values."
     )
 
 

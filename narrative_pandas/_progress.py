@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TextIO, get_args, runtime_checkable
 
 from ._clock import Clock, system_clock
+from ._reasons import group_reasons, reason_key, summarise_reasons
 
 __all__ = [
     "MAX_ERRORS",
@@ -55,8 +56,8 @@ __all__ = [
 logger = logging.getLogger("narrative_pandas")
 
 Phase = Literal["queued", "pending", "running", "completed", "failed", "cached", "stopped"]
-Status = Literal["running", "done", "interrupted", "cancelled"]
-FinalStatus = Literal["done", "interrupted", "cancelled"]
+Status = Literal["running", "done", "interrupted", "cancelled", "error"]
+FinalStatus = Literal["done", "interrupted", "cancelled", "error"]
 EventKind = Literal["start", "transition", "tokens", "error", "finish"]
 
 PHASES: tuple[Phase, ...] = get_args(Phase)
@@ -193,11 +194,12 @@ def bar_style_for(snapshot: ProgressSnapshot) -> Literal["", "success", "warning
     - ``"success"`` (green): done and every row has a result;
     - ``"warning"`` (amber): done, some rows failed or were stopped by the token budget, but at
       least one row has a result (completed or cached);
-    - ``"danger"`` (red): done and every row failed, or the run was interrupted or cancelled.
+    - ``"danger"`` (red): done and every row failed, the run was interrupted or cancelled, or
+      an error stopped it (e.g. the service refused its first request).
     """
     if snapshot.status == "running":
         return ""
-    if snapshot.status in ("interrupted", "cancelled"):
+    if snapshot.status in ("interrupted", "cancelled", "error"):
         return "danger"
     if snapshot.failed == 0 and snapshot.stopped == 0:
         return "success"
@@ -218,6 +220,10 @@ def status_text(snapshot: ProgressSnapshot) -> str:
             text += f" · all {s.failed} rows failed"
         elif s.failed:
             text += f" · {s.failed} of {s.total} rows failed"
+    elif s.status == "error":
+        text = f"error after {took}" + (
+            f" · {s.failed} of {s.total} rows failed" if s.failed else ""
+        )
     else:
         text = f"{s.status} at {s.ended}/{s.total} after {took}"
         if s.failed:
@@ -279,7 +285,8 @@ class ProgressTracker:
         self._counts: dict[Phase, int] = dict.fromkeys(PHASES, 0)
         self._counts["queued"] = total
         self._tokens = 0
-        self._errors: list[str] = []
+        self._errors: dict[str, int] = {}  # reason (without job ids) -> rows
+        self._run_error: str | None = None
         self._status: Status = "running"
         self._started_at: float | None = None
         self._elapsed_final: float | None = None
@@ -308,6 +315,9 @@ class ProgressTracker:
             elapsed = max(0.0, now - self._started_at)
         else:
             elapsed = 0.0
+        failed, stopped = c["failed"], c["stopped"]
+        if self._run_error is not None:  # rows a run-level error left unsent did not "stop"
+            failed, stopped = failed + stopped, 0
         done_here = c["completed"] + c["failed"]
         rate = done_here / elapsed if done_here > 0 and elapsed > 0 else None
         remaining = self.total - (done_here + c["cached"] + c["stopped"])
@@ -318,15 +328,15 @@ class ProgressTracker:
             pending=c["pending"],
             running=c["running"],
             completed=c["completed"],
-            failed=c["failed"],
+            failed=failed,
             cached=c["cached"],
             tokens=self._tokens,
             elapsed=elapsed,
             rows_per_second=rate,
             eta=eta,
-            errors=tuple(self._errors),
+            errors=self._error_lines(),
             status=self._status,
-            stopped=c["stopped"],
+            stopped=stopped,
         )
 
     # -- reporting -------------------------------------------------------------------------
@@ -372,17 +382,27 @@ class ProgressTracker:
             self._emit("tokens")
 
     def error(self, message: str, rows: int = 1) -> None:
-        """Record an error message for ``rows`` rows; the first few distinct ones are kept.
+        """Record an error message for ``rows`` rows; the first few distinct reasons are kept.
 
-        Counts are not changed: the rows still need a ``transition(..., "failed")``.
+        Identical reasons are counted once (job ids taken out): snapshots list them as
+        ``"1,893 x not submitted (cancelled)"``, most rows first. Counts are not changed: the
+        rows still need a ``transition(..., "failed")``.
         """
         text = _normalize_message(message)
+        reason = reason_key(text)
         with self._lock:
             if self.is_finished:
                 return
-            if len(self._errors) < MAX_ERRORS and text not in self._errors:
-                self._errors.append(text)
+            if reason in self._errors:
+                self._errors[reason] += rows
+            elif len(self._errors) < MAX_ERRORS:
+                self._errors[reason] = rows
             self._emit("error", rows=rows, message=text)
+
+    def _error_lines(self) -> tuple[str, ...]:
+        if self._run_error is not None:
+            return (self._run_error,)
+        return tuple(summarise_reasons([g], limit=1) for g in group_reasons(self._errors.items()))
 
     def tick(self) -> None:
         """Refresh the sinks if ``min_interval`` has passed (elapsed time and ETA move on).
@@ -397,11 +417,18 @@ class ProgressTracker:
             if now - self._last_render >= self.min_interval:
                 self._render(self._snapshot_at(now), now)
 
-    def finish(self, status: FinalStatus = "done") -> None:
-        """End the run: freeze the clock, close every sink once (idempotent)."""
+    def finish(self, status: FinalStatus = "done", error: str | None = None) -> None:
+        """End the run: freeze the clock, close every sink once (idempotent).
+
+        ``error`` (with status "error") is the run-level error that stopped it: it replaces the
+        rows' reasons in the list (they are its consequences), and rows it left unsent count as
+        failed, not stopped.
+        """
         with self._lock:
             if self.is_finished:
                 return
+            if error is not None:
+                self._run_error = _normalize_message(error)
             now = self._clock.now()
             if self._started_at is None:
                 self._started_at = now
@@ -547,6 +574,8 @@ class TextSink:
         took = format_duration(s.elapsed)
         if s.status == "done":
             head = f"{self.title}  {s.ended}/{s.total} done in {took}"
+        elif s.status == "error":
+            head = f"{self.title}  error after {took}"
         else:
             head = f"{self.title}  {s.status} at {s.ended}/{s.total} after {took}"
         parts = [head, f"{s.completed} completed", f"{s.failed} failed"]
@@ -698,7 +727,7 @@ class WidgetSink:
         if not s.errors:
             return ""
         items = "".join(f"<li><code>{html.escape(m)}</code></li>" for m in s.errors)
-        label = "Error" if len(s.errors) == 1 else f"First {len(s.errors)} distinct errors"
+        label = "Error" if s.status == "error" else "Rows without an answer (rows x reason)"
         return f"<div>{label}:</div><ul>{items}</ul>"
 
     def _show(self) -> None:

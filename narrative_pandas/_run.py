@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
-import sys
 import time
 import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Generator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -25,9 +24,16 @@ import pandas as pd
 from . import _sync
 from ._client import run_requests
 from ._engine import Engine, EngineReport, StopReason
-from ._exceptions import RowsFailedError, RowsFailedWarning
-from ._frame import RowOutcome, build_frame
+from ._exceptions import (
+    AuthenticationError,
+    RowsFailedError,
+    RowsFailedWarning,
+    RowsStoppedWarning,
+)
+from ._frame import RowOutcome, build_frame, row_status
 from ._progress import ProgressTracker, make_progress
+from ._reasons import group_reasons, summarise_reasons
+from ._tracebacks import user_stacklevel
 
 if TYPE_CHECKING:
     from ._cache import Cache
@@ -88,6 +94,7 @@ class Run:
         self._http: dict[str, int] = {}
         self._stop_reason: StopReason | None = None
         self._frame: pd.DataFrame | None = None
+        self._run_error: Exception | None = None
         rows = len(plan.row_keys)
         self._tracker: ProgressTracker = make_progress(
             progress, rows, on_cancel=self.cancel, title="narrative"
@@ -101,8 +108,8 @@ class Run:
         self._tracker.start()
         if self._plan.skipped:
             self._tracker.transition(len(self._plan.skipped), "queued", "failed")
-            for reason in dict.fromkeys(self._plan.skipped.values()):
-                self._tracker.error(reason)
+            for reason, rows in Counter(self._plan.skipped.values()).items():
+                self._tracker.error(reason, rows=rows)
         if self._client is not None and _sync.in_running_loop():
             self._future = asyncio.ensure_future(self._drive())
         else:
@@ -125,8 +132,16 @@ class Run:
         self._engine = engine
         if self._stop_reason is not None:
             engine.stop(self._stop_reason)
+        run_error: Exception | None = None
         try:
             await engine.run()
+        except AuthenticationError as exc:
+            _name_key_source(exc, self._settings.key_source)
+            run_error = exc
+            raise
+        except Exception as exc:  # e.g. the service refused the run (400/403/404 on its start)
+            run_error = exc
+            raise
         finally:
             self._elapsed = time.monotonic() - self._started
             self._http = {
@@ -136,8 +151,12 @@ class Run:
                 "list_jobs": sent[("GET", "/jobs")],
             }
             status = engine.report.status
-            finish_status = status if status in ("interrupted", "cancelled") else "done"
-            self._tracker.finish(finish_status)  # type: ignore[arg-type]
+            if run_error is not None:
+                self._run_error = run_error
+                self._tracker.finish("error", error=f"{type(run_error).__name__}: {run_error}")
+            else:
+                finish_status = status if status in ("interrupted", "cancelled") else "done"
+                self._tracker.finish(finish_status)  # type: ignore[arg-type]
             if self._cache is not None and self._cache.persistent:
                 try:
                     self._cache.update_run(self.id, status=status)
@@ -159,6 +178,11 @@ class Run:
     def status(self) -> dict[str, Any]:
         """Live counts: total, queued, pending, running, completed, failed, cached, stopped
         (rows a cancel, an interrupt or the token budget stopped), tokens.
+
+        They agree with the report and the frame: ``completed + cached`` rows have
+        ``narrative_status == "completed"`` (the report's ``completed_rows``), ``stopped`` is the
+        report's ``stopped_rows``, and ``failed`` its ``failed_rows`` (failed, invalid, timed
+        out and skipped rows).
 
         Examples
         --------
@@ -195,9 +219,10 @@ class Run:
             else EngineReport(unique_requests=len(self._plan.requests))
         )
         plan = self._plan
-        outcomes = self._row_outcomes(pending_text=None)
-        completed = sum(1 for o in outcomes if o is not None and o.error is None)
-        failed = sum(1 for o in outcomes if o is not None and o.error is not None)
+        statuses = Counter(row_status(o) for o in self._row_outcomes(pending_text=None) if o)
+        completed = statuses["completed"]
+        stopped = statuses["stopped"]
+        failed = sum(statuses.values()) - completed - stopped - statuses[None]
         elapsed = self._elapsed if self._elapsed is not None else time.monotonic() - self._started
         return {
             "run_id": self.id,
@@ -214,6 +239,7 @@ class Run:
             "not_submitted_rows": engine_report.not_submitted,
             "completed_rows": completed,
             "failed_rows": failed,
+            "stopped_rows": stopped,
             "invalid_rows": engine_report.invalid,
             "timed_out_rows": engine_report.timed_out,
             "prompt_tokens": engine_report.prompt_tokens,
@@ -232,12 +258,20 @@ class Run:
     def _row_outcomes(self, pending_text: str | None) -> list[RowOutcome | None]:
         live = self._engine.outcomes if self._engine is not None else {}
         pending = RowOutcome(error=pending_text, status="pending") if pending_text else None
+        unsent = None
+        if self._run_error is not None and self._stop_reason is None:
+            # The engine winds down as if cancelled; these rows were stopped by the error.
+            error = self._run_error
+            unsent = RowOutcome(error=f"not submitted: {type(error).__name__}", status="failed")
         out: list[RowOutcome | None] = []
         for position, key in enumerate(self._plan.row_keys):
             if key is None:
                 out.append(RowOutcome(error=self._plan.skipped[position], status="skipped"))
-            else:
-                out.append(live.get(key, pending))
+                continue
+            outcome = live.get(key, pending)
+            if unsent is not None and outcome is not None and outcome.status == "cancelled":
+                outcome = unsent if outcome.job_id is None else replace(outcome, status="failed")
+            out.append(outcome)
         return out
 
     def partial(self) -> pd.DataFrame:
@@ -249,7 +283,10 @@ class Run:
         >>> run.partial()["narrative_error"].value_counts()                 # doctest: +SKIP
         pending    180
         """
-        outcomes = [o or RowOutcome(error="pending") for o in self._row_outcomes("pending")]
+        outcomes = [
+            o or RowOutcome(error="pending", status="pending")
+            for o in self._row_outcomes("pending")
+        ]
         return self._build(outcomes)
 
     def _build(self, outcomes: list[RowOutcome]) -> pd.DataFrame:
@@ -271,7 +308,7 @@ class Run:
         Examples
         --------
         >>> run.cancel()                                                     # doctest: +SKIP
-        >>> run.result()["narrative_error"].str.startswith("cancelled").sum()  # doctest: +SKIP
+        >>> run.result()["narrative_status"].value_counts()["stopped"]     # doctest: +SKIP
         180
         """
         self._stop("cancelled")
@@ -371,8 +408,9 @@ class Run:
             if exc is not None:
                 raise exc
         if self._frame is None:
+            reason = self._stop_reason or "cancelled"
             outcomes = [
-                o or RowOutcome(error="cancelled: not submitted", status="cancelled")
+                o or RowOutcome(error=f"not submitted ({reason})", status=reason)
                 for o in self._row_outcomes(None)
             ]
             frame = self._build(outcomes)
@@ -380,31 +418,43 @@ class Run:
                 frame = self._on_finish(self, frame)
             self._frame = frame
         frame = self._frame
-        failed = self._failure_summary(frame)
-        if failed is not None and warn:
-            count, message = failed
-            if self._plan.errors == "raise":
-                raise RowsFailedError(message, result=frame, failed=count)
-            warnings.warn(message, RowsFailedWarning, stacklevel=_user_stacklevel())
+        if warn:
+            self._warn_or_raise(frame)
         shallow: pd.DataFrame = frame.copy(deep=False)
         return shallow
 
-    def _failure_summary(self, frame: pd.DataFrame) -> tuple[int, str] | None:
-        column = frame[self._plan.prefix + "narrative_error"]
-        if self._plan.skipped:  # skipped on purpose (missing="skip"): not a failure to warn about
-            keep = [p for p in range(len(column)) if p not in self._plan.skipped]
-            column = column.iloc[keep]
-        errors = column.dropna()
-        if errors.empty:
-            return None
-        reasons = Counter(str(e) for e in errors).most_common(3)
-        top = "; ".join(f"{n} x {reason}" for reason, n in reasons)
-        message = (
-            f"{len(errors)} of {len(frame)} rows failed ({top}). See the "
-            f"'{self._plan.prefix}narrative_error' column; re-run only those rows with "
-            "only_failed=<this result>."
-        )
-        return len(errors), message
+    def _warn_or_raise(self, frame: pd.DataFrame) -> None:
+        """One warning for failed rows, one for stopped rows; ``errors="raise"`` raises instead
+        of warning about failures (stopped rows are not failures: they only warn)."""
+        prefix = self._plan.prefix
+        status = frame[prefix + "narrative_status"].astype(object)
+        errors = frame[prefix + "narrative_error"]
+        failed = errors[status.isin(("failed", "invalid", "timed_out")).to_numpy()]
+        stopped = errors[(status == "stopped").to_numpy()]
+        stopped_text = _stopped_message(len(stopped), len(frame), stopped) if len(stopped) else ""
+        if len(failed) and self._plan.errors == "raise":
+            summary = summarise_reasons(group_reasons(failed.dropna()))
+            message = (
+                f"{len(failed):,} of {len(frame):,} rows failed ({summary}). The whole frame, "
+                "completed rows included, is in this error's .result (except RowsFailedError "
+                f"as err: out = err.result): see its '{prefix}narrative_error' column, and re-run "
+                "only the rows without an answer with only_failed=err.result."
+            )
+            if stopped_text:
+                message += " Also: " + stopped_text
+            raise RowsFailedError(message, result=frame, failed=len(failed))
+        level = user_stacklevel()
+        if len(failed):
+            summary = summarise_reasons(group_reasons(failed.dropna()))
+            warnings.warn(
+                f"{len(failed):,} of {len(frame):,} rows failed ({summary}). See the "
+                f"'{prefix}narrative_error' column; re-run only the rows without an answer "
+                "with only_failed=<this result>.",
+                RowsFailedWarning,
+                stacklevel=level,
+            )
+        if stopped_text:
+            warnings.warn(stopped_text, RowsStoppedWarning, stacklevel=level)
 
     def __repr__(self) -> str:
         snap = self._tracker.snapshot()
@@ -415,15 +465,33 @@ class Run:
         )
 
 
-def _user_stacklevel() -> int:
-    """The stacklevel of the first frame outside narrative_pandas (the user's line)."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    frame = sys._getframe(1)
-    level = 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
-        frame = frame.f_back  # type: ignore[assignment]
-        level += 1
-    return level
+def _stopped_message(count: int, total: int, reasons: pd.Series) -> str:
+    """The RowsStoppedWarning text: how many, why (grouped), and that a re-run finishes them."""
+    groups = group_reasons(reasons.dropna())
+    budget = any("max_total_tokens" in reason for reason, _ in groups)
+    advice = (
+        "Running the same call again collects the jobs already submitted (without paying for "
+        "them again) and submits the rest"
+    )
+    if budget:
+        advice += ", with a larger max_total_tokens for the rows the token budget stopped"
+    return (
+        f"{count:,} of {total:,} rows were stopped before they had an answer "
+        f"({summarise_reasons(groups)}). {advice}."
+    )
+
+
+def _name_key_source(exc: AuthenticationError, source: str) -> None:
+    """Say where the refused key came from (never the key), once."""
+    note = f"The key sent came from {source}: check or replace it there."
+    if note in exc.message:
+        return
+    generic = "Check the API key (NARRATIVE_API_KEY or api_key=...)."  # _client's generic hint
+    if generic in exc.message:
+        exc.message = exc.message.replace(generic, note)
+    else:
+        exc.message += f" {note}"
+    exc.args = (exc.message,)
 
 
 async def _await_future(future: asyncio.Future[None]) -> None:

@@ -58,6 +58,7 @@ from ._client import Client as _HTTPClient
 from ._config import Settings, resolve_settings
 from ._exceptions import ConfigurationError, RowsFailedError, RowsFailedWarning
 from ._frame import build_frame
+from ._options import check_options
 from ._plan import DEFAULT_CONCURRENCY, RunPlan, build_plan
 from ._run import Run
 
@@ -100,6 +101,7 @@ _SUMMED = (
     "not_submitted_rows",
     "completed_rows",
     "failed_rows",
+    "stopped_rows",
     "invalid_rows",
     "timed_out_rows",
     "prompt_tokens",
@@ -486,9 +488,7 @@ def _task(
     ddf: dd.DataFrame, prompt: str | None, options: dict[str, Any]
 ) -> tuple[_PartitionTask, RunPlan]:
     """Check every option on the client (nothing computed) and pack what workers need."""
-    unknown = set(options) - set(inspect.signature(_api.start).parameters)
-    if unknown:
-        raise TypeError(f"infer() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    check_options("infer", options)  # names and types, with the closest valid name
     for name, instead in _UNSUPPORTED.items():
         if options.get(name) is not None:
             raise ConfigurationError(f"{name}= is not supported on Dask DataFrames: {instead}.")

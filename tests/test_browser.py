@@ -84,7 +84,7 @@ with warnings.catch_warnings():
     except asyncio.TimeoutError:
         print("BLOCKED_TIMEOUT", run3.status()["status"])
     else:
-        print("BLOCKED_OK", int(out3["narrative_error"].str.startswith("cancelled").sum()))
+        print("BLOCKED_OK", int((out3["narrative_status"] == "stopped").sum()))
 """
 
 #: A slow run whose result() blocks the cell: the widget points at Interrupt, which stops it.
@@ -103,9 +103,9 @@ with warnings.catch_warnings():
         on_interrupt="return",
     )
     out4 = run4.result(timeout=60)
-    errors = out4["narrative_error"]
-    # rows answered earlier (the cache is keyed by request, not by server) have no error
-    print("INTERRUPTED_OK", int(errors.str.startswith("interrupted").sum() + errors.isna().sum()))
+    status = out4["narrative_status"]
+    # rows answered earlier (the cache is keyed by request, not by server) are completed
+    print("INTERRUPTED_OK", int(status.isin(["stopped", "completed"]).sum()))
 """
 
 
@@ -536,7 +536,18 @@ class TestNotebookWidgetInBrowser:
             expect(widget2.locator(".narrative-count-stopped b")).to_have_text(str(RUN2_ROWS))
             expect(widget2.locator(".narrative-count-failed b")).to_have_text("0")
             expect(widget2.locator(".narrative-count-completed b")).to_have_text("0")
-            expect(widget2.locator(".narrative-progress-errors")).to_contain_text("cancelled")
+            # It reads "stopped", and lists each reason once, counted, without job ids.
+            expect(widget2.locator(".narrative-progress-status")).to_contain_text(
+                f"{RUN2_ROWS} stopped"
+            )
+            reasons = widget2.locator(".narrative-progress-errors")
+            queued = RUN2_ROWS - RUN2_CONCURRENCY
+            expect(reasons).to_contain_text(f"{queued} x not submitted (cancelled)")
+            expect(reasons).to_contain_text(
+                re.compile(r"\d x still (pending|running) when cancelled")
+            )
+            expect(reasons).not_to_contain_text(re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-"))
+            expect(reasons).not_to_contain_text("failed")
 
             # Only now collect: run2.result() returns the partial frame at once.
             lab.run_cell("collect")

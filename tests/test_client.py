@@ -910,13 +910,8 @@ class TestSettings:
         async with Client(KEY, "http://127.0.0.1:8000") as client:
             assert client.settings.base_url == "http://127.0.0.1:8000"
 
-    async def test_precedence_argument_env_configure(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Arguments beat environment variables, which beat configure()."""
-        configure(api_key="key-conf", base_url="https://conf.example", data_plane_id="plane-conf")
-        async with Client() as client:
-            assert client.settings.api_key == ApiKey("key-conf")
-            assert client.settings.base_url == "https://conf.example"
-            assert client.data_plane_id == "plane-conf"
+    async def test_precedence_argument_configure_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Arguments beat configure(), which beats environment variables."""
         monkeypatch.setenv("NARRATIVE_API_KEY", "key-env")
         monkeypatch.setenv("NARRATIVE_BASE_URL", "https://env.example/")
         monkeypatch.setenv("NARRATIVE_DATA_PLANE_ID", "plane-env")
@@ -924,6 +919,11 @@ class TestSettings:
             assert client.settings.api_key == ApiKey("key-env")
             assert client.settings.base_url == "https://env.example"
             assert client.data_plane_id == "plane-env"
+        configure(api_key="key-conf", base_url="https://conf.example", data_plane_id="plane-conf")
+        async with Client() as client:
+            assert client.settings.api_key == ApiKey("key-conf")
+            assert client.settings.base_url == "https://conf.example"
+            assert client.data_plane_id == "plane-conf"
         rec = Recorder(httpx.Response(200, json=job_json()))
         async with Client(
             "key-arg",

@@ -48,6 +48,9 @@ class Person(BaseModel):
 CATS = pd.CategoricalDtype(["positive", "negative", "neutral"], ordered=False)
 META_DTYPES: dict[str, Any] = {
     "narrative_error": "string",
+    "narrative_status": pd.CategoricalDtype(
+        ["completed", "failed", "invalid", "timed_out", "stopped", "skipped"]
+    ),
     "narrative_job_id": "string",
     "narrative_prompt_tokens": "Int64",
     "narrative_completion_tokens": "Int64",
@@ -328,7 +331,7 @@ class TestColumnNames:
         message = str(info.value)
         assert message.startswith(
             "the output would overwrite existing columns 'label', 'confidence', "
-            "'narrative_error', 'narrative_job_id'"
+            "'narrative_error', 'narrative_status', 'narrative_job_id'"
         )
         assert "(this frame looks like an earlier result of infer)" in message
         assert "Pass prefix='ai_'" in message

@@ -50,6 +50,9 @@ EXPECTED_DTYPES = {
     "big": "boolean",
     "word": "string",
     "narrative_error": "string",
+    "narrative_status": pd.CategoricalDtype(
+        ["completed", "failed", "invalid", "timed_out", "stopped", "skipped"]
+    ),
     "narrative_job_id": "string",
     "narrative_prompt_tokens": "Int64",
     "narrative_completion_tokens": "Int64",

@@ -125,7 +125,7 @@ class TestCounts:
         e = events[-1]
         assert (e.kind, e.rows, e.message) == ("error", 2, "model said no")
         assert counts(e.snapshot) == (2, 3, 0, 3, 0, 2)  # errors don't move rows
-        assert e.snapshot.errors == ("model said no",)
+        assert e.snapshot.errors == ("2 x model said no",)
         t.transition(2, "pending", "failed")
         clock.advance(2.0)
         t.transition(1, "pending", "running")
@@ -249,13 +249,25 @@ class TestErrors:
     """Distinct error messages are kept in order, deduplicated and capped."""
 
     def test_dedup_and_cap(self) -> None:
-        """Repeats are dropped and only the first MAX_ERRORS distinct messages are kept."""
+        """Repeats are counted once, most rows first; only MAX_ERRORS distinct reasons are kept."""
         t = ProgressTracker(20, clock=FakeClock())
         t.start()
         for msg in ["a", "b", "a", "c", "b", "d", "e", "f", "g", "a"]:
             t.error(msg)
         assert MAX_ERRORS == 5
-        assert t.snapshot().errors == ("a", "b", "c", "d", "e")
+        assert t.snapshot().errors == ("3 x a", "2 x b", "1 x c", "1 x d", "1 x e")
+
+    def test_job_ids_grouped_away(self) -> None:
+        """Reasons that differ only by a job id are one reason, counted by rows, id-free."""
+        t = ProgressTracker(40, clock=FakeClock())
+        t.start()
+        for i in range(31):
+            t.error(f"still running when cancelled (job 4b37e573-0000-4000-8000-{i:012d})")
+        t.error("not submitted (cancelled)", rows=1893)
+        assert t.snapshot().errors == (
+            "1,893 x not submitted (cancelled)",
+            "31 x still running when cancelled",
+        )
 
     def test_messages_collapsed_and_cut(self) -> None:
         """Messages become one line, whitespace-collapsed, and very long ones are cut."""
@@ -264,9 +276,10 @@ class TestErrors:
         t.error("x" * 2000)
         t.error("line one line two")
         errors = t.snapshot().errors
-        assert errors[0] == "line one line two"
+        assert errors[0] == "2 x line one line two"
         assert len(errors) == 2
-        assert len(errors[1]) == _progress.MAX_ERROR_CHARS and errors[1].endswith("…")
+        assert len(errors[1]) == len("1 x ") + _progress.MAX_ERROR_CHARS
+        assert errors[1].endswith("…")
 
 
 class TestThrottling:
@@ -555,7 +568,7 @@ class TestTextSink:
             "narrative  interrupted at 4/10 after 1m10s · 0 completed · 1 failed · "
             "3 cached · 0 tokens"
         )
-        assert lines[1] == "  error: timed out after 600s"
+        assert lines[1] == "  error: 1 x timed out after 600s"
 
     def test_truncated_to_width_and_padded(self) -> None:
         """The live line never exceeds the width, and a shorter line blanks the longer one."""

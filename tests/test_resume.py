@@ -186,7 +186,7 @@ class TestBudget:
     ) -> None:
         """max_total_tokens stops submitting; the server's token total stays under the cap."""
         cap = 300
-        with pytest.warns(npd.RowsFailedWarning, match="max_total_tokens"):
+        with pytest.warns(npd.RowsStoppedWarning, match="max_total_tokens"):
             out = infer(frame(100), target, max_total_tokens=cap, max_tokens=20, concurrency=4)
         jobs = sandbox.jobs()
         used = sum(j["result"]["usage"]["total_tokens"] for j in jobs if j["result"])
@@ -196,6 +196,8 @@ class TestBudget:
         assert out.loc[completed, "label"].notna().all()
         stopped = out.loc[~completed, "narrative_error"]
         assert stopped.str.contains(f"max_total_tokens={cap}").all()
+        assert (out.loc[~completed, "narrative_status"] == "stopped").all()
+        assert out.attrs["narrative"]["stopped_rows"] == len(stopped)
         assert out.attrs["narrative"]["total_tokens"] == used
 
 
@@ -292,7 +294,8 @@ class TestInterruptAndResume:
                                      data_plane_id={target["data_plane_id"]!r})
             errors = out["narrative_error"]
             print("ROWS", len(out))
-            print("INTERRUPTED", errors.str.startswith("interrupted").sum())
+            print("INTERRUPTED", errors.str.contains("interrupted").sum())
+            print("STOPPED", (out["narrative_status"] == "stopped").sum())
             print("STATUS", out.attrs["narrative"]["status"])
             """,
         )
@@ -303,6 +306,7 @@ class TestInterruptAndResume:
         assert proc.returncode == 0, stderr
         assert "ROWS 20" in stdout
         assert "INTERRUPTED 20" in stdout
+        assert "STOPPED 20" in stdout
         assert "STATUS interrupted" in stdout
 
     def test_journaled_job_the_server_forgot_is_resubmitted(
@@ -314,7 +318,7 @@ class TestInterruptAndResume:
         run = frame(3).narrative.start(PROMPT, output=Label, cache=cache, progress=False, **target)
         wait_until(lambda: sandbox.stats.jobs_created == 3, what="3 submissions")
         run.cancel()
-        with pytest.warns(npd.RowsFailedWarning):
+        with pytest.warns(npd.RowsStoppedWarning):
             run.result()
         assert len(cache.journal_entries()) == 3
         sandbox.reset()  # the server forgets every job

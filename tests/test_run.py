@@ -80,7 +80,7 @@ class TestStart:
         assert snapshot["label"].isna().all()
         assert snapshot.attrs["narrative"]["status"] == "running"
         run.cancel()
-        with pytest.warns(npd.RowsFailedWarning):
+        with pytest.warns(npd.RowsStoppedWarning):
             run.result()
 
     def test_status_counts_add_up(self, sandbox: Sandbox, target: dict[str, str]) -> None:
@@ -105,12 +105,13 @@ class TestCancel:
         )
         wait_until(lambda: sandbox.stats.jobs_created == 5, what="5 submissions")
         run.cancel()
-        with pytest.warns(npd.RowsFailedWarning):
+        with pytest.warns(npd.RowsStoppedWarning):
             out = run.result()
         assert sandbox.stats.jobs_created == 5
         errors = out["narrative_error"]
-        assert errors.str.startswith("cancelled").all()
-        assert (errors == "cancelled: not submitted").sum() == 20
+        assert errors.str.contains("cancelled").all()
+        assert (errors == "not submitted (cancelled)").sum() == 20
+        assert (out["narrative_status"] == "stopped").all()
         assert out["narrative_job_id"].notna().sum() == 5
         assert out.attrs["narrative"]["status"] == "cancelled"
         status = run.status()  # stopped rows are not failures
@@ -126,7 +127,7 @@ class TestCancel:
         )
         wait_until(lambda: sandbox.stats.jobs_created == 4, what="4 submissions")
         run.cancel()
-        with pytest.warns(npd.RowsFailedWarning):
+        with pytest.warns(npd.RowsStoppedWarning):
             run.result()
         out = frame(10).narrative.infer(PROMPT, output=Label, progress=False, **target)
         assert out["narrative_error"].isna().all()
