@@ -101,8 +101,8 @@ class Run:
         self._tracker.start()
         if self._plan.skipped:
             self._tracker.transition(len(self._plan.skipped), "queued", "failed")
-            for reason in dict.fromkeys(self._plan.skipped.values()):
-                self._tracker.error(reason)
+            for reason, rows in Counter(self._plan.skipped.values()).items():
+                self._tracker.error(reason, rows=rows)
         if self._client is not None and _sync.in_running_loop():
             self._future = asyncio.ensure_future(self._drive())
         else:
