@@ -5,6 +5,7 @@ ipywidgets is imported by this module only, and this module only when a widget i
 
 from __future__ import annotations
 
+import contextvars
 import html
 import logging
 from collections.abc import Callable
@@ -223,7 +224,11 @@ class WidgetSink:
         if update is None:
             return  # nowhere to put the summary: the widget stays, in its final state
         bundle = summary_bundle(snapshot, self.title)
-        update(bundle, raw=True)
+        # An empty context: ipykernel then tags the message with the cell executing now (its
+        # global parent), not the cell that started the run, whose context the engine's task
+        # inherited. Frontends update by display id either way, but nbclient (and so papermill
+        # and nbconvert --execute) only records messages of the cell it is running.
+        contextvars.Context().run(update, bundle, raw=True)
         self.final_bundle = bundle
         for w in (self.widget, self.header, *self.header.children, self.counts, self.errors):
             w.close()  # the output no longer shows them: free the models in kernel and page

@@ -5,7 +5,7 @@ widget appears in the cell that started the run, its counts move while the kerne
 turns green, and a click on Cancel (a comm message from the page to the kernel) stops a slow run
 and leaves the partial frame. The notebook is ``tests/browser_notebooks/run_and_cancel.ipynb``.
 
-Set-up follows ``BROWSER-TESTING.md``: Debian's ``/usr/bin/chromium`` (never ``playwright
+Set-up follows ``docs/browser-testing.md``: Debian's ``/usr/bin/chromium`` (never ``playwright
 install``), all Jupyter state in the test's temp folder, a kernelspec running this interpreter,
 and cells run only once the kernel is connected and idle (the status icon says "idle" too early).
 
