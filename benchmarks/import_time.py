@@ -21,7 +21,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("aiohttp", "httpx", "jsonschema", "ipywidgets", "starlette", "uvicorn", "pydantic")
+HEAVY = (
+    "aiohttp",
+    "httpx",
+    "jsonschema",
+    "ipywidgets",
+    "starlette",
+    "uvicorn",
+    "pydantic",
+    "asyncio",
+)
 TARGET_S = 0.15
 
 PROBE = """

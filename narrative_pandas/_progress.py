@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, get_args, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, get_args, runtime_checkable
 
-from ._clock import Clock, system_clock
+if TYPE_CHECKING:
+    from ._clock import Clock
 
 __all__ = [
     "MAX_ERRORS",
@@ -118,8 +120,8 @@ class ProgressSnapshot:
 
     @property
     def all_from_cache(self) -> bool:
-        """Every row that ended came from the cache (there is no rate to show: say so)."""
-        return self.cached > 0 and self.completed + self.failed == 0
+        """Every row came from the cache (there is no rate to show: say so)."""
+        return self.total > 0 and self.cached == self.total
 
 
 @dataclass(frozen=True)
@@ -196,8 +198,12 @@ def format_rate(rows_per_second: float | None) -> str:
     return f"{rows_per_second:.2f} rows/s"
 
 
+_JOB_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I)
+
+
 def _normalize_message(message: object) -> str:
-    text = " ".join(str(message).split()) or "(no message)"
+    """One line, ids of jobs replaced by ``…`` so the same reason groups across jobs."""
+    text = _JOB_ID.sub("…", " ".join(str(message).split())) or "(no message)"
     if len(text) > MAX_ERROR_CHARS:
         text = text[: MAX_ERROR_CHARS - 1] + "…"
     return text
@@ -291,7 +297,11 @@ class ProgressTracker:
         self.sinks: tuple[ProgressSink, ...] = tuple(sinks)
         self.callback = callback
         self.min_interval = min_interval
-        self._clock: Clock = clock if clock is not None else system_clock
+        if clock is None:
+            from ._clock import system_clock  # asyncio stays unloaded by a bare import
+
+            clock = system_clock
+        self._clock: Clock = clock
         self._lock = threading.RLock()
         self._counts: dict[Phase, int] = dict.fromkeys(PHASES, 0)
         self._counts["queued"] = total

@@ -73,7 +73,7 @@ def _reasons(s: ProgressSnapshot) -> str:
     if s.other_errors:
         items += f"<li>{s.other_errors} more rows with other errors</li>"
     return (
-        '<div class="narrative-summary-reasons" style="margin-top: 2px">Why rows failed:'
+        '<div class="narrative-summary-reasons" style="margin-top: 2px">Why rows have no result:'
         f'<ul style="margin: 2px 0 0 0; padding-left: 20px">{items}</ul></div>'
     )
 

@@ -8,7 +8,16 @@ import sys
 
 import pytest
 
-HEAVY = ("aiohttp", "httpx", "jsonschema", "ipywidgets", "starlette", "uvicorn", "pydantic")
+HEAVY = (
+    "aiohttp",
+    "httpx",
+    "jsonschema",
+    "ipywidgets",
+    "starlette",
+    "uvicorn",
+    "pydantic",
+    "asyncio",
+)
 
 PROBE = """
 import json, sys
@@ -37,7 +46,7 @@ class TestBareImport:
     """What ``import narrative_pandas`` does in a fresh process (by sys.modules, not time)."""
 
     def test_loads_none_of_the_heavy_modules(self) -> None:
-        """None of the HTTP stack, jsonschema, ipywidgets, starlette, uvicorn or pydantic."""
+        """None of the HTTP stack, jsonschema, ipywidgets, starlette, uvicorn, pydantic, asyncio."""
         assert probe(PROBE % (HEAVY,))["loaded"] == []
 
     def test_loads_only_the_light_modules_of_the_package(self) -> None:
@@ -46,7 +55,6 @@ class TestBareImport:
         assert own == [
             "narrative_pandas",
             "narrative_pandas._accessor",
-            "narrative_pandas._clock",
             "narrative_pandas._config",
             "narrative_pandas._exceptions",
             "narrative_pandas._progress",

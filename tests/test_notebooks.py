@@ -289,7 +289,7 @@ class TestQuickstart:
         (text,) = summaries(cell_with(run.second, "sandbox.configure(failure_rate=0.5)"))
         failed = executed["quickstart.ipynb"].probe["flaky_failed"]
         assert f"failed {failed}" in text and f"{failed} of 6 rows failed" in text
-        assert "Why rows failed:" in text
+        assert "Why rows have no result:" in text
 
     def test_nbconvert_html_and_markdown_show_the_counts(
         self, executed: dict[str, Executed], tmp_path: Path

@@ -777,6 +777,13 @@ class TestReasons:
         assert s.reasons == (("a", 5), ("b", 1), ("c", 4), ("d", 4), ("e", 4))
         assert s.other_errors == 8
 
+    def test_job_ids_do_not_split_a_reason(self) -> None:
+        """The same message about different jobs is one reason (the job id is elided)."""
+        t = ProgressTracker(3, clock=FakeClock())
+        for job in ("9356e559-80da-43f7-8878-62b61630be57", "5ca917c7-1190-4bed-988d-40584aa4a189"):
+            t.error(f"cancelled: job {job} was still running")
+        assert t.snapshot().reasons == (("cancelled: job … was still running", 2),)
+
 
 class TestRate:
     """rows/s and ETA count from the first submission and ignore cached rows."""
