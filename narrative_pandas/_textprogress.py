@@ -159,7 +159,7 @@ class TextSink:
             self._head(s, bar_cells=self.BAR_CELLS),
             self._head(s, bar_cells=10),
             self._head(s, bar_cells=0),
-            self._head(s, bar_cells=0, title=False),
+            self._head(s, bar_cells=0, title=False).lstrip(),
         ]
         for head in heads:
             if len(join([head, *(t for _, t in core)])) <= width:
@@ -169,13 +169,15 @@ class TextSink:
             if len(head) > width:
                 return head[: width - 1] + "…"
         kept = set(core)
+
+        def shown(extra: tuple[int, str] | None = None) -> str:
+            parts = [text for f in fields if f in kept or f == extra for _, text in [f]]
+            return join([head, *parts])
+
         for field in sorted(fields, key=lambda f: -f[0]):
-            if field in kept:
-                continue
-            trial = [t for f in fields if f in kept or f == field for t in f[1:]]
-            if len(join([head, *trial])) <= width:
+            if field not in kept and len(shown(field)) <= width:
                 kept.add(field)
-        return join([head, *(t for f in fields if f in kept for t in f[1:])])
+        return shown()
 
     def plain_line(self, s: ProgressSnapshot) -> str:
         """One log line for ``s``: no bar, no control characters."""
