@@ -3,19 +3,27 @@
 ``df.narrative.infer(...)`` is ``narrative_pandas.infer(df, ...)``; ``s.narrative.infer(...)``
 treats the Series as a one-column frame whose column is named ``value`` (``{}`` or ``{value}``
 in the template), and returns that frame with the output columns.
+
+Registering the accessors must stay cheap (``import narrative_pandas`` does it), so ``_api`` -
+and with it the engine, the HTTP stack and ``jsonschema`` - is imported on first use: inside each
+method, and by :class:`_DocumentedLike` the first time a method is looked up (it copies the public
+function's docstring and signature, so ``df.narrative.infer?`` shows every option).
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pandas as pd
 
-from . import _api
-from ._run import Run
+if TYPE_CHECKING:
+    from ._run import Run
 
 __all__ = ["DataFrameNarrativeAccessor", "SeriesNarrativeAccessor"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _method_signature(func: Any) -> inspect.Signature:
@@ -25,6 +33,25 @@ def _method_signature(func: Any) -> inspect.Signature:
     return sig.replace(
         parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *params]
     )
+
+
+class _DocumentedLike(Generic[F]):
+    """A method that takes the docstring and signature of ``_api.<name>`` when first looked up."""
+
+    def __init__(self, func: F) -> None:
+        self._func = func
+        self._documented = False
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        func: Any = self._func
+        if not self._documented:
+            from . import _api
+
+            public = getattr(_api, func.__name__)
+            func.__doc__ = public.__doc__
+            func.__signature__ = _method_signature(public)
+            self._documented = True
+        return func if instance is None else func.__get__(instance, owner)
 
 
 @pd.api.extensions.register_dataframe_accessor("narrative")
@@ -39,21 +66,36 @@ class DataFrameNarrativeAccessor:
     def __init__(self, pandas_obj: pd.DataFrame) -> None:
         self._obj = pandas_obj
 
+    def _frame(self) -> pd.DataFrame:
+        return self._obj
+
+    @_DocumentedLike
     def infer(self, prompt: str | None = None, **options: Any) -> pd.DataFrame:
-        return _api.infer(self._obj, prompt, **options)
+        from . import _api
 
+        return _api.infer(self._frame(), prompt, **options)
+
+    @_DocumentedLike
     async def ainfer(self, prompt: str | None = None, **options: Any) -> pd.DataFrame:
-        return await _api.ainfer(self._obj, prompt, **options)
+        from . import _api
 
+        return await _api.ainfer(self._frame(), prompt, **options)
+
+    @_DocumentedLike
     def start(self, prompt: str | None = None, **options: Any) -> Run:
-        return _api.start(self._obj, prompt, **options)
+        from . import _api
 
+        return _api.start(self._frame(), prompt, **options)
+
+    @_DocumentedLike
     def preview(self, prompt: str | None = None, **options: Any) -> pd.DataFrame:
-        return _api.preview(self._obj, prompt, **options)
+        from . import _api
+
+        return _api.preview(self._frame(), prompt, **options)
 
 
 @pd.api.extensions.register_series_accessor("narrative")
-class SeriesNarrativeAccessor:
+class SeriesNarrativeAccessor(DataFrameNarrativeAccessor):
     """Narrative model inference on the values of a Series (``{}`` or ``{value}`` is the value).
 
     Examples
@@ -62,27 +104,7 @@ class SeriesNarrativeAccessor:
     """
 
     def __init__(self, pandas_obj: pd.Series) -> None:
-        self._obj = pandas_obj
+        self._series = pandas_obj
 
     def _frame(self) -> pd.DataFrame:
-        return self._obj.to_frame(name="value")
-
-    def infer(self, prompt: str | None = None, **options: Any) -> pd.DataFrame:
-        return _api.infer(self._frame(), prompt, **options)
-
-    async def ainfer(self, prompt: str | None = None, **options: Any) -> pd.DataFrame:
-        return await _api.ainfer(self._frame(), prompt, **options)
-
-    def start(self, prompt: str | None = None, **options: Any) -> Run:
-        return _api.start(self._frame(), prompt, **options)
-
-    def preview(self, prompt: str | None = None, **options: Any) -> pd.DataFrame:
-        return _api.preview(self._frame(), prompt, **options)
-
-
-for _cls in (DataFrameNarrativeAccessor, SeriesNarrativeAccessor):
-    for _name in ("infer", "ainfer", "start", "preview"):
-        _method = getattr(_cls, _name)
-        _public = getattr(_api, _name)
-        _method.__doc__ = _public.__doc__
-        _method.__signature__ = _method_signature(_public)
+        return self._series.to_frame(name="value")

@@ -122,8 +122,9 @@ def _start(
     flatten : bool
         Flatten nested objects into ``parent.child`` columns (default) or keep dicts.
     progress : None, bool, callable
-        None: a widget in Jupyter, a text line on a terminal, nothing otherwise. A callable
-        receives every progress event.
+        None or True: a widget in Jupyter (a static HTML summary once the run ends), else text
+        on stderr (a live line in a terminal; plain lines every 10 s in a file or log).
+        False: nothing. A callable receives every ``ProgressEvent`` instead.
     cache : True, False, path or Cache
         True (default): the process's in-memory cache. A path: a SQLite file that survives
         restarts and is shared by processes. False: no cache and no journal.

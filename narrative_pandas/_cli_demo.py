@@ -21,7 +21,7 @@ import pandas as pd
 
 from ._demo import REVIEW_PROMPT, REVIEW_SYSTEM, ReviewLabel, review_responder
 from ._exceptions import RowsFailedWarning
-from ._progress import TextSink
+from ._textprogress import TextSink
 from .data import load_reviews
 from .sandbox import Sandbox
 from .sandbox._knobs import Latency, parse_latency

@@ -1,11 +1,16 @@
-"""Progress of a run: row counts per job phase, shown as a notebook widget or a text line.
+"""Progress of a run: row counts per job phase, handed to displays and to a user callback.
 
 The engine reports what happens to rows (``transition``, ``add_tokens``, ``error``) to one
 :class:`ProgressTracker`. The tracker keeps the counts, hands every event to an optional user
 callback, and refreshes its display sinks at a bounded rate, so 10,000 rows cost a few hundred
-redraws, not 30,000. Displays are a Jupyter widget (:class:`WidgetSink`, ipywidgets imported only
-when one is built), a single self-rewriting line on stderr (:class:`TextSink`), or nothing;
-:func:`make_progress` picks one from the user's ``progress=`` argument.
+redraws, not 30,000. :func:`make_progress` picks the display from the user's ``progress=``
+argument: the notebook widget (``_widget.WidgetSink``, replaced by a static HTML summary from
+``_summary_html`` when the run ends), a text line on stderr (``_textprogress.TextSink``: a live
+line in a terminal, plain lines every few seconds otherwise), or nothing. This module imports
+neither ipywidgets nor IPython: the display modules load when a display is built.
+
+A tracker can also be fed from elsewhere: :meth:`ProgressTracker.replay` applies events reported
+by another tracker (a Dask worker's run, say), so one display can show a whole cluster.
 
 Rows move through phases::
 
@@ -21,18 +26,18 @@ arbitrary object, so nothing secret (such as the API key) can reach a display.
 
 from __future__ import annotations
 
-import html
 import logging
 import math
-import shutil
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TextIO, get_args, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, get_args, runtime_checkable
 
-from ._clock import Clock, system_clock
-from ._reasons import group_reasons, reason_key, summarise_reasons
+from ._reasons import reason_key
+
+if TYPE_CHECKING:
+    from ._clock import Clock
 
 __all__ = [
     "MAX_ERRORS",
@@ -43,8 +48,6 @@ __all__ = [
     "ProgressSink",
     "ProgressSnapshot",
     "ProgressTracker",
-    "TextSink",
-    "WidgetSink",
     "bar_style_for",
     "format_count",
     "format_duration",
@@ -89,8 +92,14 @@ class ProgressSnapshot:
     rows_per_second: float | None
     eta: float | None
     errors: tuple[str, ...]
+    """The reasons as lines, ``"1,893 x not submitted (cancelled)"`` (or the run's error)."""
     status: Status
     stopped: int = 0
+    reasons: tuple[tuple[str, int], ...] = ()
+    """Rows per reason (the first :data:`MAX_ERRORS` distinct ones, job ids taken out), most
+    rows first; with a run-level error, that error alone."""
+    other_errors: int = 0
+    """Rows whose error message was not among the first :data:`MAX_ERRORS` distinct ones."""
 
     @property
     def finished(self) -> int:
@@ -107,6 +116,16 @@ class ProgressSnapshot:
         """Rows with a result (completed + cached)."""
         return self.completed + self.cached
 
+    @property
+    def fraction(self) -> float:
+        """Share of rows the run saw through (``ended / total``; 1.0 for an empty run)."""
+        return self.ended / self.total if self.total else 1.0
+
+    @property
+    def all_from_cache(self) -> bool:
+        """Every row came from the cache (there is no rate to show: say so)."""
+        return self.total > 0 and self.cached == self.total
+
 
 @dataclass(frozen=True)
 class ProgressEvent:
@@ -118,6 +137,8 @@ class ProgressEvent:
     old: Phase | None = None
     new: Phase | None = None
     message: str | None = None
+    tokens: int = 0
+    """For ``tokens`` events: how many tokens were added."""
 
 
 @runtime_checkable
@@ -181,7 +202,8 @@ def format_rate(rows_per_second: float | None) -> str:
 
 
 def _normalize_message(message: object) -> str:
-    text = " ".join(str(message).split()) or "(no message)"
+    """One line without job ids (:func:`reason_key`), so the same reason groups across jobs."""
+    text = reason_key(message)
     if len(text) > MAX_ERROR_CHARS:
         text = text[: MAX_ERROR_CHARS - 1] + "…"
     return text
@@ -280,15 +302,22 @@ class ProgressTracker:
         self.sinks: tuple[ProgressSink, ...] = tuple(sinks)
         self.callback = callback
         self.min_interval = min_interval
-        self._clock: Clock = clock if clock is not None else system_clock
+        if clock is None:
+            from ._clock import system_clock  # asyncio stays unloaded by a bare import
+
+            clock = system_clock
+        self._clock: Clock = clock
         self._lock = threading.RLock()
         self._counts: dict[Phase, int] = dict.fromkeys(PHASES, 0)
         self._counts["queued"] = total
         self._tokens = 0
-        self._errors: dict[str, int] = {}  # reason (without job ids) -> rows
-        self._run_error: str | None = None
+        self._errors: list[str] = []
         self._status: Status = "running"
         self._started_at: float | None = None
+        self._submitted_at: float | None = None  # the rate counts from the first submission
+        self._reasons: dict[str, int] = {}
+        self._other_errors = 0
+        self._run_error: str | None = None
         self._elapsed_final: float | None = None
         self._last_render = -math.inf
         self._broken_sinks: set[int] = set()
@@ -316,10 +345,15 @@ class ProgressTracker:
         else:
             elapsed = 0.0
         failed, stopped = c["failed"], c["stopped"]
-        if self._run_error is not None:  # rows a run-level error left unsent did not "stop"
-            failed, stopped = failed + stopped, 0
-        done_here = c["completed"] + c["failed"]
-        rate = done_here / elapsed if done_here > 0 and elapsed > 0 else None
+        reasons = tuple(sorted(self._reasons.items(), key=lambda item: -item[1]))
+        errors = tuple(f"{rows:,} x {reason}" for reason, rows in reasons)
+        if self._run_error is not None:  # rows a run-level error left unsent did not "stop";
+            failed, stopped = failed + stopped, 0  # the error replaces the rows' reasons
+            reasons, errors = ((self._run_error, failed),), (self._run_error,)
+        done_here = c["completed"] + c["failed"]  # cached rows say nothing about the pace
+        end = now if self._elapsed_final is None else (self._started_at or 0.0) + elapsed
+        since = end - self._submitted_at if self._submitted_at is not None else 0.0
+        rate = done_here / since if done_here > 0 and since > 0 else None
         remaining = self.total - (done_here + c["cached"] + c["stopped"])
         eta = remaining / rate if rate is not None and self._status == "running" else None
         return ProgressSnapshot(
@@ -334,9 +368,11 @@ class ProgressTracker:
             elapsed=elapsed,
             rows_per_second=rate,
             eta=eta,
-            errors=self._error_lines(),
+            errors=errors,
             status=self._status,
             stopped=stopped,
+            reasons=reasons,
+            other_errors=self._other_errors,
         )
 
     # -- reporting -------------------------------------------------------------------------
@@ -367,6 +403,8 @@ class ProgressTracker:
                 )
             if rows == 0 or old == new:
                 return
+            if self._submitted_at is None and new in ("pending", "running"):
+                self._submitted_at = self._clock.now()
             self._counts[old] -= rows
             self._counts[new] += rows
             self._emit("transition", rows=rows, old=old, new=new)
@@ -379,30 +417,40 @@ class ProgressTracker:
             if self.is_finished or n == 0:
                 return
             self._tokens += n
-            self._emit("tokens")
+            self._emit("tokens", tokens=n)
 
     def error(self, message: str, rows: int = 1) -> None:
-        """Record an error message for ``rows`` rows; the first few distinct reasons are kept.
+        """Record an error message for ``rows`` rows; the first few distinct ones are kept.
 
-        Identical reasons are counted once (job ids taken out): snapshots list them as
-        ``"1,893 x not submitted (cancelled)"``, most rows first. Counts are not changed: the
-        rows still need a ``transition(..., "failed")``.
+        Counts are not changed: the rows still need a ``transition(..., "failed")``.
         """
         text = _normalize_message(message)
-        reason = reason_key(text)
         with self._lock:
             if self.is_finished:
                 return
-            if reason in self._errors:
-                self._errors[reason] += rows
+            if text in self._reasons:
+                self._reasons[text] += rows
             elif len(self._errors) < MAX_ERRORS:
-                self._errors[reason] = rows
+                self._errors.append(text)
+                self._reasons[text] = rows
+            else:
+                self._other_errors += rows
             self._emit("error", rows=rows, message=text)
 
-    def _error_lines(self) -> tuple[str, ...]:
-        if self._run_error is not None:
-            return (self._run_error,)
-        return tuple(summarise_reasons([g], limit=1) for g in group_reasons(self._errors.items()))
+    def replay(self, event: ProgressEvent) -> None:
+        """Apply an event reported by another tracker (e.g. a Dask worker's) to this one.
+
+        ``transition``, ``tokens`` and ``error`` events change the counts as they did there;
+        ``start`` and ``finish`` are ignored (this tracker has its own start and end). Events of
+        several trackers may be replayed in any interleaving, as long as each tracker's own
+        events arrive in order.
+        """
+        if event.kind == "transition" and event.old is not None and event.new is not None:
+            self.transition(event.rows, event.old, event.new)
+        elif event.kind == "tokens":
+            self.add_tokens(event.tokens)
+        elif event.kind == "error" and event.message is not None:
+            self.error(event.message, rows=event.rows)
 
     def tick(self) -> None:
         """Refresh the sinks if ``min_interval`` has passed (elapsed time and ETA move on).
@@ -456,6 +504,7 @@ class ProgressTracker:
         old: Phase | None = None,
         new: Phase | None = None,
         message: str | None = None,
+        tokens: int = 0,
         force: bool = False,
     ) -> None:
         now = self._clock.now()
@@ -463,7 +512,7 @@ class ProgressTracker:
         if self.callback is None and not due:
             return  # nothing to do: skip building a snapshot
         snap = self._snapshot_at(now)
-        self._call_back(kind, snap, rows=rows, old=old, new=new, message=message)
+        self._call_back(kind, snap, rows=rows, old=old, new=new, message=message, tokens=tokens)
         if due:
             self._render(snap, now)
 
@@ -476,12 +525,16 @@ class ProgressTracker:
         old: Phase | None = None,
         new: Phase | None = None,
         message: str | None = None,
+        tokens: int = 0,
     ) -> None:
         callback = self.callback
         if callback is None:
             return
         try:
-            callback(ProgressEvent(kind, snap, rows=rows, old=old, new=new, message=message))
+            event = ProgressEvent(
+                kind, snap, rows=rows, old=old, new=new, message=message, tokens=tokens
+            )
+            callback(event)
         except Exception:
             self.callback = None
             logger.warning(
@@ -508,310 +561,6 @@ class ProgressTracker:
 
 
 # --------------------------------------------------------------------------------------------
-# Text sink
-
-
-class TextSink:
-    """One line on a text stream (stderr by default), rewritten in place with ``\\r``.
-
-    The line is cut to the terminal width (``shutil.get_terminal_size``) so it never wraps;
-    the final summary ends with ``\\n`` and is followed by one line per distinct error.
-    """
-
-    BAR_CELLS = 20
-
-    def __init__(
-        self,
-        total: int,
-        *,
-        title: str | None = None,
-        stream: TextIO | None = None,
-        width: int | None = None,
-    ) -> None:
-        self.total = total
-        self.title = title or DEFAULT_TITLE
-        self._stream = stream
-        self._width = width
-        self._last_len = 0
-
-    @property
-    def stream(self) -> TextIO:
-        """Where the line goes (``sys.stderr`` at write time unless a stream was given)."""
-        return self._stream if self._stream is not None else sys.stderr
-
-    def width(self) -> int:
-        """Columns available for the live line."""
-        if self._width is not None:
-            return self._width
-        return max(20, shutil.get_terminal_size((100, 20)).columns - 1)
-
-    def line(self, s: ProgressSnapshot) -> str:
-        """The live line for ``s`` (not truncated)."""
-        total = s.total
-        frac = s.ended / total if total else 1.0
-        filled = min(self.BAR_CELLS, int(frac * self.BAR_CELLS))
-        bar = "█" * filled + "░" * (self.BAR_CELLS - filled)
-        pct = int(frac * 100) if total else 100
-        digits = len(str(total))
-        parts = [
-            f"{self.title}  {s.ended:>{digits}}/{total} ▕{bar}▏ {pct:>3}%",
-            f"pending {s.pending}",
-            f"running {s.running}",
-            f"failed {s.failed}",
-            f"cached {s.cached}",
-        ]
-        if s.stopped:
-            parts.append(f"stopped {s.stopped}")
-        parts.append(f"{format_count(s.tokens)} tokens")
-        if s.rows_per_second is not None:
-            parts.append(format_rate(s.rows_per_second))
-        if s.eta is not None:
-            parts.append(f"ETA {format_duration(s.eta)}")
-        return " · ".join(parts)
-
-    def summary(self, s: ProgressSnapshot) -> str:
-        """The final line for ``s``."""
-        took = format_duration(s.elapsed)
-        if s.status == "done":
-            head = f"{self.title}  {s.ended}/{s.total} done in {took}"
-        elif s.status == "error":
-            head = f"{self.title}  error after {took}"
-        else:
-            head = f"{self.title}  {s.status} at {s.ended}/{s.total} after {took}"
-        parts = [head, f"{s.completed} completed", f"{s.failed} failed"]
-        if s.cached:
-            parts.append(f"{s.cached} cached")
-        if s.stopped:
-            parts.append(f"{s.stopped} stopped")
-        parts.append(f"{format_count(s.tokens)} tokens")
-        return " · ".join(parts)
-
-    def _write_live(self, text: str) -> None:
-        pad = " " * max(0, self._last_len - len(text))  # blank what a longer line left
-        self.stream.write("\r" + text + pad)
-        self._last_len = len(text)
-        self.stream.flush()
-
-    def update(self, snapshot: ProgressSnapshot) -> None:
-        """Rewrite the live line."""
-        text = self.line(snapshot)
-        width = self.width()
-        if len(text) > width:
-            text = text[: width - 1] + "…"
-        self._write_live(text)
-
-    def close(self, snapshot: ProgressSnapshot) -> None:
-        """Replace the live line by the summary and end it with a newline."""
-        summary = self.summary(snapshot)
-        if self._last_len > len(summary):  # blank the live line without trailing spaces
-            self.stream.write("\r" + " " * self._last_len)
-        self.stream.write("\r" + summary + "\n")
-        self._last_len = 0
-        width = self.width()
-        for message in snapshot.errors:
-            text = f"  error: {message}"
-            if len(text) > width:
-                text = text[: width - 1] + "…"
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-# --------------------------------------------------------------------------------------------
-# Widget sink
-
-
-def _span(key: str, label: str, value: str) -> str:
-    return (
-        f'<span class="narrative-count narrative-count-{key}">'
-        f"{html.escape(label)} <b>{html.escape(value)}</b></span>"
-    )
-
-
-class WidgetSink:
-    """A Jupyter widget: bar, live counts, first errors, state word and an optional Cancel button.
-
-    Stable CSS classes (for browser tests and styling): the outer ``VBox`` has
-    ``narrative-progress``; children ``narrative-progress-bar`` (``IntProgress``, value = rows
-    completed, failed or cached, max = total), ``narrative-progress-counts``,
-    ``narrative-progress-errors``, ``narrative-progress-status`` (``HTML``) and
-    ``narrative-progress-cancel`` (``Button``, only when ``on_cancel`` is given). Inside the HTML,
-    each count is a ``span.narrative-count.narrative-count-<name>`` (``stopped`` only once a row
-    was stopped) and the state word a
-    ``span.narrative-state.narrative-state-<status>``. The bar colour follows
-    :func:`bar_style_for`. The widget is displayed on the first ``update`` (or at ``close``).
-    """
-
-    def __init__(
-        self,
-        total: int,
-        *,
-        title: str | None = None,
-        on_cancel: Callable[[], None] | None = None,
-        display: Callable[[Any], None] | None = None,
-    ) -> None:
-        import ipywidgets as widgets
-
-        self.total = total
-        self.title = title or DEFAULT_TITLE
-        self._on_cancel = on_cancel
-        self._display = display
-        self._shown = False
-        self._cancel_requested = False
-
-        self.bar = widgets.IntProgress(
-            value=0,
-            min=0,
-            max=max(total, 1),
-            description=self.title,
-            bar_style="",
-            style={"description_width": "initial"},
-            layout=widgets.Layout(width="60%"),
-        )
-        self.bar.add_class("narrative-progress-bar")
-        self.status = widgets.HTML(value=self._status_html("running", "running"))
-        self.status.add_class("narrative-progress-status")
-        self.counts = widgets.HTML(value="")
-        self.counts.add_class("narrative-progress-counts")
-        self.errors = widgets.HTML(value="", layout=widgets.Layout(display="none"))
-        self.errors.add_class("narrative-progress-errors")
-        self.cancel_button: Any = None
-        self._blocked = False
-        top = [self.bar, self.status]
-        if on_cancel is not None:
-            self.cancel_button = widgets.Button(
-                description="Cancel", icon="stop", tooltip="Cancel the remaining rows"
-            )
-            self.cancel_button.add_class("narrative-progress-cancel")
-            self.cancel_button.on_click(self._clicked)
-            top.append(self.cancel_button)
-        header = widgets.HBox(top, layout=widgets.Layout(align_items="center"))
-        self.widget = widgets.VBox([header, self.counts, self.errors])
-        self.widget.add_class("narrative-progress")
-
-    # -- rendering ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _status_html(status: str, text: str) -> str:
-        word, _, rest = text.partition(" ")
-        rest_html = f" {html.escape(rest)}" if rest else ""
-        return (
-            f'<span class="narrative-state narrative-state-{html.escape(status)}">'
-            f"<b>{html.escape(word)}</b></span>{rest_html}"
-        )
-
-    @staticmethod
-    def counts_html(s: ProgressSnapshot) -> str:
-        """The counts line for ``s``, as HTML."""
-        parts = [
-            _span("queued", "queued", str(s.queued)),
-            _span("pending", "pending", str(s.pending)),
-            _span("running", "running", str(s.running)),
-            _span("completed", "completed", str(s.completed)),
-            _span("failed", "failed", str(s.failed)),
-            _span("cached", "cached", str(s.cached)),
-        ]
-        if s.stopped:
-            parts.append(_span("stopped", "stopped", str(s.stopped)))
-        parts += [
-            _span("tokens", "tokens", format_count(s.tokens)),
-            _span("elapsed", "elapsed", format_duration(s.elapsed)),
-            _span("rate", "rows/s", format_rate(s.rows_per_second).removesuffix(" rows/s")),
-        ]
-        if s.status == "running":
-            parts.append(_span("eta", "ETA", format_duration(s.eta)))
-        return " · ".join(parts)
-
-    @staticmethod
-    def errors_html(s: ProgressSnapshot) -> str:
-        """The first distinct error messages, HTML-escaped, or ``""`` if there are none."""
-        if not s.errors:
-            return ""
-        items = "".join(f"<li><code>{html.escape(m)}</code></li>" for m in s.errors)
-        label = "Error" if s.status == "error" else "Rows without an answer (rows x reason)"
-        return f"<div>{label}:</div><ul>{items}</ul>"
-
-    def _show(self) -> None:
-        if self._shown:
-            return
-        self._shown = True
-        if self._display is not None:
-            self._display(self.widget)
-        else:
-            from IPython.display import display
-
-            show: Callable[[Any], None] = display
-            show(self.widget)
-
-    def _render(self, s: ProgressSnapshot) -> None:
-        self.bar.value = min(s.ended, self.bar.max) if s.total else 0
-        self.counts.value = self.counts_html(s)
-        errors = self.errors_html(s)
-        if errors != self.errors.value:
-            self.errors.value = errors
-            self.errors.layout.display = "" if errors else "none"
-        if s.status == "running":
-            text = "cancelling…" if self._cancel_requested else "running"
-        else:
-            text = status_text(s)
-        self.status.value = self._status_html(s.status, text)
-
-    def update(self, snapshot: ProgressSnapshot) -> None:
-        """Show the widget (first time) and refresh it."""
-        self._render(snapshot)
-        self._show()
-
-    def close(self, snapshot: ProgressSnapshot) -> None:
-        """Final state: bar colour by outcome, status sentence, Cancel disabled."""
-        self._render(snapshot)
-        if snapshot.total == 0:
-            self.bar.value = self.bar.max
-        self.bar.bar_style = bar_style_for(snapshot)
-        if self.cancel_button is not None:
-            self.cancel_button.disabled = True
-        self._show()
-
-    def set_blocking(self, blocking: bool) -> None:
-        """While a cell blocks in ``result()``, the kernel cannot see clicks: say how to stop.
-
-        A Jupyter kernel handles widget messages only while its loop is free (between cells, or
-        while a cell awaits), so during a blocking wait the button points at Interrupt instead.
-        """
-        button = self.cancel_button
-        if button is None or self._cancel_requested:
-            return
-        if blocking and not button.disabled:
-            button.disabled = True
-            button.description = "Interrupt the kernel to stop"
-            button.tooltip = (
-                "This cell is waiting for the run, so the kernel cannot take a click. Interrupt "
-                "the kernel (■) to stop it cleanly; use `await run` to keep Cancel clickable."
-            )
-            self._blocked = True
-        elif not blocking and self._blocked:
-            self._blocked = False
-            if not self._finished_shown():
-                button.disabled = False
-                button.description = "Cancel"
-                button.tooltip = "Cancel the remaining rows"
-
-    def _finished_shown(self) -> bool:
-        return bool(self.bar.bar_style) or self.bar.value >= self.bar.max > 0
-
-    def _clicked(self, _button: object) -> None:
-        if self._cancel_requested or self._on_cancel is None:
-            return
-        self._cancel_requested = True
-        if self.cancel_button is not None:
-            self.cancel_button.disabled = True
-            self.cancel_button.description = "Cancelled"
-        self.status.value = self._status_html("running", "cancelling…")
-        try:
-            self._on_cancel()
-        except Exception:
-            logger.warning("cancelling the run failed", exc_info=True)
-
-
-# --------------------------------------------------------------------------------------------
 # Selection
 
 
@@ -831,18 +580,15 @@ def in_jupyter_kernel() -> bool:
     )
 
 
-def _stderr_is_tty() -> bool:
-    try:
-        return bool(sys.stderr is not None and sys.stderr.isatty())
-    except Exception:
-        return False
-
-
 def _display_sink(
     total: int, *, in_kernel: bool, title: str | None, on_cancel: Callable[[], None] | None
 ) -> ProgressSink:
+    from ._textprogress import TextSink
+
     if in_kernel:
         try:
+            from ._widget import WidgetSink
+
             return WidgetSink(total, title=title, on_cancel=on_cancel)
         except Exception:
             logger.warning(
@@ -861,9 +607,10 @@ def make_progress(
 ) -> ProgressTracker:
     """Build the tracker for a run from the user's ``progress=`` argument.
 
-    - ``None`` (auto): the widget in a Jupyter kernel, else a text line if stderr is a terminal,
-      else nothing.
-    - ``True``: the widget in a kernel, else a text line on stderr (even if not a terminal).
+    - ``None`` (auto) or ``True``: the widget in a Jupyter kernel (a static HTML summary once
+      the run ends); elsewhere text on stderr: a live line in a terminal, or, when stderr is a
+      file, a pipe or a CI log, one plain line at the start, at most one every
+      ``NARRATIVE_PANDAS_PROGRESS_EVERY`` seconds (default 10) and one at the end.
     - ``False``: nothing.
     - a :class:`ProgressSink` (an object with ``update`` and ``close``): used as the display.
     - any other callable: called with every :class:`ProgressEvent`; nothing is displayed.
@@ -872,12 +619,7 @@ def make_progress(
     """
     sinks: list[ProgressSink] = []
     callback: Callable[[ProgressEvent], None] | None = None
-    if progress is None:
-        if in_jupyter_kernel():
-            sinks.append(_display_sink(total, in_kernel=True, title=title, on_cancel=on_cancel))
-        elif _stderr_is_tty():
-            sinks.append(TextSink(total, title=title))
-    elif progress is True:
+    if progress is None or progress is True:
         sinks.append(
             _display_sink(total, in_kernel=in_jupyter_kernel(), title=title, on_cancel=on_cancel)
         )

@@ -1,11 +1,14 @@
 """The progress widget in a real browser: JupyterLab on 127.0.0.1, driven by headless Chromium.
 
 Unit tests check the widget's Python side; only a browser shows that what a user sees works: the
-widget appears in the cell that started the run, its counts move while the kernel is idle, the bar
-turns green, and a click on Cancel (a comm message from the page to the kernel) stops a slow run
-and leaves the partial frame. The notebook is ``tests/browser_notebooks/run_and_cancel.ipynb``.
+widget appears in the cell that started the run, its counts and ``n/total · p%`` move while the
+kernel is idle, nothing in it is cut or wraps with the cell 800 and 1,000 px wide, a click on
+Cancel (a comm message from the page to the kernel) stops a slow run and leaves the partial frame,
+every finished run's widget is replaced by the static HTML summary (green, red), and the saved
+notebook, reloaded, shows those summaries and no "Error displaying widget". The notebook is
+``tests/browser_notebooks/run_and_cancel.ipynb``.
 
-Set-up follows ``BROWSER-TESTING.md``: Debian's ``/usr/bin/chromium`` (never ``playwright
+Set-up follows ``docs/browser-testing.md``: Debian's ``/usr/bin/chromium`` (never ``playwright
 install``), all Jupyter state in the test's temp folder, a kernelspec running this interpreter,
 and cells run only once the kernel is connected and idle (the status icon says "idle" too early).
 
@@ -348,14 +351,21 @@ RECORD_RUN1_JS = """
 () => {
   window.__narrativeSamples = [];
   window.__narrativeRecorder = setInterval(() => {
-    const root = document.querySelector('[data-test-tag="run1"] .narrative-progress');
+    const cell = document.querySelector('[data-test-tag="run1"]');
+    const live = cell && cell.querySelector('.narrative-progress');
+    const done = cell && cell.querySelector('.narrative-summary');
+    const root = live || done;
     if (!root) { return; }
     const count = root.querySelector('.narrative-count-completed b');
-    const bar = root.querySelector('.narrative-progress-bar .progress-bar');
-    const sample = [count ? count.textContent : '', bar ? bar.style.width : ''];
+    const bar = live ? root.querySelector('.narrative-progress-bar .progress-bar')
+                     : root.querySelector('.narrative-summary-bar > div');
+    const fraction = root.querySelector(
+      live ? '.narrative-progress-fraction' : '.narrative-summary-fraction');
+    const sample = [count ? count.textContent : '', bar ? bar.style.width : '',
+                    fraction ? fraction.textContent.trim() : '', live ? 'widget' : 'summary'];
     const all = window.__narrativeSamples;
     const last = all[all.length - 1];
-    if (!last || last[0] !== sample[0] || last[1] !== sample[1]) { all.push(sample); }
+    if (!last || last.join('|') !== sample.join('|')) { all.push(sample); }
   }, 40);
   return true;
 }
@@ -363,6 +373,35 @@ RECORD_RUN1_JS = """
 
 STOP_RECORDING_JS = """
 () => { clearInterval(window.__narrativeRecorder); return window.__narrativeSamples; }
+"""
+
+#: How many lines of text an element's content takes (distinct tops of its line boxes).
+TEXT_LINES_JS = """
+(el) => {
+  const range = document.createRange();
+  range.selectNodeContents(el);
+  const tops = new Set(Array.from(range.getClientRects()).map((r) => Math.round(r.top / 6)));
+  return tops.size;
+}
+"""
+
+#: Whether an element's text is cut (wider than the box that shows it).
+TRUNCATED_JS = "(el) => el.scrollWidth > el.clientWidth + 1"
+
+SAVE_JS = """
+async () => {
+  const app = window.jupyterapp;
+  await app.commands.execute('docmanager:save');
+  const panel = app.shell.currentWidget;
+  for (let i = 0; i < 100 && panel.context.model.dirty; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return !panel.context.model.dirty;
+}
+"""
+
+CELL_WIDTH_JS = """
+(tag) => document.querySelector(`[data-test-tag="${tag}"] .jp-OutputArea-output`).clientWidth
 """
 
 
@@ -505,15 +544,22 @@ class TestNotebookWidgetInBrowser:
             widget2 = lab.cell("run2").locator(".narrative-progress")
             expect(widget2).to_be_visible(timeout=15_000)
 
-            bar1 = widget1.locator(".narrative-progress-bar .progress-bar")
-            expect(bar1).to_have_class(re.compile(r"\bprogress-bar-success\b"), timeout=45_000)
-            expect(widget1.locator(".narrative-count-completed b")).to_have_text(str(RUN1_ROWS))
-            expect(widget1.locator(".narrative-count-failed b")).to_have_text("0")
-            expect(widget1.locator(".narrative-state-done")).to_be_visible()
-            expect(widget1.locator(".narrative-progress-cancel")).to_be_disabled()
+            # When run 1 ends, its widget is replaced by the static summary: green, all done.
+            summary1 = lab.cell("run1").locator(".narrative-summary")
+            expect(summary1).to_be_visible(timeout=45_000)
+            expect(summary1).to_have_class(re.compile(r"\bnarrative-summary-success\b"))
+            expect(widget1).to_have_count(0)
+            expect(summary1.locator(".narrative-count-completed b")).to_have_text(str(RUN1_ROWS))
+            expect(summary1.locator(".narrative-count-failed b")).to_have_text("0")
+            expect(summary1.locator(".narrative-state-done")).to_be_visible()
+            expect(summary1.locator(".narrative-summary-fraction")).to_have_text(
+                f"{RUN1_ROWS}/{RUN1_ROWS} · 100%"
+            )
+            expect(lab.output("run1").locator("button")).to_have_count(0)
             samples: list[list[str]] = lab.page.evaluate(STOP_RECORDING_JS)
-            print(f"\nrun 1 as seen live in the page (completed, bar width): {samples}")
+            print(f"\nrun 1 as seen in the page (completed, bar, fraction, what): {samples}")
             self._assert_counts_moved(samples)
+            self._assert_fraction_shown_mid_run(samples)
 
             # Run 2: exactly RUN2_CONCURRENCY jobs on the wire, the rest queued; still running.
             queued = str(RUN2_ROWS - RUN2_CONCURRENCY)
@@ -521,26 +567,33 @@ class TestNotebookWidgetInBrowser:
             expect(widget2.locator(".narrative-state-running")).to_be_visible()
             expect(widget2.locator(".narrative-count-completed b")).to_have_text("0")
 
+            expect(widget2.locator(".narrative-progress-fraction")).to_have_text(
+                f"0/{RUN2_ROWS} · 0%"
+            )
+
             # A click is a comm message: the kernel must be idle to handle it.
             lab.wait_idle()
             cancel = widget2.locator("button.narrative-progress-cancel")
             expect(cancel).to_be_enabled()
+            self._assert_fits_at(lab, "run2", widget2, cell_width=800)
+            self._assert_fits_at(lab, "run2", widget2, cell_width=1000, lines=True)
+            lab.screenshot("narrative-browser-running-800px.png")
             cancel.click()
 
-            # The kernel got the click: the run stops, the bar turns red, every row is stopped
-            # (not failed: nothing went wrong with them).
-            expect(widget2.locator(".narrative-state-cancelled")).to_be_visible()
-            bar2 = widget2.locator(".narrative-progress-bar .progress-bar")
-            expect(bar2).to_have_class(re.compile(r"\bprogress-bar-danger\b"))
-            expect(cancel).to_be_disabled()
-            expect(widget2.locator(".narrative-count-stopped b")).to_have_text(str(RUN2_ROWS))
-            expect(widget2.locator(".narrative-count-failed b")).to_have_text("0")
-            expect(widget2.locator(".narrative-count-completed b")).to_have_text("0")
+            # The kernel got the click: the run stops and its widget becomes the summary: red,
+            # every row stopped (not failed: nothing went wrong with them), no button.
+            summary2 = lab.cell("run2").locator(".narrative-summary")
+            expect(summary2).to_be_visible()
+            expect(summary2).to_have_class(re.compile(r"\bnarrative-summary-danger\b"))
+            expect(summary2.locator(".narrative-state-cancelled")).to_be_visible()
+            expect(widget2).to_have_count(0)
+            expect(lab.output("run2").locator("button")).to_have_count(0)
+            expect(summary2.locator(".narrative-count-stopped b")).to_have_text(str(RUN2_ROWS))
+            expect(summary2.locator(".narrative-count-failed b")).to_have_text("0")
+            expect(summary2.locator(".narrative-count-completed b")).to_have_text("0")
             # It reads "stopped", and lists each reason once, counted, without job ids.
-            expect(widget2.locator(".narrative-progress-status")).to_contain_text(
-                f"{RUN2_ROWS} stopped"
-            )
-            reasons = widget2.locator(".narrative-progress-errors")
+            expect(summary2).to_contain_text(f"{RUN2_ROWS} stopped")
+            reasons = summary2.locator(".narrative-summary-reasons")
             queued = RUN2_ROWS - RUN2_CONCURRENCY
             expect(reasons).to_contain_text(f"{queued} x not submitted (cancelled)")
             expect(reasons).to_contain_text(
@@ -548,6 +601,8 @@ class TestNotebookWidgetInBrowser:
             )
             expect(reasons).not_to_contain_text(re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-"))
             expect(reasons).not_to_contain_text("failed")
+            lines = summary2.locator(".narrative-summary-counts").evaluate(TEXT_LINES_JS)
+            assert lines == 1, f"the summary's counts wrap to {lines} lines at 1000 px"
 
             # Only now collect: run2.result() returns the partial frame at once.
             lab.run_cell("collect")
@@ -560,10 +615,47 @@ class TestNotebookWidgetInBrowser:
             lab.screenshot("narrative-browser.png")
 
     @staticmethod
+    def _assert_fits_at(
+        lab: LabSession, tag: str, widget: Any, *, cell_width: int, lines: bool = False
+    ) -> None:
+        """Resize the page so the cell is ``cell_width`` px wide; nothing in the widget is cut.
+
+        With ``lines``, the header row, the state and the counts each also take one line.
+        """
+        width = lab.page.evaluate(CELL_WIDTH_JS, tag)
+        size = lab.page.viewport_size
+        assert size is not None
+        lab.page.set_viewport_size({"width": size["width"] - width + cell_width, "height": 1900})
+        lab.page.wait_for_function(f"({CELL_WIDTH_JS.strip()})({json.dumps(tag)}) <= {cell_width}")
+        button = widget.locator("button.narrative-progress-cancel")
+        assert button.evaluate(TRUNCATED_JS) is False, f"button label cut at {cell_width} px"
+        for part in ("fraction", "status"):
+            content = widget.locator(f".narrative-progress-{part} .widget-html-content")
+            assert content.evaluate(TRUNCATED_JS) is False, f"{part} cut at {cell_width} px"
+            if lines:
+                assert content.evaluate(TEXT_LINES_JS) == 1, f"{part} wraps at {cell_width} px"
+        if lines:
+            counts = widget.locator(".narrative-progress-counts .widget-html-content")
+            assert counts.evaluate(TEXT_LINES_JS) == 1, f"counts wrap at {cell_width} px"
+
+    @staticmethod
+    def _assert_fraction_shown_mid_run(samples: list[list[str]]) -> None:
+        """While run 1 ran, the widget showed "n/40 · p%" with 0 < n < 40 and p = 100n/40."""
+        mid = [
+            (int(m.group(1)), int(m.group(2)))
+            for *_, fraction, what in samples
+            if what == "widget"
+            for m in [re.fullmatch(rf"(\d+)/{RUN1_ROWS} · (\d+)%", fraction)]
+            if m and 0 < int(m.group(1)) < RUN1_ROWS
+        ]
+        assert mid, f"no n/total mid-run: {samples}"
+        assert all(p == n * 100 // RUN1_ROWS for n, p in mid), mid
+
+    @staticmethod
     def _assert_counts_moved(samples: list[list[str]]) -> None:
         """Run 1's completed count and bar width rose step by step from below 40 to 40/100%."""
-        counts = [int(c) for c, _ in samples if c.strip().isdigit()]
-        widths = [w for w in (_percent(w) for _, w in samples) if w is not None]
+        counts = [int(c) for c, *_ in samples if c.strip().isdigit()]
+        widths = [w for w in (_percent(w) for _, w, *_ in samples) if w is not None]
         assert counts, f"no counts were seen: {samples}"
         assert counts == sorted(counts), f"the completed count went down: {counts}"
         assert counts[-1] == RUN1_ROWS, counts
@@ -606,8 +698,12 @@ class TestNotebookWidgetInBrowser:
             lab.start_cell("blocking")
             widget = lab.cell("blocking").locator(".narrative-progress")
             button = widget.locator("button.narrative-progress-cancel")
-            expect(button).to_have_text(re.compile("Interrupt the kernel"))
+            expect(button).to_have_text("Interrupt to stop")
+            expect(button).to_have_attribute("title", re.compile("Interrupt the kernel"))
             expect(button).to_be_disabled()
+            self._assert_fits_at(lab, "blocking", widget, cell_width=800)
+            widget.scroll_into_view_if_needed()
+            lab.screenshot("narrative-browser-blocked-800px.png")
             # some rows submitted (these rows hold a duplicate review, so count rows, not jobs)
             expect(widget.locator(".narrative-count-queued b")).not_to_have_text(str(RUN2_ROWS))
             lab.page.evaluate("window.jupyterapp.commands.execute('notebook:interrupt-kernel')")
@@ -617,5 +713,32 @@ class TestNotebookWidgetInBrowser:
                 .filter(has_text=re.compile(r"INTERRUPTED_OK"))
             )
             expect(result).to_contain_text(f"INTERRUPTED_OK {RUN2_ROWS}", timeout=30_000)
-            expect(widget.locator(".narrative-progress-status")).to_contain_text("interrupted")
+            summary = lab.cell("blocking").locator(".narrative-summary")
+            expect(summary.locator(".narrative-summary-status")).to_contain_text("interrupted")
+            expect(widget).to_have_count(0)
             lab.wait_idle()
+
+    def test_reopened_notebook_shows_the_summaries(self, lab: LabSession) -> None:
+        """Saved and reloaded, the notebook shows each run's summary and no widget error."""
+        from playwright.sync_api import expect
+
+        with lab.diagnostics("reopened"):
+            lab.wait_idle()
+            lab.page.set_viewport_size({"width": 1400, "height": 1900})
+            lab.page.evaluate(SAVE_JS)
+            saved = json.loads((lab.server.notebooks / NOTEBOOK_NAME).read_text(encoding="utf-8"))
+            kinds = [set(o.get("data", {})) for c in saved["cells"] for o in c.get("outputs", [])]
+            assert not [k for k in kinds if "application/vnd.jupyter.widget-view+json" in k]
+            lab.page.reload()
+            lab.page.wait_for_function(NOTEBOOK_IS_CURRENT_JS, arg=NOTEBOOK_NAME, timeout=60_000)
+            assert lab.page.evaluate(WAIT_FOR_NOTEBOOK_JS, NOTEBOOK_NAME) is True
+            assert lab.page.evaluate(TAG_CELLS_JS)[:4] == ["setup", "run1", "run2", "collect"]
+            summary1 = lab.cell("run1").locator(".narrative-summary")
+            expect(summary1).to_be_visible(timeout=30_000)
+            expect(summary1.locator(".narrative-count-completed b")).to_have_text(str(RUN1_ROWS))
+            summary2 = lab.cell("run2").locator(".narrative-summary")
+            expect(summary2.locator(".narrative-state-cancelled")).to_be_visible()
+            expect(lab.page.get_by_text("Error displaying widget")).to_have_count(0)
+            expect(lab.page.locator(".narrative-progress")).to_have_count(0)
+            summary1.scroll_into_view_if_needed()
+            lab.screenshot("narrative-browser-reopened.png")

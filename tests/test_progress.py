@@ -13,13 +13,12 @@ import pytest
 
 from narrative_pandas import _progress
 from narrative_pandas._clock import FakeClock
+from narrative_pandas._exceptions import ConfigurationError
 from narrative_pandas._progress import (
     MAX_ERRORS,
     ProgressEvent,
     ProgressSnapshot,
     ProgressTracker,
-    TextSink,
-    WidgetSink,
     bar_style_for,
     format_count,
     format_duration,
@@ -27,6 +26,8 @@ from narrative_pandas._progress import (
     in_jupyter_kernel,
     make_progress,
 )
+from narrative_pandas._textprogress import TextSink
+from narrative_pandas._widget import WidgetSink
 
 
 class RecordingSink:
@@ -82,7 +83,7 @@ class TestCounts:
     """Counts, tokens, errors and timing in snapshots after every event."""
 
     def test_scripted_sequence(self) -> None:
-        """Every event's snapshot has exact counts, rate and ETA from the fake clock."""
+        """Every event's snapshot has exact counts, and rate and ETA from the first submission."""
         clock = FakeClock(start=100.0)
         events: list[ProgressEvent] = []
         t = ProgressTracker(10, clock=clock, callback=events.append)
@@ -112,8 +113,8 @@ class TestCounts:
         s = events[-1].snapshot
         assert counts(s) == (2, 3, 0, 3, 0, 2)
         assert s.finished == 5 and s.elapsed == 2.0
-        assert s.rows_per_second == pytest.approx(1.5)
-        assert s.eta == pytest.approx(5 / 1.5)
+        assert s.rows_per_second == pytest.approx(3 / 1.5)  # since the first submission
+        assert s.eta == pytest.approx(5 / 2.0)
 
         t.add_tokens(1234)
         e = events[-1]
@@ -131,8 +132,8 @@ class TestCounts:
         t.transition(1, "pending", "running")
         s = events[-1].snapshot
         assert counts(s) == (2, 0, 1, 3, 2, 2)
-        assert s.rows_per_second == pytest.approx(5 / 4.0)
-        assert s.eta == pytest.approx(3 / 1.25)
+        assert s.rows_per_second == pytest.approx(5 / 3.5)
+        assert s.eta == pytest.approx(3 / (5 / 3.5))
 
         t.transition(2, "queued", "failed")  # e.g. skipped by the token budget
         t.transition(1, "running", "completed")
@@ -143,7 +144,7 @@ class TestCounts:
         s = e.snapshot
         assert counts(s) == (0, 0, 0, 4, 4, 2)
         assert (s.finished, s.status, s.elapsed, s.tokens) == (10, "done", 5.0, 1300)
-        assert s.rows_per_second == pytest.approx(8 / 5.0)
+        assert s.rows_per_second == pytest.approx(8 / 4.5)
         assert s.eta is None
         assert len(events) == 13
 
@@ -236,7 +237,7 @@ class TestStopped:
 
     def test_text_line_and_summary(self) -> None:
         stream = io.StringIO()
-        t = self.stopped_run(TextSink(30, stream=stream, width=200), "interrupted")
+        t = self.stopped_run(TextSink(30, stream=stream, width=200, live=True), "interrupted")
         assert t.snapshot().stopped == 25
         summary = stream.getvalue().split("\r")[-1].split("\n")[0]
         assert summary == (
@@ -523,7 +524,7 @@ class TestTextSink:
         """Live updates start with \\r and the summary ends with \\n, with exact wording."""
         stream = io.StringIO()
         clock = FakeClock()
-        sink = TextSink(1000, stream=stream, width=200)
+        sink = TextSink(1000, stream=stream, width=200, live=True)
         t = ProgressTracker(1000, [sink], clock=clock, min_interval=0)
         t.start()
         t.transition(1000, "queued", "pending")
@@ -556,7 +557,7 @@ class TestTextSink:
         """An interrupted run says so and lists its distinct errors on their own lines."""
         stream = io.StringIO()
         clock = FakeClock()
-        t = ProgressTracker(10, [TextSink(10, stream=stream, width=60)], clock=clock)
+        t = ProgressTracker(10, [TextSink(10, stream=stream, width=60, live=True)], clock=clock)
         t.start()
         t.transition(3, "queued", "cached")
         t.error("timed out after 600s")
@@ -568,18 +569,21 @@ class TestTextSink:
             "narrative  interrupted at 4/10 after 1m10s · 0 completed · 1 failed · "
             "3 cached · 0 tokens"
         )
-        assert lines[1] == "  error: 1 x timed out after 600s"
+        assert lines[1] == "  1 x timed out after 600s"
 
-    def test_truncated_to_width_and_padded(self) -> None:
+    def test_fitted_to_width_and_padded(self) -> None:
         """The live line never exceeds the width, and a shorter line blanks the longer one."""
         stream = io.StringIO()
-        t = ProgressTracker(10, [TextSink(10, stream=stream, width=40)], clock=FakeClock())
+        sink = TextSink(10, stream=stream, width=40, live=True)
+        t = ProgressTracker(10, [sink], clock=FakeClock())
         t.start()
         piece = stream.getvalue().split("\r")[-1]
-        assert len(piece) == 40 and piece.endswith("…")
+        assert piece == "narrative   0/10 ▕░░░░░░░░░░▏   0%"  # fields dropped, a shorter bar
 
         stream = io.StringIO()
-        sink = TextSink(10, stream=stream, width=400, title="a much longer title than usual")
+        sink = TextSink(
+            10, stream=stream, width=400, title="a much longer title than usual", live=True
+        )
         sink.update(t.snapshot())
         first = stream.getvalue().split("\r")[-1]
         sink.title = "n"
@@ -592,7 +596,7 @@ class TestTextSink:
         """Without stream= the line goes to sys.stderr as it is at write time."""
         fake = io.StringIO()
         monkeypatch.setattr(sys, "stderr", fake)
-        sink = TextSink(1, width=100)
+        sink = TextSink(1, width=100, live=True)
         t = ProgressTracker(1, [sink], clock=FakeClock())
         t.start()
         t.finish()
@@ -642,11 +646,12 @@ class TestMakeProgress:
         assert len(t.sinks) == 1 and isinstance(t.sinks[0], TextSink)
         assert t.sinks[0].title == "job"
 
-    def test_none_non_tty_is_nothing(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """progress=None with stderr not a terminal and no kernel shows nothing."""
+    def test_none_non_tty_is_plain_lines(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """progress=None with stderr not a terminal (a log, a file) gives plain lines."""
         monkeypatch.setattr(sys, "stderr", io.StringIO())
         t = make_progress(None, 2)
-        assert t.sinks == () and t.callback is None
+        assert len(t.sinks) == 1 and isinstance(t.sinks[0], TextSink)
+        assert t.sinks[0].live is False and t.sinks[0].every == 10.0
 
     def test_none_tty_is_text(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """progress=None with a terminal on stderr gives the text line."""
@@ -753,3 +758,289 @@ class TestFormat:
     def test_rate(self, rate: float | None, text: str) -> None:
         """Rates keep about two significant digits."""
         assert format_rate(rate) == text
+
+
+class FakeHandle:
+    """Stands for IPython's DisplayHandle: records what replaced the displayed widget."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[dict[str, str], bool]] = []
+
+    def update(self, obj: dict[str, str], raw: bool = False) -> None:
+        self.updates.append((obj, raw))
+
+
+def widget_with_handle(total: int, **kwargs: Any) -> tuple[WidgetSink, FakeHandle]:
+    handle = FakeHandle()
+    return WidgetSink(total, display=lambda _w: handle, **kwargs), handle
+
+
+class TestReasons:
+    """Errors are grouped by message with their row counts (what the summary lists)."""
+
+    def test_rows_per_reason_and_the_rest(self) -> None:
+        """Each of the first MAX_ERRORS messages counts its rows; later ones are summed."""
+        t = ProgressTracker(40, clock=FakeClock())
+        t.error("a", rows=3)
+        t.error("b")
+        t.error("a", rows=2)
+        for m in "cdefg":
+            t.error(m, rows=4)
+        s = t.snapshot()
+        assert s.reasons == (("a", 5), ("c", 4), ("d", 4), ("e", 4), ("b", 1))
+        assert s.other_errors == 8
+
+    def test_job_ids_do_not_split_a_reason(self) -> None:
+        """The same message about different jobs is one reason (the job id is elided)."""
+        t = ProgressTracker(3, clock=FakeClock())
+        for job in ("9356e559-80da-43f7-8878-62b61630be57", "5ca917c7-1190-4bed-988d-40584aa4a189"):
+            t.error(f"cancelled: job {job} was still running")
+        assert t.snapshot().reasons == (("cancelled: was still running", 2),)
+
+
+class TestRate:
+    """rows/s and ETA count from the first submission and ignore cached rows."""
+
+    def test_rate_ignores_time_before_the_first_submission(self) -> None:
+        """Planning and cache lookups before the first job do not slow the rate down."""
+        clock = FakeClock()
+        t = ProgressTracker(100, clock=clock)
+        t.start()
+        clock.advance(30)  # a long cache lookup
+        t.transition(50, "queued", "cached")
+        t.transition(50, "queued", "pending")
+        clock.advance(2)
+        t.transition(10, "pending", "completed")
+        s = t.snapshot()
+        assert s.rows_per_second == pytest.approx(5.0)
+        assert s.eta == pytest.approx(40 / 5.0)
+
+    def test_fully_cached_run_says_from_cache(self) -> None:
+        """A run served entirely from the cache shows "from cache", never "rows/s ?"."""
+        sink, _ = make_widget(3)
+        t = ProgressTracker(3, [sink], clock=FakeClock(), min_interval=0)
+        t.start()
+        t.transition(3, "queued", "cached")
+        t.finish()
+        assert t.snapshot().all_from_cache
+        assert "from cache" in text_of(sink.counts.value)
+        assert "?" not in text_of(sink.counts.value)
+
+
+class TestReplay:
+    """A tracker fed with another tracker's events shows the same counts (the Dask path)."""
+
+    def test_two_workers_into_one_display(self) -> None:
+        """Events of two trackers replayed into a third add up to both runs."""
+        total = ProgressTracker(10, clock=FakeClock())
+        workers = [ProgressTracker(n, clock=FakeClock(), callback=total.replay) for n in (4, 6)]
+        for w, n in zip(workers, (4, 6), strict=True):
+            w.start()
+            w.transition(1, "queued", "cached")
+            w.transition(n - 1, "queued", "pending")
+            w.transition(n - 2, "pending", "completed")
+            w.add_tokens(10 * n)
+            w.error("boom", rows=1)
+            w.transition(1, "pending", "failed")
+            w.finish()
+        s = total.snapshot()
+        assert (s.cached, s.completed, s.failed, s.queued, s.tokens) == (2, 6, 2, 0, 100)
+        assert s.reasons == (("boom", 2),)
+
+
+class TestWidgetLayout:
+    """The widget shows n/total and a percentage, and its button never truncates."""
+
+    def test_fraction_beside_the_bar(self) -> None:
+        """The header reads bar, "n/total · p%", state word and button, in that order."""
+        sink, _ = make_widget(8, on_cancel=lambda: None)
+        t = ProgressTracker(8, [sink], clock=FakeClock(), min_interval=0)
+        t.start()
+        assert text_of(sink.fraction.value) == "0/8 · 0%"
+        t.transition(3, "queued", "cached")
+        assert text_of(sink.fraction.value) == "3/8 · 37%"
+        assert list(sink.header.children) == [
+            sink.bar,
+            sink.fraction,
+            sink.status,
+            sink.cancel_button,
+        ]
+        assert "narrative-progress-fraction" in sink.fraction._dom_classes
+
+    def test_button_sizes_to_its_label_in_both_states(self) -> None:
+        """The button is as wide as its short label (width auto), with the long text as tip."""
+        sink, _ = make_widget(2, on_cancel=lambda: None)
+        button = sink.cancel_button
+        assert button.layout.width == "auto" and button.description == "Cancel"
+        sink.set_blocking(True)
+        assert button.description == "Interrupt to stop"
+        assert "Interrupt the kernel" in button.tooltip
+        sink.set_blocking(False)
+        assert button.description == "Cancel" and not button.disabled
+
+    def test_nothing_in_the_header_wraps(self) -> None:
+        """The header is a single row (nowrap) and its texts are nowrap spans."""
+        sink, _ = make_widget(2, on_cancel=lambda: None)
+        assert sink.header.layout.flex_flow == "row nowrap"
+        assert "white-space: nowrap" in sink.fraction.value
+        assert "white-space: nowrap" in sink.status.value
+
+
+class TestWidgetBecomesHTML:
+    """When the run ends, the widget's output is replaced by the static HTML summary."""
+
+    def test_summary_replaces_the_widget(self) -> None:
+        """One display update with text/html and text/plain; the widget models are closed."""
+        clock = FakeClock()
+        sink, handle = widget_with_handle(10, on_cancel=lambda: None)
+        t = ProgressTracker(10, [sink], clock=clock)
+        scripted_run(t, clock, fail=3)
+        assert len(handle.updates) == 1
+        bundle, raw = handle.updates[0]
+        assert raw is True and set(bundle) == {"text/html", "text/plain"}
+        page = text_of(bundle["text/html"])
+        assert "10/10 · 100%" in page
+        assert "completed 5" in page and "failed 3" in page and "cached 2" in page
+        assert "tokens 500" in page and "elapsed 3.0s" in page
+        assert "done in 3.0s · 3 of 10 rows failed" in page
+        assert "1 x <code>row failed &lt;0&gt;</code>" in bundle["text/html"]
+        assert "#ff9800" in bundle["text/html"]  # amber: some rows failed
+        assert bundle["text/plain"].splitlines()[0] == (
+            "narrative  10/10 done in 3.0s · 5 completed · 3 failed · 2 cached · 500 tokens"
+        )
+        assert sink.widget.comm is None and sink.bar.comm is None  # closed
+        assert sink.final_bundle == bundle
+        assert sink.cancel_button.layout.display == "none"
+
+    @pytest.mark.parametrize(
+        ("fail", "status", "colour"),
+        [(0, "done", "#4caf50"), (8, "done", "#ff9800"), (0, "cancelled", "#f44336")],
+    )
+    def test_summary_colour_is_the_bar_colour(self, fail: int, status: str, colour: str) -> None:
+        """Green done, amber with failures, red cancelled: as the widget's bar."""
+        clock = FakeClock()
+        sink, handle = widget_with_handle(10)
+        scripted_run(ProgressTracker(10, [sink], clock=clock), clock, fail=fail, status=status)
+        assert f"background: {colour}" in handle.updates[0][0]["text/html"]
+
+    def test_summary_escapes_messages(self) -> None:
+        """An error message cannot inject markup into the saved notebook."""
+        sink, handle = widget_with_handle(1)
+        t = ProgressTracker(1, [sink], clock=FakeClock())
+        t.start()
+        t.error("<img src=x onerror=alert(1)>")
+        t.transition(1, "queued", "failed")
+        t.finish()
+        page = handle.updates[0][0]["text/html"]
+        assert "<img" not in page and "&lt;img src=x" in page
+
+
+class TestPlainLines:
+    """Text without a terminal: plain lines at most every `every` s, and one at the end."""
+
+    def run(self, every: float | None = None, seconds: int = 35) -> str:
+        stream = io.StringIO()  # not a TTY
+        clock = FakeClock()
+        sink = TextSink(100, stream=stream, every=every)
+        t = ProgressTracker(100, [sink], clock=clock)
+        t.start()
+        t.transition(100, "queued", "pending")
+        for _ in range(seconds):
+            clock.advance(1)
+            t.transition(2, "pending", "completed")
+            t.tick()
+        t.error("too long", rows=1)
+        t.transition(1, "pending", "failed")
+        t.finish()
+        return stream.getvalue()
+
+    def test_one_line_every_ten_seconds_and_a_summary(self) -> None:
+        """35 s of work: the start line, lines at 10, 20 and 30 s, then the summary."""
+        lines = self.run().splitlines()
+        assert len(lines) == 6
+        assert lines[0] == (
+            "narrative  0/100 0% · pending 0 · running 0 · failed 0 · cached 0 · 0 tokens · "
+            "0.0s elapsed"
+        )
+        assert lines[1].startswith("narrative  20/100 20% · pending 80 ")
+        assert lines[1].endswith(" · 2.0 rows/s · ETA 40s · 10s elapsed")
+        assert [line.split(" · ")[-1] for line in lines[1:4]] == [
+            "10s elapsed",
+            "20s elapsed",
+            "30s elapsed",
+        ]
+        assert lines[4] == "narrative  71/100 done in 35s · 70 completed · 1 failed · 0 tokens"
+        assert lines[5] == "  1 x too long"
+
+    def test_no_carriage_return_or_escape(self) -> None:
+        """Nothing a log viewer would garble: no \\r, no ANSI escape."""
+        out = self.run()
+        assert "\r" not in out and "\x1b" not in out
+
+    def test_interval_from_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """NARRATIVE_PANDAS_PROGRESS_EVERY sets the seconds between lines."""
+        monkeypatch.setenv("NARRATIVE_PANDAS_PROGRESS_EVERY", "5")
+        assert len(self.run().splitlines()) == 1 + 7 + 2
+
+    @pytest.mark.parametrize("value", ["soon", "0", "-3", "inf"])
+    def test_bad_interval_is_a_clear_error(
+        self, monkeypatch: pytest.MonkeyPatch, value: str
+    ) -> None:
+        """A bad value names the variable and the fix, before anything runs."""
+        monkeypatch.setenv("NARRATIVE_PANDAS_PROGRESS_EVERY", value)
+        with pytest.raises(ConfigurationError, match=r"NARRATIVE_PANDAS_PROGRESS_EVERY.*positive"):
+            make_progress(None, 3)
+
+
+class TestLiveLineFits:
+    """In a terminal the live line fits the width by dropping the least useful fields."""
+
+    def snapshot(self) -> ProgressSnapshot:
+        clock = FakeClock()
+        t = ProgressTracker(1000, clock=clock)
+        t.start()
+        t.transition(1000, "queued", "pending")
+        t.transition(20, "pending", "running")
+        clock.advance(100)
+        t.transition(410, "pending", "completed")
+        t.transition(2, "pending", "failed")
+        t.add_tokens(12_300)
+        return t.snapshot()
+
+    @pytest.mark.parametrize("width", [60, 79, 99, 119])
+    def test_rate_and_eta_survive(self, width: int) -> None:
+        """At 60 to 119 columns the line fits and still ends with rows/s and ETA."""
+        line = TextSink(1000, live=True).line(self.snapshot(), width)
+        assert len(line) <= width
+        assert line.endswith("4.1 rows/s · ETA 2m23s")
+        assert "412/1000" in line and "41%" in line
+
+    def test_dropped_in_order(self) -> None:
+        """cached goes first, then pending, then running; failed stays while it fits."""
+        sink = TextSink(1000, live=True)
+        full = sink.line(self.snapshot())
+        assert "cached 0" in full
+        line = sink.line(self.snapshot(), len(full) - 1)
+        assert "cached" not in line and "pending 568" in line
+        narrower = sink.line(self.snapshot(), len(line) - 1)
+        assert "pending" not in narrower and "running 20" in narrower and "failed 2" in narrower
+
+    def test_width_of_the_stream_not_stdout(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The width comes from the terminal the line is written to."""
+        import os
+
+        seen: list[int] = []
+
+        def size(fd: int) -> os.terminal_size:
+            seen.append(fd)
+            return os.terminal_size((50, 24))
+
+        class Tty(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+            def fileno(self) -> int:
+                return 7
+
+        monkeypatch.setattr(os, "get_terminal_size", size)
+        assert TextSink(1, stream=Tty()).width() == 49 and seen == [7]

@@ -18,7 +18,8 @@ import pytest
 from pydantic import BaseModel
 
 import narrative_pandas as npd
-from narrative_pandas._progress import ProgressEvent, WidgetSink, format_count
+from narrative_pandas._progress import ProgressEvent, format_count
+from narrative_pandas._widget import WidgetSink
 from narrative_pandas.sandbox import Sandbox
 
 
@@ -84,7 +85,8 @@ class TestWidgetAfterARun:
 
         assert shown == [sink.widget]  # displayed exactly once, through the hook
         header, counts, errors = sink.widget.children
-        bar, status = header.children
+        bar, fraction, status = header.children
+        assert plain(fraction.value) == "12/12 · 100%"
         assert isinstance(bar, widgets.IntProgress)
         assert (bar.value, bar.max, bar.bar_style) == (12, 12, "success")
         assert counts is sink.counts and errors is sink.errors and status is sink.status
@@ -153,6 +155,62 @@ class TestWidgetAfterARun:
         text = all_text(sink.widget)
         assert target["api_key"] not in text
         assert "sk-" not in text
+
+
+class Handle:
+    """Stands for IPython's DisplayHandle: keeps what replaced the widget's output."""
+
+    def __init__(self) -> None:
+        self.bundles: list[dict[str, str]] = []
+
+    def update(self, obj: dict[str, str], raw: bool = False) -> None:
+        assert raw is True
+        self.bundles.append(obj)
+
+
+class TestSummaryAfterARun:
+    """At the end of a real run the widget's output becomes the static summary."""
+
+    def run(
+        self, df: pd.DataFrame, target: dict[str, str]
+    ) -> tuple[pd.DataFrame, WidgetSink, Handle]:
+        handle = Handle()
+        sink = WidgetSink(len(df), display=lambda _w: handle, on_cancel=lambda: None)
+        out = df.narrative.infer(PROMPT, output=Label, progress=sink, **target)
+        return out, sink, handle
+
+    def test_summary_counts_equal_the_report(
+        self, sandbox: Sandbox, target: dict[str, str]
+    ) -> None:
+        """One replacement, whose HTML and text carry the report's counts and failure reasons."""
+        sandbox.configure(failure_rate=0.5)
+        with pytest.warns(npd.RowsFailedWarning):
+            out, sink, handle = self.run(reviews(20), target)
+        report = out.attrs["narrative"]
+        failed = int(out["narrative_error"].notna().sum())
+        assert len(handle.bundles) == 1
+        page = plain(handle.bundles[0]["text/html"])
+        assert "20/20 · 100%" in page
+        assert f"completed {20 - failed}" in page and f"failed {failed}" in page
+        assert f"tokens {format_count(report['total_tokens'])}" in page
+        message = out["narrative_error"].dropna().iloc[0]
+        assert message in page
+        reasons = out["narrative_error"].value_counts()
+        assert f"{reasons[message]} x {message}" in page
+        text = handle.bundles[0]["text/plain"]
+        assert f"{20 - failed} completed · {failed} failed" in text
+        assert target["api_key"] not in page + text
+        assert sink.widget.comm is None  # the widget models are closed
+
+    def test_fully_cached_run_says_from_cache(
+        self, sandbox: Sandbox, target: dict[str, str]
+    ) -> None:
+        """A second identical run shows "from cache" instead of a rate."""
+        self.run(reviews(5), target)
+        out, _, handle = self.run(reviews(5), target)
+        assert out.attrs["narrative"]["cached_rows"] == 5
+        page = plain(handle.bundles[0]["text/html"])
+        assert "cached 5" in page and "from cache" in page and "rows/s" not in page
 
 
 class TestProgressCallback:
