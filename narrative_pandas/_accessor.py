@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import _api
+from . import _api, _compare, _evaluate
 from ._run import Run
 
 __all__ = ["DataFrameNarrativeAccessor", "SeriesNarrativeAccessor"]
@@ -51,6 +51,22 @@ class DataFrameNarrativeAccessor:
     def preview(self, prompt: str | None = None, **options: Any) -> pd.DataFrame:
         return _api.preview(self._obj, prompt, **options)
 
+    # The labelling loop: compare variants, measure against the truth, review doubtful rows.
+
+    def compare(self, prompt: str | None = None, **options: Any) -> pd.DataFrame:
+        return _compare.compare(self._obj, prompt, **options)
+
+    def evaluate(self, truth: Any, **options: Any) -> pd.DataFrame:
+        return _evaluate.evaluate(self._obj, truth, **options)
+
+    def confusion(self, field: str, truth: Any, **options: Any) -> _evaluate.ConfusionMatrix:
+        return _evaluate.confusion(self._obj, field, truth, **options)
+
+    def review(self, **options: Any) -> Any:
+        from ._review import review
+
+        return review(self._obj, **options)
+
 
 @pd.api.extensions.register_series_accessor("narrative")
 class SeriesNarrativeAccessor:
@@ -86,3 +102,12 @@ for _cls in (DataFrameNarrativeAccessor, SeriesNarrativeAccessor):
         _public = getattr(_api, _name)
         _method.__doc__ = _public.__doc__
         _method.__signature__ = _method_signature(_public)
+
+for _name, _public in (
+    ("compare", _compare.compare),
+    ("evaluate", _evaluate.evaluate),
+    ("confusion", _evaluate.confusion),
+):
+    _method = getattr(DataFrameNarrativeAccessor, _name)
+    _method.__doc__ = _public.__doc__
+    _method.__signature__ = _method_signature(_public)

@@ -385,6 +385,13 @@ def _failure(message: str, **value: Any) -> list[dict[str, Any]]:
     return [{"message": message, "value": value}]
 
 
+def _sample_of(request: dict[str, Any]) -> str:
+    """A deliberate repeat of a request (``samples=k`` tags each ``npd-sample-<s>``) is its own
+    job: not a duplicate submission, and drawn apart from the other samples."""
+    tags = request.get("tags") or ()
+    return "".join(f":{t}" for t in tags if isinstance(t, str) and t.startswith("npd-sample-"))
+
+
 async def decide_outcome(
     parsed: _Parsed, config: SandboxConfig, fingerprint: str
 ) -> tuple[str, dict[str, Any] | None, list[dict[str, Any]]]:
@@ -543,7 +550,7 @@ def create_app(core: SandboxCore) -> Starlette:
             parsed = parse_run_request(await request.body(), config)
         except _BadRequest as exc:
             return problem(exc.status, exc.detail, path)
-        fingerprint = request_fingerprint(parsed.normalised)
+        fingerprint = request_fingerprint(parsed.normalised) + _sample_of(parsed.normalised)
         outcome, result, failures = await decide_outcome(parsed, config, fingerprint)
         job_id = str(uuid.uuid4())
         core.store.create(
