@@ -11,7 +11,9 @@ from . import _accessor  # noqa: F401  (registers DataFrame.narrative and Series
 from ._api import ainfer, attach, infer, preview, start
 from ._cache import Cache, MemoryCache, SQLiteCache
 from ._client import Client
+from ._compare import compare
 from ._config import configure
+from ._evaluate import confusion, evaluate
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -47,6 +49,7 @@ from ._models import (
     ModelInferenceRunResult,
 )
 from ._progress import ProgressEvent, ProgressSnapshot
+from ._review import Review, review
 from ._run import Run
 
 if TYPE_CHECKING:
@@ -103,6 +106,7 @@ __all__ = [
     "ProgressEvent",
     "ProgressSnapshot",
     "RateLimitError",
+    "Review",
     "RowsFailedError",
     "RowsFailedWarning",
     "Run",
@@ -113,9 +117,13 @@ __all__ = [
     "__version__",
     "ainfer",
     "attach",
+    "compare",
     "configure",
+    "confusion",
+    "evaluate",
     "infer",
     "preview",
+    "review",
     "start",
     "use_sandbox",
 ]
