@@ -50,6 +50,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _label(value: Any) -> Any:
+    """An index label as plain Python (tuples of a MultiIndex stay tuples)."""
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return _plain(value)
+
+
 class Review:
     """A review of a result's rows; the widget is its view (shown when it is a cell's value).
 
@@ -188,13 +195,13 @@ class Review:
     @property
     def current(self) -> Hashable:
         """The index label of the row being reviewed."""
-        label: Hashable = self._df.index[self._order[self._cursor]]
+        label: Hashable = _label(self._df.index[self._order[self._cursor]])
         return label
 
     @property
     def order(self) -> list[Hashable]:
         """The index labels in review order."""
-        return [self._df.index[p] for p in self._order]
+        return [_label(self._df.index[p]) for p in self._order]
 
     def reason(self, position: int | None = None) -> str:
         """Why a row is in the queue where it is (failed, agreement, differs from the truth)."""
@@ -305,7 +312,7 @@ class Review:
         label = ReviewLabel(
             row_id=self._row_ids[row],
             field=name,
-            index=_plain(self._df.index[row]),
+            index=_label(self._df.index[row]),
             value=value,
             source=source,
             reviewed_at=time.time(),
@@ -338,7 +345,9 @@ class Review:
         items = sorted(self._labels.items(), key=lambda kv: kv[1].reviewed_at)
         return pd.DataFrame(  # type: ignore[no-any-return]
             {
-                "index": pd.Series([self._df.index[row] for (row, _), _ in items], dtype=object),
+                "index": pd.Series(
+                    [_label(self._df.index[row]) for (row, _), _ in items], dtype=object
+                ),
                 "field": pd.Series([label.field for _, label in items], dtype="string"),
                 "value": pd.Series([label.value for _, label in items], dtype=object),
                 "source": pd.Categorical([label.source for _, label in items], categories=SOURCES),
