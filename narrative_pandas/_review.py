@@ -362,7 +362,9 @@ class Review:
 
         A result of ``infer``: the reviewed values replace the answers in the field columns. A
         comparison: each field gets a column of its own (the majority answer, replaced by the
-        reviewed value where there is one).
+        reviewed value where there is one), and ``evaluate`` on the frame measures those. A
+        review of a comparison can also be applied to one model's ``infer`` result on the same
+        rows (its field columns are corrected).
         """
         frame = (self._df if out is None else out).copy()
         if not frame.index.equals(self._df.index):
@@ -372,20 +374,29 @@ class Review:
             )
         targets: dict[str, str] = {}
         for name in self.fields:
-            if self.info.is_comparison:
+            if not self.info.is_comparison:
+                targets[name] = self.info.variants[0].columns[name]
+            elif out is not None and name in out.columns:
+                targets[name] = name  # e.g. one model's infer result on the same rows
+            else:
                 targets[name] = name
                 reference = self._df[self.info.variants[0].columns[name]]
                 values = pd.Series(self._answers[name], index=frame.index, dtype=object)
                 frame[name] = _typed(values, reference.dtype)
-            else:
-                targets[name] = self.info.variants[0].columns[name]
         reviewed = np.zeros(len(frame), dtype=bool)
         for (row, name), label in self._labels.items():
             column = frame.columns.get_loc(targets[name])
             frame.iloc[row, column] = label.value
             reviewed[row] = True
         frame[REVIEWED_COLUMN] = pd.array(reviewed, dtype="boolean")
-        frame.attrs = copy.deepcopy(self._df.attrs)
+        frame.attrs = copy.deepcopy((self._df if out is None else out).attrs)
+        meta = frame.attrs.get("narrative")
+        if isinstance(meta, dict) and "variants" in meta and set(targets.values()) <= {*self.fields}:
+            # the reviewed columns are now the answers (evaluate measures them)
+            meta.pop("variants")
+            meta["fields"] = list(self.fields)
+            meta["output_columns"] = {f: f for f in self.fields}
+            meta["error_column"] = None
         result: pd.DataFrame = frame
         return result
 
