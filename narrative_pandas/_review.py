@@ -224,7 +224,7 @@ class Review:
                 "error": error,
             }
         return {
-            "index": self._df.index[row],
+            "index": _label(self._df.index[row]),
             "position": at,
             "inputs": inputs,
             "answer": {f: self._answers[f][row] for f in self.fields},
@@ -391,7 +391,11 @@ class Review:
         frame[REVIEWED_COLUMN] = pd.array(reviewed, dtype="boolean")
         frame.attrs = copy.deepcopy((self._df if out is None else out).attrs)
         meta = frame.attrs.get("narrative")
-        if isinstance(meta, dict) and "variants" in meta and set(targets.values()) <= {*self.fields}:
+        if (
+            isinstance(meta, dict)
+            and "variants" in meta
+            and set(targets.values()) <= {*self.fields}
+        ):
             # the reviewed columns are now the answers (evaluate measures them)
             meta.pop("variants")
             meta["fields"] = list(self.fields)

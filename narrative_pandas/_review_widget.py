@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["ReviewWidget"]
 
 SHORTCUTS = "a accept · n next · p previous · s skip · 1-9 pick"
+_HELP = f"<span style='color:#777'>Keys, typed in the box: {SHORTCUTS}</span>"
 _MAX_BUTTONS = 8
 
 
@@ -41,7 +42,7 @@ class ReviewWidget:
         self.header = widgets.HTML()
         self.inputs = widgets.HTML()
         self.answers = widgets.HTML()
-        self.message = widgets.HTML()
+        self.message = widgets.HTML(_HELP)
         self.editors: dict[str, Any] = {}
         rows = []
         for name in review.fields:
@@ -61,7 +62,8 @@ class ReviewWidget:
         self.skip_button.on_click(lambda _: self._act(self.review.skip))
         self.keys = widgets.Text(
             value="",
-            placeholder=f"keys: {SHORTCUTS}",
+            placeholder="type a key: a n p s 1-9",
+            tooltip=f"Keyboard: {SHORTCUTS}",
             continuous_update=True,
             layout=widgets.Layout(width="24em"),
         )
@@ -162,7 +164,7 @@ class ReviewWidget:
         except Exception as exc:  # shown in the widget; the kernel stays quiet
             self.message.value = f"<span style='color:#b00'>{html.escape(str(exc))}</span>"
         else:
-            self.message.value = ""
+            self.message.value = _HELP
         self.refresh()
 
     def _on_edit(self, name: str, change: dict[str, Any]) -> None:

@@ -41,7 +41,10 @@ def responder(request: dict[str, Any]) -> dict[str, Any]:
 def rows() -> pd.DataFrame:
     """Four rows, three distinct (the last repeats the first)."""
     return pd.DataFrame(
-        {"text": ["all fine", "split opinion", "strict case", "all fine"], "truth": ["positive"] * 4},
+        {
+            "text": ["all fine", "split opinion", "strict case", "all fine"],
+            "truth": ["positive"] * 4,
+        },
         index=pd.Index([10, 11, 12, 13], name="id"),
     )
 
@@ -99,7 +102,10 @@ class TestCompareTwoModelsTwoPrompts:
             "label": "label[sonnet/v2]",
             "urgent": "urgent[sonnet/v2]",
         }
-        assert meta["agreement_columns"] == {"label": "agreement[label]", "urgent": "agreement[urgent]"}
+        assert meta["agreement_columns"] == {
+            "label": "agreement[label]",
+            "urgent": "agreement[urgent]",
+        }
         assert meta["rows"] == 4 and meta["jobs_submitted"] == 12
 
     def test_adding_a_model_pays_only_for_its_jobs(

@@ -82,7 +82,7 @@ class TestEvaluateEqualsScikitLearn:
     """Every figure equals scikit-learn's on the rows that are compared."""
 
     def test_enum_field_with_a_category_never_predicted(self) -> None:
-        """accuracy, macro F1 and kappa of the enum field match sklearn ("mixed" never predicted)."""
+        """Accuracy, macro F1 and kappa of an enum match sklearn ("mixed" is never predicted)."""
         df = _known_frame()
         row = df.narrative.evaluate(TRUTH, fields=["label"]).iloc[0]
         keep = _kept(df, "true_label")

@@ -66,7 +66,10 @@ class TestExamplesInTheBodies:
         )
         assert out["narrative_error"].isna().all()
         sent = sorted((j["input"]["messages"] for j in sandbox.jobs()), key=lambda m: m[-1]["text"])
-        assert sent == [_expected_messages("Fan", "Too loud."), _expected_messages("Mug", "Nice mug.")]
+        assert sent == [
+            _expected_messages("Fan", "Too loud."),
+            _expected_messages("Mug", "Nice mug."),
+        ]
         assert sandbox.stats.jobs_created == 2
 
     def test_preview_shows_the_turns(self, rows: pd.DataFrame, examples: pd.DataFrame) -> None:
@@ -74,7 +77,9 @@ class TestExamplesInTheBodies:
         view = rows.narrative.preview(PROMPT, system=SYSTEM, output=SCHEMA, examples=examples)
         assert view["messages"].iloc[0] == _expected_messages("Mug", "Nice mug.")
 
-    def test_examples_change_the_cache_key(self, rows: pd.DataFrame, examples: pd.DataFrame) -> None:
+    def test_examples_change_the_cache_key(
+        self, rows: pd.DataFrame, examples: pd.DataFrame
+    ) -> None:
         """A prompt with examples is a different request from the same prompt without."""
         plain = rows.narrative.preview(PROMPT, output=SCHEMA)
         shots = rows.narrative.preview(PROMPT, output=SCHEMA, examples=examples)

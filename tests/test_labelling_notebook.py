@@ -115,7 +115,7 @@ class TestLabellingNotebook:
         assert list(table["n"]) == ["300", "300"]
         assert 0.6 < float(table["accuracy"][0]) < 0.95
         assert float(table["pearson_r"][1]) > 0.6
-        heat = _html(_cell(runs[0], 'fixed.narrative.confusion'))
+        heat = _html(_cell(runs[0], "fixed.narrative.confusion"))
         assert "background-color: rgb(" in heat
         order = [heat.find(f">{label}<") for label in ("positive", "negative", "mixed", "neutral")]
         assert order == sorted(order) and order[0] > 0
@@ -159,6 +159,9 @@ class TestLabellingNotebook:
 
     def test_second_pass_shows_the_same(self, runs: list[Any]) -> None:
         """The second pass (same kernel) shows the same figures and the same review."""
-        for starts in ("fixed.narrative.evaluate", "reviewed = rv.apply(cmp)", "cmp.narrative.evaluate(rv)"):
+        for starts in (
+            "fixed.narrative.evaluate",
+            "reviewed = rv.apply(cmp)",
+            "cmp.narrative.evaluate(rv)",
+        ):
             assert _html(_cell(runs[0], starts)) == _html(_cell(runs[1], starts))
-

@@ -188,4 +188,6 @@ class TestReviewPersists:
         assert proc.returncode == 0, stderr
         expected = "LABELS [104, 102] ['neutral', 'positive'] ['edited', 'accepted'] AT 105"
         assert expected in stdout
-        assert "JOBS 2" in stdout  # only the failed row's job is sent again (failures aren't cached)
+        assert (
+            "JOBS 2" in stdout
+        )  # only the failed row's job is sent again (failures aren't cached)

@@ -58,7 +58,9 @@ class TestSamples:
         out = rows.narrative.infer("{text}", output=SCHEMA, samples=3, progress=False, **target)
         assert sandbox.stats.jobs_created == 3 * 3  # 3 distinct rows ("sure a" twice)
         assert sandbox.stats.duplicate_submissions == 0
-        tags = [tuple(sorted(t for t in j["input"]["tags"] if "sample" in t)) for j in sandbox.jobs()]
+        tags = [
+            tuple(sorted(t for t in j["input"]["tags"] if "sample" in t)) for j in sandbox.jobs()
+        ]
         assert sorted(tags) == sorted([(), ("npd-sample-1",), ("npd-sample-2",)] * 3)
         assert list(out["label"].astype(str)) == ["positive", "positive", "positive", "positive"]
         assert list(out["narrative_agreement[label]"]) == [1.0, 2 / 3, 1 / 3, 1.0]
