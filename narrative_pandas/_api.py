@@ -138,7 +138,8 @@ def start(
         the majority answer per field, ``narrative_agreement`` (the share of the row's completed
         samples that agree with it; the lowest over the fields, with one
         ``narrative_agreement[<field>]`` each when there are several) and ``narrative_samples``
-        (completed samples). Token columns and the report count every sample.
+        (completed samples). Token columns and the report count every sample. While it runs,
+        ``run.partial()`` shows one row per job (the samples one after another).
     examples : DataFrame, optional
         Labelled rows for few-shot prompting: each becomes the template's turns rendered from
         that row plus an ``assistant`` turn holding its answer (the output-field columns) as

@@ -138,6 +138,7 @@ def start_compare(
             "prompt": template,
             "columns": {f: f"{prefix}{f}[{name}]" for f in layout["fields"]},
             "error_column": f"{prefix}narrative_error[{name}]",
+            "status_column": f"{prefix}narrative_status[{name}]",  # where runs report a status
         }
         for name, (model, template) in variants.items()
     }

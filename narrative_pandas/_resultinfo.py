@@ -94,6 +94,7 @@ def result_attrs(
         "fields": list(fields),
         "output_columns": {name: prefix + name for name in fields},
         "error_column": prefix + ERROR_COLUMN,
+        "status_column": prefix + STATUS_COLUMN,
         "input_columns": list(input_columns),
         "template_columns": list(template_columns),
         "schema": dict(schema),
@@ -105,14 +106,15 @@ def describe_result(df: pd.DataFrame, fields: Sequence[str] | None = None) -> Re
     """The layout of ``df``: from its attrs when ``infer``/``compare`` made it, else guessed."""
     meta = df.attrs.get("narrative") if isinstance(df.attrs, Mapping) else None
     meta = meta if isinstance(meta, Mapping) else {}
-    status = STATUS_COLUMN if STATUS_COLUMN in df.columns else None
+    status = meta.get("status_column", STATUS_COLUMN)
+    status = status if status in df.columns else None
     if "variants" in meta and isinstance(meta["variants"], Mapping):
         variants = [
             Variant(
                 name=str(name),
                 columns=dict(v["columns"]),
                 error_column=v.get("error_column"),
-                status_column=v.get("status_column"),
+                status_column=v.get("status_column") if v.get("status_column") in df else None,
                 model=v.get("model"),
                 prompt=v.get("prompt"),
             )
