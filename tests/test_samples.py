@@ -136,3 +136,36 @@ class TestSamples:
         assert f"DONE 10 {30 - submitted} 0.667" in stdout
         assert sandbox.stats.jobs_created == 30
         assert sandbox.stats.duplicate_submissions == 0
+
+
+class TestSamplesInACompare:
+    """compare(samples=k): k jobs per (variant, distinct row), agreement within each variant."""
+
+    def test_jobs_and_columns(self, sandbox: Any, target: dict[str, str]) -> None:
+        """2 models x 3 samples x 2 distinct rows = 12 jobs; per-variant sample agreement."""
+
+        def by_model(request: dict[str, Any]) -> dict[str, Any]:
+            label = (
+                "negative"
+                if sample_of(request) == 1 and "sonnet" in request["model"]
+                else "positive"
+            )
+            return {"label": label, "stars": 3}
+
+        sandbox.configure(responder=by_model)
+        df = pd.DataFrame({"text": ["one", "two", "one"]})
+        cmp = df.narrative.compare(
+            "{text}",
+            output=SCHEMA,
+            models={"haiku": "anthropic.claude-haiku-4.5", "sonnet": "anthropic.claude-sonnet-4.5"},
+            samples=3,
+            progress=False,
+            **target,
+        )
+        assert sandbox.stats.jobs_created == 12
+        assert sandbox.stats.duplicate_submissions == 0
+        assert list(cmp["narrative_agreement[haiku]"]) == [1.0, 1.0, 1.0]
+        assert list(cmp["narrative_agreement[sonnet]"]) == [2 / 3, 2 / 3, 2 / 3]
+        assert list(cmp["label[sonnet]"].astype(str)) == ["positive"] * 3
+        assert list(cmp["agreement[label]"]) == [1.0, 1.0, 1.0]
+        assert list(cmp["narrative_samples[sonnet]"]) == [3, 3, 3]
