@@ -544,7 +544,8 @@ def review(
             raise ConfigurationError(
                 f"sort_by={sort_by!r} is not a column; pass 'auto', a column, or index labels."
             )
-        positions = np.argsort(df[sort_by].to_numpy(dtype=float, na_value=-np.inf), kind="stable")
+        column = df[sort_by].reset_index(drop=True)
+        positions = column.sort_values(na_position="first", kind="stable").index
         order, reasons = [int(p) for p in positions], {}
     else:
         try:
