@@ -8,10 +8,11 @@ so opening the review again in the same kernel resumes it too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,27 +95,31 @@ def _index_from_json(text: str) -> Any:
 
 
 class SQLiteReviewStore(ReviewStore):
-    """Labels in the table ``npd_review_labels`` of a SQLite file (the disk cache's file)."""
+    """Labels in the table ``npd_review_labels`` of a SQLite file (the disk cache's file).
+
+    Each read or write opens and closes its own connection: labels come at the pace of a person,
+    and nothing is left open when the review object goes away.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with (
+            self._lock,
+            contextlib.closing(
+                sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            ) as conn,
+        ):
             conn.execute(_SCHEMA)
-            self._conn = conn
-        return self._conn
+            yield conn
 
     def load(self, namespace: str, row_ids: Iterable[str]) -> list[ReviewLabel]:
         ids = list(dict.fromkeys(row_ids))
         found: list[ReviewLabel] = []
-        with self._lock:
-            conn = self._connection()
+        with self._connection() as conn:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -130,8 +135,8 @@ class SQLiteReviewStore(ReviewStore):
         return found
 
     def save(self, namespace: str, label: ReviewLabel) -> None:
-        with self._lock:
-            self._connection().execute(
+        with self._connection() as conn:
+            conn.execute(
                 "INSERT OR REPLACE INTO npd_review_labels VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     namespace,
@@ -145,17 +150,11 @@ class SQLiteReviewStore(ReviewStore):
             )
 
     def delete(self, namespace: str, row_id: str, field: str) -> None:
-        with self._lock:
-            self._connection().execute(
+        with self._connection() as conn:
+            conn.execute(
                 "DELETE FROM npd_review_labels WHERE namespace = ? AND row_id = ? AND field = ?",
                 (namespace, row_id, field),
             )
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
 
 _MEMORY = MemoryReviewStore()

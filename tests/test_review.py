@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import warnings
 from pathlib import Path
 from typing import Any
@@ -166,6 +168,11 @@ class TestReviewPersists:
         rv.next()
         rv.accept()
         assert rv.current == 105
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            stored = conn.execute(
+                "SELECT row_index, field, source FROM npd_review_labels"
+            ).fetchall()
+        assert sorted(stored) == [("102", "label", "accepted"), ("104", "label", "edited")]
         script = python_script(
             tmp_path / "again.py",
             f"""
