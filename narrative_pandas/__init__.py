@@ -47,6 +47,8 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from ._api import ainfer, attach, infer, preview, start
     from ._cache import Cache, MemoryCache, SQLiteCache
     from ._client import Client
+    from ._compare import compare
+    from ._evaluate import confusion, evaluate
     from ._models import (
         KNOWN_MODELS,
         InferenceConfig,
@@ -59,6 +61,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         ModelInferenceRunRequest,
         ModelInferenceRunResult,
     )
+    from ._review import Review, review
     from ._run import Run
     from .sandbox import Sandbox
 
@@ -66,6 +69,9 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("ainfer", "attach", "infer", "preview", "start"), "._api"),
     **dict.fromkeys(("Cache", "MemoryCache", "SQLiteCache"), "._cache"),
     "Client": "._client",
+    "compare": "._compare",
+    **dict.fromkeys(("confusion", "evaluate"), "._evaluate"),
+    **dict.fromkeys(("Review", "review"), "._review"),
     **dict.fromkeys(
         (
             "KNOWN_MODELS",
@@ -158,6 +164,7 @@ __all__ = [
     "ProgressEvent",
     "ProgressSnapshot",
     "RateLimitError",
+    "Review",
     "RowsFailedError",
     "RowsFailedWarning",
     "RowsStoppedWarning",
@@ -171,9 +178,13 @@ __all__ = [
     "__version__",
     "ainfer",
     "attach",
+    "compare",
     "configure",
+    "confusion",
+    "evaluate",
     "infer",
     "preview",
+    "review",
     "start",
     "use_sandbox",
 ]

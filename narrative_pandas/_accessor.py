@@ -12,13 +12,17 @@ function's docstring and signature, so ``df.narrative.infer?`` shows every optio
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pandas as pd
 
 if TYPE_CHECKING:
+    from ._evaluate import ConfusionMatrix
+    from ._review import Review
     from ._run import Run
 
 __all__ = ["DataFrameNarrativeAccessor", "SeriesNarrativeAccessor"]
@@ -36,18 +40,18 @@ def _method_signature(func: Any) -> inspect.Signature:
 
 
 class _DocumentedLike(Generic[F]):
-    """A method that takes the docstring and signature of ``_api.<name>`` when first looked up."""
+    """A method that takes the docstring and signature of ``_api.<name>`` when first looked up
+    (or of ``<module>.<name>`` for the labelling verbs)."""
 
-    def __init__(self, func: F) -> None:
+    def __init__(self, func: F, module: str = "._api") -> None:
         self._func = func
+        self._module = module
         self._documented = False
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         func: Any = self._func
         if not self._documented:
-            from . import _api
-
-            public = getattr(_api, func.__name__)
+            public = getattr(importlib.import_module(self._module, __package__), func.__name__)
             func.__doc__ = public.__doc__
             func.__signature__ = _method_signature(public)
             self._documented = True
@@ -92,6 +96,32 @@ class DataFrameNarrativeAccessor:
         from . import _api
 
         return _api.preview(self._frame(), prompt, **options)
+
+    # The labelling loop: compare variants, measure against the truth, review doubtful rows.
+
+    @partial(_DocumentedLike, module="._compare")
+    def compare(self, prompt: str | None = None, **options: Any) -> pd.DataFrame:
+        from . import _compare
+
+        return _compare.compare(self._frame(), prompt, **options)
+
+    @partial(_DocumentedLike, module="._evaluate")
+    def evaluate(self, truth: Any, **options: Any) -> pd.DataFrame:
+        from . import _evaluate
+
+        return _evaluate.evaluate(self._frame(), truth, **options)
+
+    @partial(_DocumentedLike, module="._evaluate")
+    def confusion(self, field: str, truth: Any, **options: Any) -> ConfusionMatrix:
+        from . import _evaluate
+
+        return _evaluate.confusion(self._frame(), field, truth, **options)
+
+    @partial(_DocumentedLike, module="._review")
+    def review(self, **options: Any) -> Review:
+        from . import _review
+
+        return _review.review(self._frame(), **options)
 
 
 @pd.api.extensions.register_series_accessor("narrative")

@@ -23,8 +23,11 @@ from ._exceptions import ConfigurationError
 from ._frame import METADATA_COLUMNS, output_column_names
 from ._options import check_options
 from ._plan import DEFAULT_CONCURRENCY, DEFAULT_MODEL, RunPlan, build_plan
+from ._resultinfo import result_attrs
 from ._run import Run, new_run_id
 from ._schema import OutputSpec
+from ._template import MessageTemplates
+from ._variants import Block, check_samples, combine, fold, sample_plan
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -72,6 +75,8 @@ def _start(
     max_total_tokens: int | None = None,
     only_failed: pd.DataFrame | None = None,
     on_interrupt: str = "raise",
+    samples: int = 1,
+    examples: pd.DataFrame | None = None,
 ) -> Run:
     """Start a run in the background and return its :class:`~narrative_pandas.Run` at once.
 
@@ -139,6 +144,18 @@ def _start(
         returned frame is that result with those rows replaced.
     on_interrupt : {"raise", "return"}
         On Ctrl-C: re-raise ``KeyboardInterrupt`` (default) or return the partial frame.
+    samples : int
+        Jobs per row (default 1). With ``samples=k`` each row is sent ``k`` times as distinct
+        jobs (each its own cache key, journal entry and ``npd-sample-<s>`` tag); the frame holds
+        the majority answer per field, ``narrative_agreement`` (the share of the row's completed
+        samples that agree with it; the lowest over the fields, with one
+        ``narrative_agreement[<field>]`` each when there are several) and ``narrative_samples``
+        (completed samples). Token columns and the report count every sample. While it runs,
+        ``run.partial()`` shows one row per job (the samples one after another).
+    examples : DataFrame, optional
+        Labelled rows for few-shot prompting: each becomes the template's turns rendered from
+        that row plus an ``assistant`` turn holding its answer (the output-field columns) as
+        JSON, after the system message and ahead of the row's own turn. Checked up front.
 
     Returns
     -------
@@ -152,22 +169,14 @@ def _start(
     120
     >>> out = run.result()                                               # doctest: +SKIP
     """
-    if client is not None:
-        settings = client.settings
-        if data_plane_id is None and client.data_plane_id:
-            data_plane_id = client.data_plane_id
-        settings = Settings(
-            api_key=settings.api_key,
-            base_url=settings.base_url,
-            data_plane_id=data_plane_id or settings.data_plane_id,
-            allow_insecure_http=settings.allow_insecure_http,
-            key_source=f"the client= given ({settings.key_source})",
-        )
-    else:
-        settings = resolve_settings(api_key, base_url, data_plane_id)
-        settings.require_key()
-    settings.require_data_plane()
+    settings = target_settings(client, api_key, base_url, data_plane_id)
     resolved_cache = resolve_cache(cache)
+    samples = check_samples(samples)
+    if samples > 1 and only_failed is not None:
+        raise ConfigurationError(
+            "only_failed= and samples= cannot be combined; re-run the whole call (finished "
+            "samples come from the cache)."
+        )
 
     target = df
     positions: list[int] | None = None
@@ -197,10 +206,16 @@ def _start(
         max_total_tokens=max_total_tokens,
         refresh=refresh,
         on_interrupt=on_interrupt,
+        examples=examples,
     )
-    on_finish = None
+    layout = result_layout(plan, resolved_cache, prompt=prompt, system=system, messages=messages)
+    on_finish: Callable[[Run, pd.DataFrame], pd.DataFrame] = _annotate(layout)
     if only_failed is not None and positions is not None:
-        on_finish = _merge_into(only_failed, positions, plan)
+        on_finish = _annotate(layout, _merge_into(only_failed, positions, plan))
+    elif samples > 1:
+        blocks = [Block(None, s, sample_plan(plan, s)) for s in range(samples)]
+        on_finish = fold(df, blocks, fields=layout["fields"], prefix=plan.prefix, layout=layout)
+        plan = combine(blocks)
     run_id = new_run_id()
     if resolved_cache is not None and resolved_cache.persistent:
         resolved_cache.save_run(run_id, _run_record(plan, settings))
@@ -218,6 +233,71 @@ def _start(
 
 start.__doc__ = _start.__doc__
 start.__signature__ = inspect.signature(_start)  # type: ignore[attr-defined]
+
+
+def target_settings(
+    client: Client | None, api_key: str | None, base_url: str | None, data_plane_id: str | None
+) -> Settings:
+    """The connection settings of a run: the client's, else arguments/sandbox/env/configure."""
+    if client is not None:
+        settings = client.settings
+        if data_plane_id is None and client.data_plane_id:
+            data_plane_id = client.data_plane_id
+        settings = Settings(
+            api_key=settings.api_key,
+            base_url=settings.base_url,
+            data_plane_id=data_plane_id or settings.data_plane_id,
+            allow_insecure_http=settings.allow_insecure_http,
+            key_source=f"the client= given ({settings.key_source})",
+        )
+    else:
+        settings = resolve_settings(api_key, base_url, data_plane_id)
+        settings.require_key()
+    settings.require_data_plane()
+    return settings
+
+
+def result_layout(
+    plan: RunPlan,
+    cache: Cache | None,
+    *,
+    prompt: str | None,
+    system: str | None,
+    messages: Sequence[Mapping[str, str]] | None,
+) -> dict[str, Any]:
+    """What ``evaluate``/``review`` need to read a result (see ``_resultinfo``)."""
+    try:
+        used = list(
+            MessageTemplates.build(prompt, system=system, messages=messages)
+            .bind(list(plan.df.columns))
+            .used_columns
+        )
+    except Exception:  # the plan already checked the template; this is only a description
+        used = []
+    path = getattr(cache, "path", None) if cache is not None and cache.persistent else None
+    fields = [c.name for c in plan.spec.columns(flatten=plan.flatten)]
+    return result_attrs(
+        fields=fields,
+        input_columns=list(plan.df.columns),
+        template_columns=used,
+        schema=plan.spec.schema,
+        cache_path=str(path) if path is not None else None,
+        prefix=plan.prefix,
+    )
+
+
+def _annotate(
+    layout: dict[str, Any], then: Callable[[Run, pd.DataFrame], pd.DataFrame] | None = None
+) -> Callable[[Run, pd.DataFrame], pd.DataFrame]:
+    """An ``on_finish`` adding the result's layout to ``attrs["narrative"]`` (after ``then``)."""
+
+    def finish(run: Run, frame: pd.DataFrame) -> pd.DataFrame:
+        if then is not None:
+            frame = then(run, frame)
+        frame.attrs["narrative"] = {**frame.attrs.get("narrative", {}), **layout}
+        return frame
+
+    return finish
 
 
 def _same_signature(func: F) -> F:

@@ -373,18 +373,47 @@ _TOPIC_ORDER: tuple[ReviewTopic, ...] = get_args(ReviewTopic)
 _TOPIC_BY_NAME: dict[str, ReviewTopic] = {topic: topic for topic in _TOPIC_ORDER}
 
 
-def _sentiment(positive: float, negative: float) -> tuple[ReviewSentiment, float]:
+def _sentiment(
+    positive: float, negative: float, *, mixed_ratio: float = _MIXED_RATIO
+) -> tuple[ReviewSentiment, float]:
     """Sentiment label and score in [-1, 1] from the two weights."""
     score = (positive - negative) / (positive + negative + 1.0)
     score = max(-1.0, min(1.0, round(score, 2))) + 0.0  # + 0.0 turns -0.0 into 0.0
     strong, weak = max(positive, negative), min(positive, negative)
-    if weak >= _MIXED_MIN and weak >= _MIXED_RATIO * strong:
+    if weak >= _MIXED_MIN and weak >= mixed_ratio * strong:
         return "mixed", score
     if score >= _NEUTRAL_BAND:
         return "positive", score
     if score <= -_NEUTRAL_BAND:
         return "negative", score
     return "neutral", score
+
+
+# --- a second "model" ---------------------------------------------------------------------------
+# So that comparing two models on the sandbox shows real disagreements, the larger model ids get
+# a differently tuned heuristic: the last sentence (where reviews tend to conclude) weighs double,
+# and "mixed" needs the weaker side to be at least 70% of the stronger. Still word counting.
+
+_CONCLUDING_MODELS = ("sonnet", "opus", "gpt-4.1")
+_CONCLUSION_WEIGHT = 1.0  # added to the last sentence's own weight
+_CONCLUDING_MIXED_RATIO = 0.7
+_SENTENCE_ENDS = frozenset(".!?")
+
+
+def _concludes(request: Mapping[str, Any]) -> bool:
+    """Whether the request's model gets the conclusion-weighted heuristic."""
+    model = request.get("model")
+    return isinstance(model, str) and any(name in model for name in _CONCLUDING_MODELS)
+
+
+def _last_sentence(tokens: list[str]) -> list[str]:
+    """The tokens after the second-to-last sentence end (the whole text if one sentence)."""
+    ends = [i for i, token in enumerate(tokens) if token in _SENTENCE_ENDS]
+    if len(ends) >= 2:
+        return tokens[ends[-2] + 1 :]
+    if ends and ends[-1] < len(tokens) - 1:
+        return tokens[ends[-1] + 1 :]
+    return []
 
 
 def review_responder(request: Mapping[str, Any]) -> dict[str, Any]:
@@ -394,7 +423,9 @@ def review_responder(request: Mapping[str, Any]) -> dict[str, Any]:
     replaces it. It exists so the demo's labels make sense. It reads the last user message, takes
     the text after a ``Review:`` line (up to the next blank line; the whole message when there is
     none), weighs sentiment words (``"not good"`` counts against, ``"no complaints"`` for, ``"too
-    small"`` against) and collects topic keywords.
+    small"`` against) and collects topic keywords. It depends on the request's ``model``, so two
+    models differ on some rows: for Sonnet, Opus and GPT-4.1 ids the last sentence weighs double
+    and "mixed" needs more balance; every other id (Haiku, the default) gets the plain count.
 
     Parameters
     ----------
@@ -414,5 +445,14 @@ def review_responder(request: Mapping[str, Any]) -> dict[str, Any]:
     {'sentiment': 'negative', 'score': -0.43, 'topics': ['comfort']}
     """
     tokens = _tokens(_review_part(_last_user_text(request)))
-    sentiment, score = _sentiment(*_polarity(tokens))
+    if _concludes(request):
+        positive, negative = _polarity(tokens)
+        last_positive, last_negative = _polarity(_last_sentence(tokens))
+        sentiment, score = _sentiment(
+            positive + _CONCLUSION_WEIGHT * last_positive,
+            negative + _CONCLUSION_WEIGHT * last_negative,
+            mixed_ratio=_CONCLUDING_MIXED_RATIO,
+        )
+    else:
+        sentiment, score = _sentiment(*_polarity(tokens))
     return {"sentiment": sentiment, "score": score, "topics": list(_topics(tokens))}

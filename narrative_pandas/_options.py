@@ -48,6 +48,8 @@ RUN_OPTIONS: tuple[str, ...] = (
     "max_total_tokens",
     "only_failed",
     "on_interrupt",
+    "samples",
+    "examples",
 )
 """The keywords of ``start`` (and so of ``infer``, ``ainfer`` and ``preview``)."""
 
@@ -56,6 +58,7 @@ VERB_OPTIONS: dict[str, frozenset[str]] = {
     "infer": frozenset(RUN_OPTIONS),
     "ainfer": frozenset(RUN_OPTIONS),
     "preview": frozenset(RUN_OPTIONS),
+    "compare": frozenset(RUN_OPTIONS) | {"models", "prompts", "prompt"},
 }
 """Valid keywords per public verb."""
 
@@ -64,6 +67,7 @@ VERB_REQUIRED: dict[str, tuple[str, ...]] = {
     "infer": ("output",),
     "ainfer": ("output",),
     "preview": ("output",),
+    "compare": ("output",),
 }
 """Keywords a verb cannot do without (checked first, so the message names the verb called)."""
 
@@ -172,6 +176,11 @@ OPTION_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_total_tokens": (_is_int, "a positive integer"),
     "only_failed": (_is_frame, "a previous result of this call (a DataFrame)"),
     "on_interrupt": (_is_str, 'one of "raise", "return"'),
+    "samples": (_is_int, "a positive integer (jobs per row)"),
+    "examples": (
+        _is_frame,
+        "a DataFrame of labelled rows (the template's columns and the answers)",
+    ),
 }
 """How each option's type is checked (None always passes: it means "the default")."""
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from ._config import Settings
 from ._engine import EngineOptions, JobRequest, RequestCommon, request_tag
+from ._examples import example_turns, with_examples
 from ._exceptions import ConfigurationError, OptionTypeError, UnknownModelWarning
 from ._frame import check_collisions
 from ._models import KNOWN_MODELS, InferenceConfig
@@ -154,6 +155,7 @@ def build_plan(
     max_total_tokens: int | None = None,
     refresh: bool = False,
     on_interrupt: str = "raise",
+    examples: pd.DataFrame | None = None,
     data_plane_placeholder: str | None = None,
 ) -> RunPlan:
     """Check every argument and render every row; raises before anything is sent."""
@@ -197,6 +199,8 @@ def build_plan(
         data_plane_id = settings.require_data_plane()
 
     rendered = bound.render(df, missing=missing_mode)
+    if examples is not None:  # few-shot turns from labelled rows (see _examples)
+        rendered = with_examples(rendered, example_turns(examples, bound, spec))
     common = RequestCommon(
         data_plane_id=data_plane_id,
         model=model,

@@ -94,6 +94,7 @@ class Run:
         self._http: dict[str, int] = {}
         self._stop_reason: StopReason | None = None
         self._frame: pd.DataFrame | None = None
+        self._plain_frame: pd.DataFrame | None = None  # before on_finish (e.g. compare's fold)
         self._run_error: Exception | None = None
         rows = len(plan.row_keys)
         self._tracker: ProgressTracker = make_progress(
@@ -414,6 +415,7 @@ class Run:
                 for o in self._row_outcomes(None)
             ]
             frame = self._build(outcomes)
+            self._plain_frame = frame
             if self._on_finish is not None:
                 frame = self._on_finish(self, frame)
             self._frame = frame
@@ -427,15 +429,18 @@ class Run:
         """One warning for failed rows, one for stopped rows; ``errors="raise"`` raises instead
         of warning about failures (stopped rows are not failures: they only warn)."""
         prefix = self._plan.prefix
-        status = frame[prefix + "narrative_status"].astype(object)
-        errors = frame[prefix + "narrative_error"]
+        # A comparison folds each variant into its own columns: count by the run's own rows.
+        rows = frame if prefix + "narrative_status" in frame.columns else self._plain_frame
+        assert rows is not None
+        status = rows[prefix + "narrative_status"].astype(object)
+        errors = rows[prefix + "narrative_error"]
         failed = errors[status.isin(("failed", "invalid", "timed_out")).to_numpy()]
         stopped = errors[(status == "stopped").to_numpy()]
-        stopped_text = _stopped_message(len(stopped), len(frame), stopped) if len(stopped) else ""
+        stopped_text = _stopped_message(len(stopped), len(rows), stopped) if len(stopped) else ""
         if len(failed) and self._plan.errors == "raise":
             summary = summarise_reasons(group_reasons(failed.dropna()))
             message = (
-                f"{len(failed):,} of {len(frame):,} rows failed ({summary}). The whole frame, "
+                f"{len(failed):,} of {len(rows):,} rows failed ({summary}). The whole frame, "
                 "completed rows included, is in this error's .result (except RowsFailedError "
                 f"as err: out = err.result): see its '{prefix}narrative_error' column, and re-run "
                 "only the rows without an answer with only_failed=err.result."
@@ -447,7 +452,7 @@ class Run:
         if len(failed):
             summary = summarise_reasons(group_reasons(failed.dropna()))
             warnings.warn(
-                f"{len(failed):,} of {len(frame):,} rows failed ({summary}). See the "
+                f"{len(failed):,} of {len(rows):,} rows failed ({summary}). See the "
                 f"'{prefix}narrative_error' column; re-run only the rows without an answer "
                 "with only_failed=<this result>.",
                 RowsFailedWarning,

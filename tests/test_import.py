@@ -58,6 +58,8 @@ class TestBareImport:
             "narrative_pandas._config",
             "narrative_pandas._exceptions",
             "narrative_pandas._progress",
+            "narrative_pandas._reasons",
+            "narrative_pandas._tracebacks",
         ]
 
     def test_registers_both_accessors(self) -> None:

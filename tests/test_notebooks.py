@@ -63,7 +63,7 @@ print("NOTEBOOK-PROBE " + json.dumps({
 }
 """Per notebook: code run in its kernel after the two passes, printing values to check."""
 
-PENDING = {"labelling.ipynb": "notebooks/labelling.ipynb is being made re-runnable (issue 16)"}
+PENDING: dict[str, str] = {}
 """Notebooks another change is still turning into a handout: their handout checks xfail."""
 
 

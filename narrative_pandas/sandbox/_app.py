@@ -30,7 +30,7 @@ from starlette.routing import Route
 from .._models import request_fingerprint
 from ._core import SandboxCore, SystemWallClock, WallClock
 from ._knobs import SandboxConfig
-from ._requests import BadRequest, decide_outcome, parse_run_request
+from ._requests import BadRequest, decide_outcome, parse_run_request, sample_of
 from ._store import JOB_STATES, NewJob, route_template
 
 __all__ = ["SandboxCore", "SystemWallClock", "WallClock", "create_app"]
@@ -246,7 +246,7 @@ def create_app(core: SandboxCore) -> Starlette:
             parsed = parse_run_request(await request.body(), config)
         except BadRequest as exc:
             return problem(exc.status, exc.detail, path)
-        fingerprint = request_fingerprint(parsed.normalised)
+        fingerprint = request_fingerprint(parsed.normalised) + sample_of(parsed.normalised)
         outcome, result, failures = await decide_outcome(parsed, config, fingerprint)
         job_id = str(uuid.uuid4())
         cancelled = core.chance(config.cancel_rate)

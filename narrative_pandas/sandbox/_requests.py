@@ -162,6 +162,13 @@ def parse_run_request(raw: bytes, config: SandboxConfig) -> ParsedRequest:
 
 
 # --- deciding a job's fate -------------------------------------------------------------------
+def sample_of(request: dict[str, Any]) -> str:
+    """A deliberate repeat of a request (``samples=k`` tags each ``npd-sample-<s>``) is its own
+    job: not a duplicate submission, and drawn apart from the other samples."""
+    tags = request.get("tags") or ()
+    return "".join(f":{t}" for t in tags if isinstance(t, str) and t.startswith("npd-sample-"))
+
+
 def _failure(message: str, **value: Any) -> list[dict[str, Any]]:
     return [{"message": message, "value": value}]
 
