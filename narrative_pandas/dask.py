@@ -56,6 +56,7 @@ from ._cache import Cache, SQLiteCache, resolve_cache
 from ._client import MAX_RETRY_AFTER
 from ._client import Client as _HTTPClient
 from ._config import Settings, resolve_settings
+from ._dask_slots import LeasePool, ProcessSlots, on_loop, pool_for, process_slots_for
 from ._exceptions import ConfigurationError, RowsFailedError, RowsFailedWarning
 from ._frame import build_frame
 from ._plan import DEFAULT_CONCURRENCY, RunPlan, build_plan
@@ -77,8 +78,6 @@ logger = logging.getLogger("narrative_pandas")
 _dask: Any = dask
 _extensions: Any = dask.dataframe.extensions
 
-#: Lease requests one worker process keeps waiting at the scheduler at once.
-LEASE_REQUESTS_PER_PROCESS = 32
 #: Seconds between two looks at the cluster-wide 429 gate while a partition runs.
 RATE_SHARE_INTERVAL_S = 0.5
 #: Options of ``start`` that cannot travel to workers, with what to do instead.
@@ -231,129 +230,27 @@ def _worker_address() -> str | None:
 # ---------------------------------------------------------------------------------- slots
 
 
-class _ClusterSlots:
-    """The engine's slot protocol over a :class:`distributed.Semaphore`.
-
-    The engine runs on the narrative runner loop; the semaphore lives on the worker's event loop,
-    so every call is a coroutine scheduled there (no thread blocks while waiting for a lease).
-    The worker's loop also refreshes held leases every ``lease-timeout / 5``, so a lease is kept
-    however long its job runs, as long as the worker is alive.
-
-    A process has at most ``LEASE_REQUESTS_PER_PROCESS`` lease requests waiting at the
-    scheduler (the others queue here): the scheduler wakes every waiting request on each
-    release, so hundreds of waiting requests would cost it hundreds of wake-ups per job.
-    """
-
-    def __init__(self, shared: _SharedSemaphore, gate: _SharedGate | None) -> None:
-        self._shared = shared
-        self._gate = gate
-
-    async def acquire(self) -> None:
-        shared = self._shared
-        if shared.asking is None:  # created on the runner loop, where every engine runs
-            shared.asking = asyncio.Semaphore(LEASE_REQUESTS_PER_PROCESS)
-        async with shared.asking:
-            await _on_loop(shared.loop, shared.semaphore.acquire)
-        if self._gate is not None:
-            await self._gate.wait_open()
-
-    async def release(self) -> None:
-        await _on_loop(self._shared.loop, self._shared.semaphore.release)
-
-
-@dataclass
-class _SharedSemaphore:
-    """A run's semaphore in this worker process, shared by its partitions running here."""
-
-    semaphore: Any
-    loop: asyncio.AbstractEventLoop
-    asking: asyncio.Semaphore | None = None
-
-
-class _ProcessSlots:
-    """The cluster-wide limit when every partition runs in this process (threads scheduler)."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._semaphore: asyncio.Semaphore | None = None
-
-    async def acquire(self) -> None:
-        if self._semaphore is None:  # created on the runner loop, where every engine runs
-            self._semaphore = asyncio.Semaphore(self._limit)
-        await self._semaphore.acquire()
-
-    async def release(self) -> None:
-        assert self._semaphore is not None
-        self._semaphore.release()
-
-
-async def _on_loop(loop: asyncio.AbstractEventLoop, method: Callable[[], Any]) -> Any:
-    """Await ``method()`` on ``loop`` (where distributed's objects answer with coroutines)."""
-
-    async def call() -> Any:
-        return await method()
-
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), loop))
-
-
-_registry_lock = threading.Lock()
-_semaphores: dict[str, tuple[_SharedSemaphore, int]] = {}
-_process_slots: dict[str, tuple[_ProcessSlots, int]] = {}
-
-
 @contextlib.contextmanager
 def _slots_for(
     task: _PartitionTask,
-) -> Iterator[tuple[_ClusterSlots | _ProcessSlots, _SharedGate | None, str]]:
+) -> Iterator[tuple[LeasePool | ProcessSlots, _SharedGate | None, str]]:
     """The run's slot limiter for this partition (and the shared 429 gate on a cluster)."""
-    worker = None
     try:
-        from distributed import get_worker
+        from distributed import get_client, get_worker
 
-        worker = get_worker()
+        get_worker()
     except (ImportError, ValueError):
-        worker = None
-    if worker is None:
-        with _registry_lock:
-            slots, users = _process_slots.get(task.token, (_ProcessSlots(task.concurrency), 0))
-            _process_slots[task.token] = (slots, users + 1)
-        try:
+        with process_slots_for(task.token, task.concurrency) as slots:
             yield slots, None, "process"
-        finally:
-            _forget(_process_slots, task.token)
         return
-    import distributed
-
-    cluster: Any = distributed
-
-    name = f"narrative-slots-{task.token}"
-    with _registry_lock:  # one Semaphore object per worker process: its leases are refreshed
-        found = _semaphores.get(name)
-        if found is None:
-            semaphore = cluster.Semaphore(max_leases=task.concurrency, name=name)
-            found = (_SharedSemaphore(semaphore, semaphore.loop.asyncio_loop), 0)
-        shared, users = found
-        _semaphores[name] = (shared, users + 1)
-    try:
-        loop = shared.loop
+    client = get_client()  # the worker's client, bound here on the task thread
+    with pool_for(task.token, task.concurrency, client) as pool:
         gate = None
         if task.share_rate_limits:
-            client = cluster.get_client()  # the worker's client, bound here on the task thread
             gate = _SharedGate(
-                _MetadataStore(client, ["narrative-pandas", task.token, "429"], loop)
+                _MetadataStore(client, ["narrative-pandas", task.token, "429"], pool.worker_loop)
             )
-        yield _ClusterSlots(shared, gate), gate, "distributed.Semaphore"
-    finally:
-        _forget(_semaphores, name)
-
-
-def _forget(registry: dict[str, tuple[Any, int]], name: str) -> None:
-    with _registry_lock:
-        value, users = registry.get(name, (None, 1))
-        if users <= 1:
-            registry.pop(name, None)
-        else:
-            registry[name] = (value, users - 1)
+        yield pool, gate, "distributed.Semaphore"
 
 
 # ---------------------------------------------------------------------------------- 429 gate
@@ -371,7 +268,7 @@ class _MetadataStore:
         async def get() -> float:
             return float(await self._client.get_metadata(self._key, default=0.0))
 
-        return float(await _on_loop(self._loop, get))
+        return float(await on_loop(self._loop, get))
 
     async def raise_to(self, wall: float) -> None:
         async def update() -> None:
@@ -380,7 +277,7 @@ class _MetadataStore:
             if wall > current:
                 await self._client.set_metadata(self._key, wall)
 
-        await _on_loop(self._loop, update)
+        await on_loop(self._loop, update)
 
 
 class _SharedGate:
