@@ -146,7 +146,7 @@ def main() -> int:
                 n_workers=args.workers,
                 processes=True,
                 threads_per_worker=1,
-                dashboard_address=None,
+                dashboard_address=":0",
             ) as cluster,
             Client(cluster) as client,
         ):
