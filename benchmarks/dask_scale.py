@@ -71,19 +71,33 @@ def job_stats(settings: dict[str, str], tag: str) -> dict[str, Any]:
     return {"jobs": len(spans), "peak_unfinished": peak}
 
 
-def client_cpu(sandbox_pid: int) -> float:
-    """CPU seconds used so far by this process and its children (workers), sandbox excluded."""
+def client_cpu(sandbox_pid: int) -> tuple[float, float]:
+    """CPU seconds used so far by (this process, its children), the sandbox excluded.
+
+    With a LocalCluster, this process runs the scheduler and the Dask client; the children are
+    the nannies and their worker processes.
+    """
     me = psutil.Process()
-    total = 0.0
-    for proc in [me, *me.children(recursive=True)]:
+    mine = me.cpu_times()
+    children = 0.0
+    for proc in me.children(recursive=True):
         if proc.pid == sandbox_pid:
             continue
         try:
             times = proc.cpu_times()
         except psutil.Error:
             continue
-        total += times.user + times.system
-    return total
+        children += times.user + times.system
+    return mine.user + mine.system, children
+
+
+def lease_counts(scheduler: Any) -> dict[str, int]:
+    """Semaphore leases granted and returned at the scheduler (each one a round trip)."""
+    metrics = scheduler.extensions["semaphores"].metrics
+    return {
+        "acquired": sum(metrics["acquire_total"].values()),
+        "released": sum(metrics["release_total"].values()),
+    }
 
 
 def summary(
@@ -118,11 +132,11 @@ def main() -> int:
     common = {"output": ReviewLabel, "concurrency": args.concurrency, "cache": False, **target}
     ok = True
     try:
-        cpu = client_cpu(proc.pid)
+        cpu = sum(client_cpu(proc.pid))
         started = time.perf_counter()
         plain = df.narrative.infer(PROMPT, tags=["bench-pandas"], progress=False, **common)
         pandas_makespan = time.perf_counter() - started
-        pandas_cpu = client_cpu(proc.pid) - cpu
+        pandas_cpu = sum(client_cpu(proc.pid)) - cpu
         pandas_jobs = job_stats(settings, "bench-pandas")
         report = plain.attrs["narrative"]
         print(summary("pandas", report, pandas_makespan, pandas_cpu, pandas_jobs))
@@ -132,18 +146,21 @@ def main() -> int:
                 n_workers=args.workers,
                 processes=True,
                 threads_per_worker=1,
-                dashboard_address=None,
+                dashboard_address=":0",
             ) as cluster,
             Client(cluster) as client,
         ):
             client.run(__import__, "narrative_pandas.dask")  # warm the workers' imports
             ddf = dd.from_pandas(df, npartitions=args.partitions)
             out = ddf.narrative.infer(PROMPT, tags=["bench-dask"], **common)
-            cpu = client_cpu(proc.pid)
+            main_cpu, workers_cpu = client_cpu(proc.pid)
             started = time.perf_counter()
             scaled = npd_dask.compute(out)
             dask_makespan = time.perf_counter() - started
-            dask_cpu = client_cpu(proc.pid) - cpu
+            main_after, workers_after = client_cpu(proc.pid)
+            main_cpu, workers_cpu = main_after - main_cpu, workers_after - workers_cpu
+            dask_cpu = main_cpu + workers_cpu
+            leases = lease_counts(cluster.scheduler)
         dask_jobs = job_stats(settings, "bench-dask")
         report = scaled.attrs["narrative"]
         print(summary("dask", report, dask_makespan, dask_cpu, dask_jobs))
@@ -152,6 +169,15 @@ def main() -> int:
             f"per-partition engine time {report['partition_elapsed_s']:.1f} s in total; "
             f"429s {report['http_429']}"
         )
+        print(
+            f"dask CPU/row: workers {workers_cpu / args.rows * 1000:.2f} ms, scheduler+client "
+            f"{main_cpu / args.rows * 1000:.2f} ms (pandas path: "
+            f"{pandas_cpu / args.rows * 1000:.2f} ms); scheduler lease round trips "
+            f"{leases['acquired']} acquired + {leases['released']} released "
+            f"({(leases['acquired'] + leases['released']) / args.rows:.3f}/row)"
+        )
+        ratio = dask_makespan / pandas_makespan
+        print(f"makespan dask/pandas: {ratio:.2f} (target <= 1.2)")
         # Input columns come back as Dask converted them (text -> string[pyarrow]); compare
         # what infer added, job ids aside.
         added = [c for c in plain.columns if c not in df.columns and c != "narrative_job_id"]

@@ -22,7 +22,7 @@ from ._engine import EngineOptions, JobRequest
 from ._exceptions import ConfigurationError
 from ._frame import METADATA_COLUMNS, output_column_names
 from ._options import check_options
-from ._plan import DEFAULT_CONCURRENCY, DEFAULT_MODEL, RunPlan, build_plan
+from ._plan import DEFAULT_CONCURRENCY, DEFAULT_MODEL, RunPlan, build_plan, no_cyclic_gc
 from ._resultinfo import result_attrs
 from ._run import Run, new_run_id
 from ._schema import OutputSpec
@@ -369,32 +369,23 @@ def preview(df: pd.DataFrame, prompt: str | None = None, **options: Any) -> pd.D
     plan_options = set(inspect.signature(build_plan).parameters) - {"df", "prompt", "settings"}
     kwargs = {k: v for k, v in options.items() if k in plan_options}
     settings = resolve_settings(None, options.get("base_url"), options.get("data_plane_id"))
-    plan = build_plan(
-        df, prompt, settings=settings, data_plane_placeholder="<data_plane_id>", **kwargs
-    )
-    bodies: list[dict[str, Any] | None] = []
-    message_lists: list[list[dict[str, str]] | None] = []
-    tokens: list[Any] = []
-    for key in plan.row_keys:
-        if key is None:
-            bodies.append(None)
-            message_lists.append(None)
-            tokens.append(pd.NA)
-            continue
-        request = plan.request(key)
-        body = request.body
-        bodies.append(body)
-        message_lists.append(body["messages"])
-        tokens.append(request.prompt_tokens_estimate)
-    view: pd.DataFrame = pd.DataFrame(
-        {
-            "messages": pd.Series(message_lists, index=df.index, dtype=object),
-            "body": pd.Series(bodies, index=df.index, dtype=object),
-            "request_key": pd.Series(plan.row_keys, index=df.index, dtype="string"),
-            "estimated_prompt_tokens": pd.Series(tokens, index=df.index, dtype="Int64"),
-        },
-        index=df.index,
-    )
+    with no_cyclic_gc():  # 100,000 rows: a third of the time went to the collector
+        plan = build_plan(
+            df, prompt, settings=settings, data_plane_placeholder="<data_plane_id>", **kwargs
+        )
+        bodies = plan.row_bodies()
+        estimates = {r.key: r.prompt_tokens_estimate for r in plan.requests}
+        message_lists = [None if body is None else body["messages"] for body in bodies]
+        tokens = [pd.NA if key is None else estimates[key] for key in plan.row_keys]
+        view: pd.DataFrame = pd.DataFrame(
+            {
+                "messages": pd.Series(message_lists, index=df.index, dtype=object),
+                "body": pd.Series(bodies, index=df.index, dtype=object),
+                "request_key": pd.Series(plan.row_keys, index=df.index, dtype="string"),
+                "estimated_prompt_tokens": pd.Series(tokens, index=df.index, dtype="Int64"),
+            },
+            index=df.index,
+        )
     return view
 
 

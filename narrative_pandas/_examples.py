@@ -118,17 +118,22 @@ def example_turns(examples: Any, bound: BoundTemplates, spec: OutputSpec) -> lis
     return turns
 
 
+Turns = tuple[tuple[str, str], ...]
+"""A row's rendered messages as ``(role, text)`` pairs (what ``render_turns`` gives)."""
+
+
 def with_examples(
-    rendered: Sequence[list[InferenceMessage] | str], turns: Sequence[InferenceMessage]
-) -> list[list[InferenceMessage] | str]:
+    rendered: Sequence[Turns | str], turns: Sequence[InferenceMessage]
+) -> list[Turns | str]:
     """Each row's messages with the example turns after its leading system turns."""
-    result: list[list[InferenceMessage] | str] = []
+    pairs = tuple((turn.role, turn.text) for turn in turns)
+    result: list[Turns | str] = []
     for row in rendered:
         if isinstance(row, str):
             result.append(row)
             continue
         head = 0
-        while head < len(row) and row[head].role == "system":
+        while head < len(row) and row[head][0] == "system":
             head += 1
-        result.append([*row[:head], *turns, *row[head:]])
+        result.append((*row[:head], *pairs, *row[head:]))
     return result

@@ -6,12 +6,14 @@ raises before anything is sent, and ``preview`` shows exactly the bodies ``infer
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import gc
 import hashlib
 import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,7 +21,14 @@ import pandas as pd
 from pydantic import BaseModel, ValidationError
 
 from ._config import Settings
-from ._engine import EngineOptions, JobRequest, RequestCommon, request_tag
+from ._engine import (
+    LIBRARY_TAG,
+    TAG_PREFIX,
+    EngineOptions,
+    JobRequest,
+    RequestCommon,
+    request_tag,
+)
 from ._examples import example_turns, with_examples
 from ._exceptions import ConfigurationError, OptionTypeError, UnknownModelWarning
 from ._frame import check_collisions
@@ -28,7 +37,14 @@ from ._schema import OutputSpec
 from ._template import MessageTemplates
 from ._tracebacks import user_stacklevel
 
-__all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_MODEL", "RunPlan", "build_plan", "request_tag"]
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_MODEL",
+    "RunPlan",
+    "build_plan",
+    "no_cyclic_gc",
+    "request_tag",
+]
 
 DEFAULT_MODEL = "anthropic.claude-haiku-4.5"
 DEFAULT_CONCURRENCY = 32
@@ -59,6 +75,33 @@ class RunPlan:
         if self._by_key is None:
             self._by_key = {r.key: r for r in self.requests}
         return self._by_key[key]
+
+    def row_bodies(self) -> list[dict[str, Any] | None]:
+        """Each row's request body (a new dict per row, None for a skipped row), equal to its
+        request's :attr:`JobRequest.body`; built in one pass for ``preview`` of large frames."""
+        with no_cyclic_gc():
+            return self._row_bodies()
+
+    def _row_bodies(self) -> list[dict[str, Any] | None]:
+        by_key = {r.key: r for r in self.requests}
+        bodies: list[dict[str, Any] | None] = []
+        append = bodies.append
+        for key in self.row_keys:
+            if key is None:
+                append(None)
+                continue
+            request = by_key[key]
+            common = request.common
+            append(
+                {
+                    "data_plane_id": common.data_plane_id,
+                    "model": common.model,
+                    "messages": [{"role": role, "text": text} for role, text in request.messages],
+                    "inference_config": common.inference_config,
+                    "tags": [*common.tags, LIBRARY_TAG, TAG_PREFIX + key[:32]],
+                }
+            )
+        return bodies
 
     @property
     def deduplicated(self) -> int:
@@ -198,53 +241,20 @@ def build_plan(
     if data_plane_id is None:
         data_plane_id = settings.require_data_plane()
 
-    rendered = bound.render(df, missing=missing_mode)
-    if examples is not None:  # few-shot turns from labelled rows (see _examples)
-        rendered = with_examples(rendered, example_turns(examples, bound, spec))
     common = RequestCommon(
         data_plane_id=data_plane_id,
         model=model,
         inference_config=config,
         tags=tuple(tags or ()),
     )
-    # Canonical JSON of the parts every row shares, computed once (see request_fingerprint).
-    head = (
-        '{"data_plane_id":'
-        + _canonical(data_plane_id)
-        + ',"inference_config":'
-        + _canonical(config)
-        + ',"messages":'
-    )
-    tail = ',"model":' + _canonical(model) + "}"
-    row_keys: list[str | None] = []
-    skipped: dict[int, str] = {}
-    counts: dict[str, int] = {}
-    unique: dict[str, tuple[tuple[str, str], ...]] = {}
-    for position, row in enumerate(rendered):
-        if isinstance(row, str):
-            row_keys.append(None)
-            skipped[position] = row
-            continue
-        wire_messages = [{"role": m.role, "text": m.text} for m in row]
-        try:
-            encoded = (head + _canonical(wire_messages) + tail).encode("utf-8")
-        except UnicodeEncodeError:
-            raise _unencodable(df, position, bound.positions) from None
-        key = hashlib.sha256(encoded).hexdigest()
-        row_keys.append(key)
-        counts[key] = counts.get(key, 0) + 1
-        if key not in unique:
-            unique[key] = tuple((m.role, m.text) for m in row)
-    requests = [
-        JobRequest(
-            key=key,
-            messages=messages,
-            common=common,
-            rows=counts[key],
-            prompt_tokens_estimate=max(1, math.ceil(sum(len(t) for _, t in messages) / 4)),
+    with no_cyclic_gc():
+        rendered = bound.render_turns(df, missing=missing_mode)
+        if examples is not None:  # few-shot turns from labelled rows (see _examples)
+            rendered = with_examples(rendered, example_turns(examples, bound, spec))
+        parts = _key_parts(data_plane_id, config, model)
+        row_keys, skipped, requests = _requests(
+            rendered, common, parts, lambda position: _unencodable(df, position, bound.positions)
         )
-        for key, messages in unique.items()
-    ]
     options = EngineOptions(
         concurrency=concurrency,
         poll_interval=poll_interval,
@@ -290,6 +300,110 @@ def _unencodable(
         f"row {label!r} renders to text that is not valid Unicode (a lone surrogate in the "
         "template or a formatted value); fix the template or the row's values."
     )
+
+
+@contextlib.contextmanager
+def no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while one row-sized batch of objects is built.
+
+    Building 100,000 rows allocates millions of containers and none of them is garbage, yet
+    each allocation threshold crossed runs a collection over everything built so far (about a
+    third of ``preview``'s time at that size). Reference counting still frees as usual.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _key_parts(data_plane_id: str, config: Mapping[str, Any], model: str) -> tuple[str, str]:
+    """The canonical JSON every row's key text shares, before and after its messages."""
+    head = (
+        '{"data_plane_id":'
+        + _canonical(data_plane_id)
+        + ',"inference_config":'
+        + _canonical(config)
+        + ',"messages":'
+    )
+    return head, ',"model":' + _canonical(model) + "}"
+
+
+def _requests(
+    rendered: list[tuple[tuple[str, str], ...] | str],
+    common: RequestCommon,
+    parts: tuple[str, str],
+    unencodable: Callable[[int], Exception],
+) -> tuple[list[str | None], dict[int, str], list[JobRequest]]:
+    """Each row's key (None when skipped), the skip reasons, and one request per unique key.
+
+    A key is the SHA-256 of the canonical JSON of the request's content (see
+    :func:`request_fingerprint`); the messages' part is written here directly, which is what
+    ``_canonical`` gives for ``[{"role": ..., "text": ...}, ...]`` and ~10x cheaper per row.
+    """
+    head, tail = parts
+    row_keys: list[str | None] = []
+    skipped: dict[int, str] = {}
+    counts: dict[str, int] = {}
+    unique: dict[str, tuple[tuple[str, str], ...]] = {}
+    tokens: dict[str, int] = {}
+    openers: dict[str, str] = {}
+    # The shared head (with the whole output schema) is hashed once; each row's hash continues
+    # from a copy of that state with the row's own messages and the shared tail.
+    started = hashlib.sha256((head + "[").encode())
+    closing = ("]" + tail).encode()
+    encode = _encode_string
+    for position, row in enumerate(rendered):
+        if isinstance(row, str):
+            row_keys.append(None)
+            skipped[position] = row
+            continue
+        if len(row) == 1:  # one turn: the common case, without the loop below
+            role, text = row[0]
+            opener = openers.get(role)
+            if opener is None:
+                opener = openers[role] = '{"role":' + encode(role) + ',"text":'
+            content = opener + encode(text) + "}"
+            length = len(text)
+        else:
+            turns = []
+            length = 0
+            for role, text in row:
+                opener = openers.get(role)
+                if opener is None:
+                    opener = openers[role] = '{"role":' + encode(role) + ',"text":'
+                turns.append(opener + encode(text) + "}")
+                length += len(text)
+            content = ",".join(turns)
+        digest = started.copy()
+        try:
+            digest.update(content.encode())
+        except UnicodeEncodeError:  # a lone surrogate: name its row and column
+            raise unencodable(position) from None
+        digest.update(closing)
+        key = digest.hexdigest()
+        row_keys.append(key)
+        if key in counts:
+            counts[key] += 1
+        else:
+            counts[key] = 1
+            unique[key] = row
+            tokens[key] = max(1, math.ceil(length / 4))
+    # JobRequest(key, messages, common, rows, prompt_tokens_estimate), positionally (cheaper)
+    requests = [
+        JobRequest(key, messages, common, counts[key], tokens[key])
+        for key, messages in unique.items()
+    ]
+    return row_keys, skipped, requests
+
+
+#: ``json.dumps(text, ensure_ascii=False)`` for a str, without the encoder's per-call set-up.
+_encode_string: Any = getattr(json.encoder, "c_encode_basestring", None) or (
+    json.encoder.py_encode_basestring
+)
 
 
 def _canonical(value: Any) -> str:

@@ -464,6 +464,18 @@ class BoundTemplates:
         A format spec that fails for a value raises :class:`TemplateError` naming the column,
         the spec and the row's index label.
         """
+        return [
+            row
+            if isinstance(row, str)
+            else [InferenceMessage(role=role, text=text) for role, text in row]
+            for row in self.render_turns(df, missing=missing)
+        ]
+
+    def render_turns(
+        self, df: pd.DataFrame, *, missing: MissingPolicy = "empty"
+    ) -> list[tuple[tuple[str, str], ...] | str]:
+        """:meth:`render` as plain ``(role, text)`` pairs: what a run needs, without building a
+        validated message object per turn (roles were checked when the templates were built)."""
         if missing not in MISSING_POLICIES:
             raise ConfigurationError(
                 f"missing={missing!r} is not an option; use 'empty' (render missing values as "
@@ -472,7 +484,7 @@ class BoundTemplates:
         bound = self if self._matches(df) else self.templates.bind(list(df.columns))
         return bound._render(df, missing)
 
-    def _render(self, df: pd.DataFrame, missing: str) -> list[list[InferenceMessage] | str]:
+    def _render(self, df: pd.DataFrame, missing: str) -> list[tuple[tuple[str, str], ...] | str]:
         n = len(df)
         masks: dict[int, list[bool]] = {}
         values: dict[int, list[Any]] = {}
@@ -502,10 +514,12 @@ class BoundTemplates:
             fmt = "{}".join(lit.replace("{", "{{").replace("}", "}}") for lit in template.literals)
             texts.append([fmt.format(*row) for row in zip(*lists, strict=True)])
         roles = [role for role, _ in self.templates.turns]
-        rendered: list[list[InferenceMessage] | str] = [
-            [InferenceMessage(role=role, text=text) for role, text in zip(roles, row, strict=True)]
-            for row in zip(*texts, strict=True)
-        ]
+        rendered: list[tuple[tuple[str, str], ...] | str]
+        if len(roles) == 1:  # the common case: one user turn
+            role = roles[0]
+            rendered = [((role, text),) for text in texts[0]]
+        else:
+            rendered = [tuple(zip(roles, row, strict=True)) for row in zip(*texts, strict=True)]
         if missing == "skip" and masks:
             used = [(pos, masks[pos]) for pos in masks]
             for i in range(n):

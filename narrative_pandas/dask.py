@@ -56,6 +56,8 @@ from ._cache import Cache, SQLiteCache, resolve_cache
 from ._client import MAX_RETRY_AFTER
 from ._client import Client as _HTTPClient
 from ._config import Settings, resolve_settings
+from ._dask_progress import PartitionRelay, follow
+from ._dask_slots import LeasePool, ProcessSlots, on_loop, pool_for, process_slots_for
 from ._exceptions import ConfigurationError, RowsFailedError, RowsFailedWarning
 from ._frame import build_frame
 from ._options import check_options
@@ -69,7 +71,9 @@ __all__ = [
     "compute",
     "infer",
     "merge_reports",
+    "persist",
     "preview",
+    "progress",
 ]
 
 logger = logging.getLogger("narrative_pandas")
@@ -78,8 +82,6 @@ logger = logging.getLogger("narrative_pandas")
 _dask: Any = dask
 _extensions: Any = dask.dataframe.extensions
 
-#: Lease requests one worker process keeps waiting at the scheduler at once.
-LEASE_REQUESTS_PER_PROCESS = 32
 #: Seconds between two looks at the cluster-wide 429 gate while a partition runs.
 RATE_SHARE_INTERVAL_S = 0.5
 #: Options of ``start`` that cannot travel to workers, with what to do instead.
@@ -181,12 +183,15 @@ def _infer_partition(
     with _slots_for(task) as (slots, gate, kind):
         plan = dataclasses.replace(plan, options=dataclasses.replace(plan.options, slots=slots))
         run_id = f"{task.token}-p{number if number is not None else uuid.uuid4().hex[:6]}"
+        progress: Any = task.progress if task.progress is not None else False
+        if kind != "process":  # on a cluster: the client shows every partition's rows
+            progress = PartitionRelay(task.token, number, task.progress)
         run = Run(
             plan,
             settings=settings,
             cache=cache,
             client=None,
-            progress=task.progress if task.progress is not None else False,
+            progress=progress,
             run_id=run_id,
         )
         with _rate_share(settings, gate) as share:
@@ -234,129 +239,27 @@ def _worker_address() -> str | None:
 # ---------------------------------------------------------------------------------- slots
 
 
-class _ClusterSlots:
-    """The engine's slot protocol over a :class:`distributed.Semaphore`.
-
-    The engine runs on the narrative runner loop; the semaphore lives on the worker's event loop,
-    so every call is a coroutine scheduled there (no thread blocks while waiting for a lease).
-    The worker's loop also refreshes held leases every ``lease-timeout / 5``, so a lease is kept
-    however long its job runs, as long as the worker is alive.
-
-    A process has at most ``LEASE_REQUESTS_PER_PROCESS`` lease requests waiting at the
-    scheduler (the others queue here): the scheduler wakes every waiting request on each
-    release, so hundreds of waiting requests would cost it hundreds of wake-ups per job.
-    """
-
-    def __init__(self, shared: _SharedSemaphore, gate: _SharedGate | None) -> None:
-        self._shared = shared
-        self._gate = gate
-
-    async def acquire(self) -> None:
-        shared = self._shared
-        if shared.asking is None:  # created on the runner loop, where every engine runs
-            shared.asking = asyncio.Semaphore(LEASE_REQUESTS_PER_PROCESS)
-        async with shared.asking:
-            await _on_loop(shared.loop, shared.semaphore.acquire)
-        if self._gate is not None:
-            await self._gate.wait_open()
-
-    async def release(self) -> None:
-        await _on_loop(self._shared.loop, self._shared.semaphore.release)
-
-
-@dataclass
-class _SharedSemaphore:
-    """A run's semaphore in this worker process, shared by its partitions running here."""
-
-    semaphore: Any
-    loop: asyncio.AbstractEventLoop
-    asking: asyncio.Semaphore | None = None
-
-
-class _ProcessSlots:
-    """The cluster-wide limit when every partition runs in this process (threads scheduler)."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._semaphore: asyncio.Semaphore | None = None
-
-    async def acquire(self) -> None:
-        if self._semaphore is None:  # created on the runner loop, where every engine runs
-            self._semaphore = asyncio.Semaphore(self._limit)
-        await self._semaphore.acquire()
-
-    async def release(self) -> None:
-        assert self._semaphore is not None
-        self._semaphore.release()
-
-
-async def _on_loop(loop: asyncio.AbstractEventLoop, method: Callable[[], Any]) -> Any:
-    """Await ``method()`` on ``loop`` (where distributed's objects answer with coroutines)."""
-
-    async def call() -> Any:
-        return await method()
-
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), loop))
-
-
-_registry_lock = threading.Lock()
-_semaphores: dict[str, tuple[_SharedSemaphore, int]] = {}
-_process_slots: dict[str, tuple[_ProcessSlots, int]] = {}
-
-
 @contextlib.contextmanager
 def _slots_for(
     task: _PartitionTask,
-) -> Iterator[tuple[_ClusterSlots | _ProcessSlots, _SharedGate | None, str]]:
+) -> Iterator[tuple[LeasePool | ProcessSlots, _SharedGate | None, str]]:
     """The run's slot limiter for this partition (and the shared 429 gate on a cluster)."""
-    worker = None
     try:
-        from distributed import get_worker
+        from distributed import get_client, get_worker
 
-        worker = get_worker()
+        get_worker()
     except (ImportError, ValueError):
-        worker = None
-    if worker is None:
-        with _registry_lock:
-            slots, users = _process_slots.get(task.token, (_ProcessSlots(task.concurrency), 0))
-            _process_slots[task.token] = (slots, users + 1)
-        try:
+        with process_slots_for(task.token, task.concurrency) as slots:
             yield slots, None, "process"
-        finally:
-            _forget(_process_slots, task.token)
         return
-    import distributed
-
-    cluster: Any = distributed
-
-    name = f"narrative-slots-{task.token}"
-    with _registry_lock:  # one Semaphore object per worker process: its leases are refreshed
-        found = _semaphores.get(name)
-        if found is None:
-            semaphore = cluster.Semaphore(max_leases=task.concurrency, name=name)
-            found = (_SharedSemaphore(semaphore, semaphore.loop.asyncio_loop), 0)
-        shared, users = found
-        _semaphores[name] = (shared, users + 1)
-    try:
-        loop = shared.loop
+    client = get_client()  # the worker's client, bound here on the task thread
+    with pool_for(task.token, task.concurrency, client) as pool:
         gate = None
         if task.share_rate_limits:
-            client = cluster.get_client()  # the worker's client, bound here on the task thread
             gate = _SharedGate(
-                _MetadataStore(client, ["narrative-pandas", task.token, "429"], loop)
+                _MetadataStore(client, ["narrative-pandas", task.token, "429"], pool.worker_loop)
             )
-        yield _ClusterSlots(shared, gate), gate, "distributed.Semaphore"
-    finally:
-        _forget(_semaphores, name)
-
-
-def _forget(registry: dict[str, tuple[Any, int]], name: str) -> None:
-    with _registry_lock:
-        value, users = registry.get(name, (None, 1))
-        if users <= 1:
-            registry.pop(name, None)
-        else:
-            registry[name] = (value, users - 1)
+        yield pool, gate, "distributed.Semaphore"
 
 
 # ---------------------------------------------------------------------------------- 429 gate
@@ -374,7 +277,7 @@ class _MetadataStore:
         async def get() -> float:
             return float(await self._client.get_metadata(self._key, default=0.0))
 
-        return float(await _on_loop(self._loop, get))
+        return float(await on_loop(self._loop, get))
 
     async def raise_to(self, wall: float) -> None:
         async def update() -> None:
@@ -383,7 +286,7 @@ class _MetadataStore:
             if wall > current:
                 await self._client.set_metadata(self._key, wall)
 
-        await _on_loop(self._loop, update)
+        await on_loop(self._loop, update)
 
 
 class _SharedGate:
@@ -563,16 +466,15 @@ def infer(ddf: dd.DataFrame, prompt: str | None = None, **options: Any) -> dd.Da
     task, probe = _task(ddf, prompt, dict(options))
     meta = build_frame(ddf._meta, [], probe.spec, prefix=probe.prefix, flatten=probe.flatten)
     frame: Any = ddf
-    return cast(
-        dd.DataFrame,
-        frame.map_partitions(
-            _infer_partition,
-            task,
-            meta=meta,
-            transform_divisions=False,
-            align_dataframes=False,
-        ),
+    out = frame.map_partitions(
+        _infer_partition,
+        task,
+        meta=meta,
+        transform_divisions=False,
+        align_dataframes=False,
     )
+    _remember_run(out, task.token, ddf)
+    return cast(dd.DataFrame, out)
 
 
 def preview(ddf: dd.DataFrame, prompt: str | None = None, **options: Any) -> dd.DataFrame:
@@ -623,17 +525,102 @@ def merge_reports(
     return merged
 
 
-def compute(ddf: dd.DataFrame, **compute_kwargs: Any) -> pd.DataFrame:
+#: Frames returned by :func:`infer` (by their Dask name): the run's token and the input frame.
+_runs: dict[str, tuple[str, Any]] = {}
+_RUNS_KEPT = 64
+
+
+def _remember_run(out: Any, token: str, source: Any) -> None:
+    _runs[str(out._name)] = (token, source)
+    while len(_runs) > _RUNS_KEPT:
+        _runs.pop(next(iter(_runs)))
+
+
+def _run_of(frame: Any) -> tuple[str, Any] | None:
+    """The run behind ``frame`` (returned by :func:`infer` or :func:`persist`)."""
+    return _runs.get(str(frame._name))
+
+
+def persist(frame: dd.DataFrame, **persist_kwargs: Any) -> dd.DataFrame:
+    """``frame.persist()`` for a frame returned by :func:`infer`, that :func:`progress` can follow.
+
+    (A plain ``.persist()`` renames the frame, and ``progress`` could not find its run.)
+    """
+    found = _run_of(frame)
+    persisted = cast(Any, frame).persist(**persist_kwargs)
+    if found is not None:
+        _remember_run(persisted, *found)
+    return cast(dd.DataFrame, persisted)
+
+
+def _distributed_client() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        return None
+    cluster: Any = distributed
+    try:
+        return cluster.default_client()
+    except ValueError:
+        return None
+
+
+def progress(frame: dd.DataFrame, progress: Any = True) -> None:
+    """Show the live progress over all rows of a persisted :func:`infer` result, until it ends.
+
+    ``out = ddf.narrative.infer(...).narrative.persist()`` returns at once while the cluster
+    works; then ``narrative_pandas.dask.progress(out)`` shows the same widget (or text line) as
+    the pandas path, for the whole cluster's rows, and the final summary. ``progress=`` takes
+    the values of ``infer``'s (``True``, a callable, a sink); a callable runs on the client.
+    """
+    import distributed
+
+    futures_of: Any = distributed.futures_of
+    client = _distributed_client()
+    found = _run_of(frame)
+    if client is None or found is None:
+        raise ConfigurationError(
+            "progress() needs a frame returned by ddf.narrative.infer(...) or persisted with "
+            "out.narrative.persist() (a plain .persist() renames it), and a distributed Client; "
+            "with other schedulers use out.narrative.compute()."
+        )
+    token, source = found
+    # The workers' threads are busy with the run: count the input's rows here.
+    total = sum(
+        _dask.compute(*[_dask.delayed(len)(d) for d in source.to_delayed()], scheduler="sync")
+    )
+    follow(client, token, futures_of(frame), int(total), progress, title="narrative (Dask)")
+
+
+_progress_of = progress  # for the accessor's method of the same name
+
+
+def compute(ddf: dd.DataFrame, progress: Any = None, **compute_kwargs: Any) -> pd.DataFrame:
     """Compute a frame returned by :func:`infer` and merge its partitions' run reports.
 
-    The partitions are computed once (one ``dask.compute``), concatenated in order like
-    ``frame.compute()``, and ``attrs["narrative"]`` holds the merged report (counts summed over
-    partitions, ``elapsed_s`` the wall time of this call, ``partition_reports`` each one). Like
-    the pandas path, a warning summarises failed rows.
+    The partitions are computed once, concatenated in order like ``frame.compute()``, and
+    ``attrs["narrative"]`` holds the merged report (counts summed over partitions, ``elapsed_s``
+    the wall time of this call, ``partition_reports`` each one). Like the pandas path, a warning
+    summarises failed rows.
+
+    On a ``distributed`` cluster (and without ``compute_kwargs``), progress over every
+    partition's rows is shown while it runs: ``progress=None`` shows the widget in a notebook
+    and a text line in a terminal, ``True``/``False``/a callable/a sink as on the pandas path
+    (a callable here runs on the client, with the cluster's counts).
     """
     frame: Any = ddf
     started = time.monotonic()
-    parts: list[pd.DataFrame] = list(_dask.compute(*frame.to_delayed(), **compute_kwargs))
+    client = _distributed_client()
+    found = _run_of(frame)
+    if client is not None and found is not None and progress is not False and not compute_kwargs:
+        token, source = found
+        lengths = client.compute([_dask.delayed(len)(d) for d in source.to_delayed()])
+        total = sum(int(n) for n in client.gather(lengths))  # the bar's total, counted first
+        futures = client.compute(list(frame.to_delayed()))
+        follow(client, token, futures, total, progress, title="narrative (Dask)")
+        parts: list[pd.DataFrame] = list(client.gather(futures))
+    else:
+        parts = list(_dask.compute(*frame.to_delayed(), **compute_kwargs))
     elapsed = time.monotonic() - started
     reports = [p.attrs["narrative"] for p in parts if isinstance(p.attrs.get("narrative"), dict)]
     filled = [p for p in parts if len(p)]
@@ -682,9 +669,18 @@ class DaskFrameNarrativeAccessor:
     def preview(self, prompt: str | None = None, **options: Any) -> dd.DataFrame:
         return preview(self._obj, prompt, **options)
 
-    def compute(self, **compute_kwargs: Any) -> pd.DataFrame:
-        """Compute this frame with the merged run report in ``attrs["narrative"]``."""
-        return compute(self._obj, **compute_kwargs)
+    def compute(self, progress: Any = None, **compute_kwargs: Any) -> pd.DataFrame:
+        """Compute this frame with the merged run report in ``attrs["narrative"]`` (and live
+        progress over the cluster's rows, see :func:`narrative_pandas.dask.compute`)."""
+        return compute(self._obj, progress, **compute_kwargs)
+
+    def persist(self, **persist_kwargs: Any) -> dd.DataFrame:
+        """Persist this frame so that :func:`progress` can follow it (see :func:`persist`)."""
+        return persist(self._obj, **persist_kwargs)
+
+    def progress(self, progress: Any = True) -> None:
+        """Show the live progress of this persisted frame (see :func:`progress`)."""
+        _progress_of(self._obj, progress)
 
 
 @_extensions.register_series_accessor("narrative")

@@ -53,7 +53,7 @@ def cluster() -> Iterator[Client]:
     with (
         dask.config.set(CLUSTER_CONFIG),
         LocalCluster(
-            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
         ) as local,
         Client(local) as client,
     ):
@@ -304,6 +304,64 @@ class TestCluster:
         logs = [cluster.get_scheduler_logs(n=1000)]
         logs += list(cluster.get_worker_logs(n=1000).values())
         assert not any(sandbox.api_key in line for log in logs for _, line in log)
+
+
+def _lease_counts(client: Client, token: str) -> dict[str, int]:
+    """Leases of one run's semaphore granted and returned at the scheduler (round trips)."""
+
+    def read(dask_scheduler: Any, name: str) -> dict[str, int]:
+        metrics = dask_scheduler.extensions["semaphores"].metrics
+        return {k: int(metrics[k].get(name, 0)) for k in ("acquire_total", "release_total")}
+
+    return dict(client.run_on_scheduler(read, name=f"narrative-slots-{token}"))
+
+
+class TestClusterProgressAndLeases:
+    """Progress over the whole cluster's rows; leases reused instead of one round trip per job."""
+
+    def test_progress_callable_sees_every_row_of_the_cluster(
+        self, cluster: Client, sandbox: Sandbox, frame: pd.DataFrame
+    ) -> None:
+        """compute(progress=callable) on 2 workers: events for all 60 rows, ending done."""
+        sandbox.configure(run_latency=0.2)
+        ddf = dd.from_pandas(frame, npartitions=4)
+        out = ddf.narrative.infer(REVIEW_PROMPT, **_options(sandbox, concurrency=6, cache=False))
+        events: list[ProgressEvent] = []
+        result = out.narrative.compute(progress=events.append)
+        assert result["narrative_error"].isna().all()
+        assert result.attrs["narrative"]["workers"] == 2
+        assert events and events[0].snapshot.total == 60
+        assert {e.snapshot.total for e in events} == {60}
+        last = events[-1]
+        assert last.kind == "finish" and last.snapshot.status == "done"
+        assert last.snapshot.completed == 60 and last.snapshot.queued == 0
+        into_completed = sum(
+            e.rows for e in events if e.kind == "transition" and e.new == "completed"
+        )
+        assert into_completed == 60  # every row reached the client's tracker once
+        assert any(0 < e.snapshot.completed < 60 for e in events)  # live, not only at the end
+        assert sandbox.stats.jobs_created == 60 and sandbox.stats.duplicate_submissions == 0
+
+    def test_persisted_frame_progress_and_few_lease_round_trips(
+        self, cluster: Client, sandbox: Sandbox
+    ) -> None:
+        """narrative.persist() + progress(): all rows shown; far fewer lease requests than jobs."""
+        sandbox.configure(run_latency=0.05)
+        df = pd.DataFrame({"text": [f"review number {i}" for i in range(400)]})
+        ddf = dd.from_pandas(df, npartitions=2)
+        out = ddf.narrative.infer("Text: {text}", **_options(sandbox, concurrency=8, cache=False))
+        token = npd_dask._runs[out._name][0]
+        persisted = out.narrative.persist()
+        events: list[ProgressEvent] = []
+        npd_dask.progress(persisted, events.append)
+        assert events[-1].kind == "finish" and events[-1].snapshot.completed == 400
+        result = persisted.compute()
+        assert result["narrative_error"].isna().all() and len(result) == 400
+        assert sandbox.stats.peak_unfinished_jobs <= 8
+        assert sandbox.stats.jobs_created == 400 and sandbox.stats.duplicate_submissions == 0
+        leases = _lease_counts(cluster, token)
+        assert leases["acquire_total"] < 400 / 4, leases  # one per job before the pools
+        assert leases["acquire_total"] == leases["release_total"]  # every lease went back
 
 
 class _FakeStore:

@@ -1,0 +1,393 @@
+"""Cluster-wide ``concurrency`` for Dask runs, without a scheduler round trip per job.
+
+The limit is a run-specific :class:`distributed.Semaphore` with ``concurrency`` leases. Taking
+and returning one lease per job cost two scheduler round trips per row, and the scheduler wakes
+every waiting request on each release: at 0.2 s jobs that was most of the client's CPU. Instead,
+each worker process keeps a :class:`LeasePool`:
+
+- leases are *held* by the pool and handed from a finished job to the next one locally;
+- the pool asks the scheduler for more only while its jobs wait (at most
+  ``LEASE_REQUESTS_PER_PROCESS`` requests at once), and returns leases it has not used for
+  ``LEASE_LINGER_S`` (so a partition that ends gives them back, and the next partition on the
+  same worker finds them);
+- the pools rebalance through the scheduler's metadata store: every ``BOARD_INTERVAL_S`` each
+  pool publishes its demand (leases in use + jobs waiting) and reads the others'; when the
+  cluster wants more than ``concurrency``, each pool's share is the max-min fair share, and a
+  pool above its share returns leases as its jobs end instead of reusing them.
+
+Held leases stay leases of the semaphore: the worker's event loop refreshes them, and a lost
+worker's leases come back after ``lease-timeout``, as before. Without ``distributed`` (threads or
+sync scheduler) all partitions share one process and :class:`ProcessSlots`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _sync
+
+__all__ = [
+    "BOARD_INTERVAL_S",
+    "LEASE_LINGER_S",
+    "LEASE_REQUESTS_PER_PROCESS",
+    "LeasePool",
+    "ProcessSlots",
+    "fair_share",
+    "on_loop",
+    "pool_for",
+    "process_slots_for",
+]
+
+logger = logging.getLogger("narrative_pandas")
+
+#: Lease requests one worker process keeps waiting at the scheduler at once (the scheduler wakes
+#: every waiting request on each release, so hundreds would cost it hundreds of wake-ups each).
+LEASE_REQUESTS_PER_PROCESS = 32
+#: Seconds one lease request waits at the scheduler before it is renewed (or dropped).
+ASK_TIMEOUT_S = 1.0
+#: Seconds a lease no job uses stays in the pool before it goes back to the scheduler.
+LEASE_LINGER_S = 0.25
+#: Seconds between two publications of a pool's demand (and reads of the others').
+BOARD_INTERVAL_S = 0.5
+#: A demand not refreshed for this long is a gone worker's: ignored.
+BOARD_STALE_S = 5 * BOARD_INTERVAL_S
+
+
+async def on_loop(loop: asyncio.AbstractEventLoop, method: Callable[[], Any]) -> Any:
+    """Await ``method()`` on ``loop`` (where distributed's objects answer with coroutines)."""
+
+    async def call() -> Any:
+        return await method()
+
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), loop))
+
+
+def fair_share(demands: Mapping[str, int], limit: int) -> int | None:
+    """The max-min fair share of ``limit`` among ``demands``; None when all fit at once."""
+    wanted = sorted(d for d in demands.values() if d > 0)
+    if sum(wanted) <= limit:
+        return None
+    remaining = float(limit)
+    for i, demand in enumerate(wanted):
+        level = remaining / (len(wanted) - i)
+        if demand > level:
+            return max(1, math.ceil(level))
+        remaining -= demand
+    return max(1, math.ceil(remaining))  # pragma: no cover  (the sum exceeds the limit)
+
+
+@dataclass
+class PoolStats:
+    """What a pool did, for reports and benchmarks."""
+
+    scheduler_acquires: int = 0
+    scheduler_releases: int = 0
+    local_handoffs: int = 0
+    rebalance_returns: int = 0
+
+
+class _DemandBoard:
+    """Each pool's demand, kept in the scheduler's metadata store under the run's token."""
+
+    def __init__(self, client: Any, token: str, loop: asyncio.AbstractEventLoop) -> None:
+        self._client = client
+        self._key = ["narrative-pandas", token, "demand"]
+        self._loop = loop
+
+    async def exchange(self, pool_id: str, demand: int) -> dict[str, int]:
+        """Publish this pool's demand; every fresh demand on the board (this one included)."""
+
+        async def call() -> Any:
+            await self._client.set_metadata([*self._key, pool_id], [demand, time.time()])
+            return await self._client.get_metadata(self._key, default={})
+
+        board = await on_loop(self._loop, call)
+        now = time.time()
+        fresh = {
+            str(name): int(entry[0])
+            for name, entry in dict(board or {}).items()
+            if isinstance(entry, (list, tuple)) and now - float(entry[1]) < BOARD_STALE_S
+        }
+        fresh[pool_id] = demand
+        return fresh
+
+
+@dataclass(eq=False)
+class LeasePool:
+    """This process's leases of one run's semaphore (use on the narrative runner loop).
+
+    Implements the engine's slot protocol (``acquire``/``release``). ``held`` leases are held
+    at the scheduler; ``free`` of them wait for a job here.
+    """
+
+    semaphore: Any
+    worker_loop: asyncio.AbstractEventLoop
+    limit: int
+    board: _DemandBoard | None = None
+    held: int = 0
+    free: int = 0
+    users: int = 0
+    waiting: int = 0  # jobs waiting here for a lease
+    target: int | None = None  # the fair share while the cluster wants more than the limit
+    stats: PoolStats = field(default_factory=PoolStats)
+    pool_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    _waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    _asking: int = 0
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _trim: asyncio.TimerHandle | None = None
+    _board_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ the slot protocol
+
+    async def acquire(self) -> None:
+        """A lease for one job: a free one at once, else the next one handed back or granted."""
+        self._start_board()
+        if self.free and self._above_share():
+            assert self.target is not None
+            extra = min(self.free, self.held - self.target)
+            self.free -= extra
+            self.stats.rebalance_returns += extra
+            self._return(extra)
+        if self.free:
+            self.free -= 1
+            self.stats.local_handoffs += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self.waiting += 1
+        self._ask_more()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if not waiter.done() or waiter.cancelled():
+                self.waiting -= 1  # never served: it no longer waits
+            elif waiter.exception() is None:
+                self.release_now()  # handed over just as the job was cancelled: pass it on
+            raise
+
+    async def release(self) -> None:
+        """A job ended: its lease goes to a waiting job, back to the scheduler, or lingers."""
+        self.release_now()
+
+    def release_now(self) -> None:
+        if self._above_share():
+            self.stats.rebalance_returns += 1
+            self._return(1)
+        elif self._hand_to_waiter():
+            self.stats.local_handoffs += 1
+        else:
+            self.free += 1
+            self._schedule_trim()
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close_when_idle(self, forget: Callable[[], bool]) -> None:
+        """No partition uses the pool: after the linger, return every lease and ``forget``."""
+
+        def retire() -> None:
+            if self.users or not forget():
+                return
+            self._return(self.free)
+            self.free = 0
+            if self._board_task is not None:
+                self._board_task.cancel()
+
+        asyncio.get_running_loop().call_later(LEASE_LINGER_S, retire)
+
+    # ------------------------------------------------------------------ internals
+
+    def _above_share(self) -> bool:
+        return self.target is not None and self.held > self.target
+
+    def _hand_to_waiter(self) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self.waiting -= 1
+                return True
+        return False
+
+    def _ask_more(self) -> None:
+        """Keep asking the scheduler for the leases our waiting jobs need, up to our share.
+
+        At or above its fair share a pool does not ask: a lease another pool returns then goes
+        to a pool below its share, instead of bouncing between pools at every job's end.
+        """
+        wanted = min(self.waiting, LEASE_REQUESTS_PER_PROCESS)
+        if self.target is not None:
+            wanted = min(wanted, self.target - self.held)
+        while self._asking < wanted:
+            self._asking += 1
+            self._spawn(self._ask())
+
+    async def _ask(self) -> None:
+        try:
+            granted = await on_loop(self.worker_loop, self._acquire_one)
+        except BaseException as exc:
+            self._asking -= 1
+            while self._waiters:  # the engine sees the failure, as with a direct acquire
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    self.waiting -= 1
+                    waiter.set_exception(
+                        exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
+                    )
+                    break
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._asking -= 1
+        if not granted:  # timed out: ask again only if our jobs still wait and we are below share
+            self._ask_more()
+            return
+        self.held += 1
+        self.stats.scheduler_acquires += 1
+        if not self._hand_to_waiter():
+            self.free += 1
+            self._schedule_trim()
+        self._ask_more()
+
+    def _acquire_one(self) -> Any:
+        """One lease request; it expires so that a request made before a rebalance does not
+        take a lease this pool no longer has a share for (requests cannot be withdrawn)."""
+        return self.semaphore.acquire(timeout=ASK_TIMEOUT_S)
+
+    def _return(self, count: int) -> None:
+        for _ in range(count):
+            self.held -= 1
+            self.stats.scheduler_releases += 1
+            self._spawn(self._release_one())
+
+    async def _release_one(self) -> None:
+        try:
+            await on_loop(self.worker_loop, self.semaphore.release)
+        except Exception:  # the lease times out at the scheduler instead
+            logger.warning("could not return a semaphore lease", exc_info=True)
+
+    def _schedule_trim(self) -> None:
+        if self._trim is None:
+            self._trim = asyncio.get_running_loop().call_later(LEASE_LINGER_S, self._trim_free)
+
+    def _trim_free(self) -> None:
+        """Return the leases no job took during the linger (keep none while nobody waits)."""
+        self._trim = None
+        if self.free and not self.waiting:
+            self._return(self.free)
+            self.free = 0
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _start_board(self) -> None:
+        if self.board is not None and self._board_task is None:
+            self._board_task = asyncio.get_running_loop().create_task(self._watch_board())
+
+    async def _watch_board(self) -> None:
+        board = self.board
+        assert board is not None
+        while True:
+            demand = (self.held - self.free) + self.waiting
+            try:
+                demands = await board.exchange(self.pool_id, demand)
+            except Exception:  # sharing is best effort; the semaphore still caps the cluster
+                logger.debug("could not exchange lease demand", exc_info=True)
+            else:
+                self.target = fair_share(demands, self.limit)
+                extra = min(self.free, self.held - self.target) if self.target is not None else 0
+                if extra > 0:
+                    self.free -= extra
+                    self.stats.rebalance_returns += extra
+                    self._return(extra)
+                self._ask_more()
+            await asyncio.sleep(BOARD_INTERVAL_S)
+
+
+class ProcessSlots:
+    """The cluster-wide limit when every partition runs in this process (threads scheduler)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._semaphore: asyncio.Semaphore | None = None
+
+    async def acquire(self) -> None:
+        if self._semaphore is None:  # created on the runner loop, where every engine runs
+            self._semaphore = asyncio.Semaphore(self._limit)
+        await self._semaphore.acquire()
+
+    async def release(self) -> None:
+        assert self._semaphore is not None
+        self._semaphore.release()
+
+
+_registry_lock = threading.Lock()
+_pools: dict[str, LeasePool] = {}
+_process_slots: dict[str, tuple[ProcessSlots, int]] = {}
+
+
+@contextlib.contextmanager
+def process_slots_for(token: str, limit: int) -> Iterator[ProcessSlots]:
+    """The run's in-process limit, shared by its partitions running in this process."""
+    with _registry_lock:
+        slots, users = _process_slots.get(token, (ProcessSlots(limit), 0))
+        _process_slots[token] = (slots, users + 1)
+    try:
+        yield slots
+    finally:
+        with _registry_lock:
+            slots, users = _process_slots[token]
+            if users <= 1:
+                del _process_slots[token]
+            else:
+                _process_slots[token] = (slots, users - 1)
+
+
+@contextlib.contextmanager
+def pool_for(token: str, limit: int, client: Any) -> Iterator[LeasePool]:
+    """This worker process's lease pool for the run ``token`` (call on the task's thread).
+
+    ``client`` is the worker's distributed client (for the demand board), or None to use the
+    semaphore alone. The pool outlives a partition by ``LEASE_LINGER_S`` so that the next
+    partition of the run on this worker takes over its leases.
+    """
+    import distributed
+
+    cluster: Any = distributed
+    with _registry_lock:
+        pool = _pools.get(token)
+        if pool is None:
+            semaphore = cluster.Semaphore(max_leases=limit, name=f"narrative-slots-{token}")
+            loop = semaphore.loop.asyncio_loop
+            board = _DemandBoard(client, token, loop) if client is not None else None
+            pool = LeasePool(semaphore, loop, limit, board)
+            _pools[token] = pool
+        pool.users += 1
+    try:
+        yield pool
+    finally:
+        with _registry_lock:
+            pool.users -= 1
+            idle = pool.users == 0
+
+        def forget() -> bool:
+            with _registry_lock:
+                if pool.users:
+                    return False
+                if _pools.get(token) is pool:
+                    del _pools[token]
+                return True
+
+        if idle:
+            _sync.runner_loop().call_soon_threadsafe(pool.close_when_idle, forget)
