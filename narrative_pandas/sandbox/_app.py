@@ -117,8 +117,7 @@ class _FrontDoor:
             await send(message)
 
         down, status = core.outage_status()
-        if down and status is None:
-            counted = True
+        if down and status is None:  # counted as status 0: nothing was answered
             core.stats.request_answered(method, template, 0)
             await _reset_connection(core, scope)
             return
@@ -126,7 +125,7 @@ class _FrontDoor:
         try:
             config = core.config
             if down and status is not None:
-                outage = problem(status, "Service unavailable (sandbox: outage)", path)
+                outage = problem(status, f"The service is down (sandbox: outage, {status})", path)
                 await outage(scope, receive, send_counted)
                 return
             delay = core.latency(config.response_delay)
