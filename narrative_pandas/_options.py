@@ -145,6 +145,10 @@ def _is_client(value: Any) -> bool:
     return isinstance(value, Client)
 
 
+def _is_progress(value: Any) -> bool:
+    return isinstance(value, bool) or callable(value) or hasattr(value, "update")
+
+
 def _is_frame(value: Any) -> bool:
     import pandas as pd
 
@@ -171,6 +175,7 @@ OPTION_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "missing": (_is_str, 'one of "empty", "skip"'),
     "prefix": (_is_str, "a string"),
     "flatten": (_is_bool, "True or False"),
+    "progress": (_is_progress, "None, True, False, a callable taking each event, or a sink"),
     "cache": (_is_cache, "True, False, a file path or a Cache"),
     "refresh": (_is_bool, "True or False"),
     "max_total_tokens": (_is_int, "a positive integer"),

@@ -209,6 +209,11 @@ class Run:
     def report(self) -> dict[str, Any]:
         """What the run did so far: rows, jobs, cache, tokens, HTTP requests, elapsed.
 
+        Rows are counted by ``narrative_status``: ``completed_rows``, ``stopped_rows`` (a cancel,
+        an interrupt or the token budget; a re-run finishes them) and ``failed_rows`` (failed,
+        invalid, timed out and skipped: ``invalid_rows``, ``timed_out_rows`` and
+        ``skipped_rows`` are among them). Stopped and failed rows never overlap.
+
         Examples
         --------
         >>> run.report["jobs_submitted"], run.report["http_requests"]       # doctest: +SKIP

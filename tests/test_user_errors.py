@@ -105,6 +105,7 @@ class TestOptionTypes:
             ("cache", 3, "cache must be True, False, a file path or a Cache"),
             ("only_failed", [1, 2], "only_failed must be a previous result"),
             ("system", ["a"], "system must be a string"),
+            ("progress", "yes", "progress must be None, True, False, a callable"),
         ],
     )
     def test_wrong_type_refused_before_sending(
@@ -113,7 +114,7 @@ class TestOptionTypes:
         """A wrong type is an OptionTypeError (a TypeError) naming the option; nothing sent."""
         with pytest.raises(npd.OptionTypeError, match=expected) as caught:
             frame().narrative.infer(
-                PROMPT, output=Label, progress=False, **target, **{option: value}
+                PROMPT, output=Label, **{"progress": False, **target, option: value}
             )
         assert isinstance(caught.value, TypeError)
         assert isinstance(caught.value, npd.ConfigurationError)
