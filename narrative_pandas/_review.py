@@ -93,7 +93,7 @@ class Review:
         self._truth = truth or {}
         self._answers = self._consensus()
         self._validators = {f: self._validator(f) for f in self.fields}
-        self._row_ids = [self._row_id(p) for p in range(len(df))]
+        self._row_ids = self._identities()
         self._labels: dict[tuple[int, str], ReviewLabel] = {}
         by_id = {rid: p for p, rid in enumerate(self._row_ids)}
         for label in store.load(namespace, self._row_ids):
@@ -105,13 +105,17 @@ class Review:
 
     # ------------------------------------------------------------------ what is reviewed
 
-    def _row_id(self, position: int) -> str:
-        """A row's identity across sessions: its index label and the values the template used."""
+    def _identities(self) -> list[str]:
+        """Each row's identity across sessions: its index label and the values the template
+        used (so a review resumes on the same rows, and never on rows whose inputs changed)."""
         columns = self.info.template_columns or self.info.input_columns
-        values = [_plain(self._df[c].iat[position]) for c in columns if c in self._df.columns]
-        label = self._df.index[position]
-        material = json.dumps([_plain(label), values], default=str, sort_keys=True)
-        return hashlib.sha256(material.encode("utf-8")).hexdigest()
+        arrays = [self._df[c].to_numpy(dtype=object) for c in columns if c in self._df.columns]
+        ids = []
+        for position, label in enumerate(self._df.index):
+            values = [_plain(array[position]) for array in arrays]
+            material = json.dumps([_label(label), values], default=str, sort_keys=True)
+            ids.append(hashlib.sha256(material.encode("utf-8")).hexdigest())
+        return ids
 
     def _consensus(self) -> dict[str, list[Any]]:
         """Per field, the answer shown for each row (the majority of the variants, if several)."""

@@ -198,3 +198,55 @@ class TestReviewPersists:
         assert (
             "JOBS 2" in stdout
         )  # only the failed row's job is sent again (failures aren't cached)
+
+
+class TestReviewEditors:
+    """Booleans get a toggle, numbers and strings a text box checked against the schema."""
+
+    def test_toggle_and_checked_text_boxes(self) -> None:
+        """An out-of-range number is refused in the widget; valid edits and undo work."""
+        schema = {
+            "type": "object",
+            "properties": {
+                "urgent": {"type": "boolean"},
+                "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+                "note": {"type": "string", "maxLength": 10},
+            },
+            "required": ["urgent", "stars", "note"],
+        }
+        df = pd.DataFrame(
+            {
+                "text": ["a", "b"],
+                "urgent": pd.array([True, False], dtype="boolean"),
+                "stars": pd.array([4, 2], dtype="Int64"),
+                "note": pd.array(["ok", "meh"], dtype="string"),
+                "narrative_error": pd.array([None, None], dtype="string"),
+            }
+        )
+        df.attrs["narrative"] = {
+            "fields": ["urgent", "stars", "note"],
+            "schema": schema,
+            "template_columns": ["text"],
+        }
+        rv = df.narrative.review(name="editors")
+        rv.widget()
+        view = rv._widget
+        assert [rv.kind(f) for f in rv.fields] == ["boolean", "integer", "string"]
+        assert view.editors["urgent"].value is True
+        assert view.editors["stars"].value == "4"
+        view.editors["stars"].value = "9"
+        assert "maximum" in view.message.value and rv.labels.empty
+        view.editors["stars"].value = "three"
+        assert "not a valid integer" in view.message.value and rv.labels.empty
+        view.editors["stars"].value = "3"
+        view.editors["urgent"].value = False
+        view.editors["note"].value = "fine"
+        labels = rv.labels
+        assert list(labels["field"]) == ["stars", "urgent", "note"]
+        assert list(labels["value"]) == [3, False, "fine"]
+        assert list(labels["source"]) == ["edited"] * 3
+        fixed = rv.apply()
+        assert fixed.loc[0, "stars"] == 3 and not fixed.loc[0, "urgent"]
+        assert fixed["stars"].dtype == "Int64" and fixed["urgent"].dtype == "boolean"
+        rv.undo()
+        assert rv.labels.empty and view.editors["stars"].value == "4"
