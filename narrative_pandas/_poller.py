@@ -128,8 +128,8 @@ class Poller:
             due = self._overdue(outstanding, interval, mean_latency, everyone=False)
             if watchdog:
                 due = sorted(outstanding, key=lambda job_id: outstanding[job_id].fetched_at)
-        else:
-            due = list(outstanding)
+        else:  # few jobs, or no usable listing: each job in turn, the longest unseen first
+            due = sorted(outstanding, key=lambda job_id: outstanding[job_id].confirmed_at)
         now = self._clock.now()
         due = [job_id for job_id in due if outstanding[job_id].retry_get_at <= now]
         if due:

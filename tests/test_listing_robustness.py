@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import signal
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from narrative_pandas._client import Client as HTTPClient
 from narrative_pandas._clock import FakeClock
 from narrative_pandas._config import resolve_settings
 from narrative_pandas._engine import Engine
+from narrative_pandas._observation import MAX_DIRECT_GETS, WATCHDOG_POLLS
 from narrative_pandas._plan import build_plan
 from narrative_pandas._progress import make_progress
 from narrative_pandas.sandbox import Sandbox
@@ -367,3 +369,42 @@ class TestStopDuringAStalledListing:
         assert {o.status for o in outcomes.values()} == {"cancelled"}
         assert engine.report.status == "cancelled"
         assert len(posted) == 10
+
+
+class StaleListing(httpx.AsyncBaseTransport):
+    """A listing served from a replica that stopped: every job in it stays ``running``."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path != "/jobs" or response.status_code != 200:
+            return response
+        body = json.loads(await response.aread())
+        for job in body["records"]:
+            job.update(state="running", result=None, ended_at=None)
+        return httpx.Response(200, json=body, request=request)
+
+
+class TestWatchdog:
+    """A listing that shows every job but never their ends cannot hang the run."""
+
+    async def test_stale_listing(self, sandbox: Sandbox) -> None:
+        """Jobs stuck 'running' in the listing are fetched by the watchdog; every row ends."""
+        sandbox.configure(queue_latency=0.02, run_latency=0.05)
+        async with HTTPClient(
+            sandbox.api_key,
+            sandbox.base_url,
+            data_plane_id=sandbox.data_plane_id,
+            transport=StaleListing(sandbox.transport()),
+        ) as client:
+            out = await frame(40).narrative.ainfer(
+                PROMPT, output=Label, client=client, concurrency=40, progress=False, cache=False
+            )
+        assert out["narrative_error"].isna().all()
+        assert sandbox.stats.jobs_created == 40 and sandbox.stats.duplicates == 0
+        assert sandbox.stats.count(path="/jobs/{job_id}") >= 36  # each seen ended by a GET
+        # ceil(40 / MAX_DIRECT_GETS) watchdog rounds of WATCHDOG_POLLS + 1 polls each, plus slack
+        rounds = -(-40 // MAX_DIRECT_GETS)
+        assert out.attrs["narrative"]["polls"] <= rounds * (WATCHDOG_POLLS + 1) + 10
