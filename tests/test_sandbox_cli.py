@@ -15,8 +15,8 @@ import time
 import httpx
 import pytest
 
-from narrative_pandas.sandbox import DEFAULT_DATA_PLANE_ID
-from narrative_pandas.sandbox.__main__ import main
+from narrative_pandas.sandbox import DEFAULT_DATA_PLANE_ID, Sandbox, SandboxConfig
+from narrative_pandas.sandbox.__main__ import _parser, knobs_from_args, main
 from narrative_pandas.sandbox._knobs import parse_latency
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -154,6 +154,77 @@ class TestCommandLine:
         assert exc.value.code == 2
         assert main(["--failure-rate", "2", "--port", "0"]) == 2
         assert "failure_rate" in capsys.readouterr().err
+
+
+class TestKnobFlags:
+    FLAGS = (
+        "--latency 0.5-2 --queue-latency 0.1 --response-delay 0.01 --failure-rate 0.1 "
+        "--cancel-rate 0.2 --error-rate 0.05 --post-500-after-create-rate 0.01 "
+        "--post-garbage-after-create-rate 0.02 --rate-limit-rps 50 --max-unfinished-jobs 64 "
+        "--ttl 600 --executor-skew -2 --executor-skew-fraction 0.25 --replication-lag 1.5 "
+        "--foreign-jobs 20 --foreign-update-interval none --foreign-null-updated-at 1 "
+        "--listing-orders created_at_desc,created_at_asc --listing-ignores-order "
+        "--total-records-mode page_end --listing-drip 100 --seed 7"
+    )
+
+    def test_every_flag_sets_its_knob(self) -> None:
+        """Each --knob-name flag lands in the SandboxConfig field of the same name."""
+        knobs = knobs_from_args(_parser().parse_args(self.FLAGS.split()))
+        config = Sandbox(**knobs).config
+        assert config.run_latency == (0.5, 2.0)
+        assert (config.queue_latency, config.response_delay) == (0.1, 0.01)
+        assert (config.failure_rate, config.cancel_rate, config.error_rate) == (0.1, 0.2, 0.05)
+        assert config.post_500_after_create_rate == 0.01
+        assert config.post_garbage_after_create_rate == 0.02
+        assert (config.rate_limit_rps, config.max_unfinished_jobs, config.ttl) == (50, 64, 600)
+        assert (config.executor_skew, config.executor_skew_fraction) == (-2.0, 0.25)
+        assert config.replication_lag == 1.5
+        assert (config.foreign_jobs, config.foreign_update_interval) == (20, None)
+        assert config.foreign_null_updated_at == 1
+        assert config.listing_orders == ("created_at_desc", "created_at_asc")
+        assert config.listing_ignores_order is True
+        assert (config.total_records_mode, config.listing_drip, config.seed) == ("page_end", 100, 7)
+
+    def test_flags_left_out_keep_the_defaults(self) -> None:
+        """No flags: no knobs, so the defaults (foreign updates every second, all orders)."""
+        assert knobs_from_args(_parser().parse_args([])) == {}
+        assert SandboxConfig().foreign_update_interval == 1.0
+
+    def test_help_lists_every_knob_flag(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """--help names a flag for every knob a command line can set."""
+        with pytest.raises(SystemExit) as exc:
+            main(["--help"])
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        for flag in (f for f in self.FLAGS.split() if f.startswith("--")):
+            assert flag in out
+
+    def test_served_with_deployment_faults(self) -> None:
+        """The subprocess serves the knobs: foreign jobs, an older API's orders, no totals."""
+        cli = Running(
+            "--foreign-jobs", "5", "--listing-orders", "created_at_desc,created_at_asc",
+            "--total-records-mode", "missing",
+        )  # fmt: skip
+        try:
+            env = cli.env
+            headers = {"Authorization": f"Bearer {env['NARRATIVE_API_KEY']}"}
+            url = env["NARRATIVE_BASE_URL"] + "/jobs"
+            page = httpx.get(url, headers=headers).json()
+            assert set(page) == {"records"} and len(page["records"]) == 5
+            refused = httpx.get(url, headers=headers, params={"order_by": "updated_at_desc"})
+            assert refused.status_code == 400
+            assert "created_at_desc, created_at_asc" in refused.json()["detail"]
+            assert cli.stop(signal.SIGTERM) == 0
+        finally:
+            cli.kill()
+
+    def test_invalid_knob_values_exit_2(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A knob the sandbox refuses is reported with its name and exit code 2."""
+        assert main(["--total-records-mode", "sometimes", "--port", "0"]) == 2
+        assert "total_records_mode" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exc:
+            main(["--foreign-jobs", "many"])
+        assert exc.value.code == 2
 
 
 class TestParseLatency:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -504,3 +505,72 @@ class TestOtherRoutes:
         response = http.delete("/jobs")
         assert_problem(response, 405, "/jobs")
         assert "GET" in response.headers["allow"]
+
+
+class TestContractShapes:
+    @pytest.fixture
+    def shaped(self, clock: FakeClock) -> Iterator[tuple[Sandbox, httpx.Client]]:
+        with Sandbox(clock=clock, queue_latency=1.0, run_latency=2.0, foreign_jobs=3) as sb:
+            headers = {"Authorization": f"Bearer {sb.api_key}"}
+            with httpx.Client(base_url=sb.base_url, headers=headers) as client:
+                yield sb, client
+
+    def test_job_fields_are_shaped_as_the_contract_defines(
+        self, shaped: tuple[Sandbox, httpx.Client]
+    ) -> None:
+        """execution_cluster dedicated|shared, a stable string idempotency_key, an api_user
+        request_source with the key's user id."""
+        _, client = shaped
+        made = [client.post("/model-inference/run", json=body(f"r{i}")).json() for i in range(40)]
+        jobs = [client.get(f"/jobs/{m['job_id']}").json() for m in made]
+        assert {j["execution_cluster"] for j in jobs} == {"dedicated", "shared"}
+        keys = [j["idempotency_key"] for j in jobs]
+        assert all(isinstance(k, str) and k for k in keys) and len(set(keys)) == 40
+        assert client.get(f"/jobs/{made[0]['job_id']}").json()["idempotency_key"] == keys[0]
+        sources = {json_key(j["request_source"]) for j in jobs}
+        assert len(sources) == 1
+        source = jobs[0]["request_source"]
+        assert set(source) == {"type", "company_id", "user_id"}
+        assert (source["type"], source["company_id"]) == ("api_user", 1)
+
+    def test_foreign_and_cancelled_jobs_carry_every_field(
+        self, shaped: tuple[Sandbox, httpx.Client], clock: FakeClock
+    ) -> None:
+        """Other users' jobs and cancelled jobs show every contract field, with their states."""
+        sb, client = shaped
+        job_id = client.post("/model-inference/run", json=body("to cancel")).json()["job_id"]
+        assert sb.cancel_job(job_id)
+        records = client.get("/jobs", params={"order_by": "created_at_asc"}).json()["records"]
+        assert [r["state"] for r in records] == ["pending"] * 3 + ["pending_cancellation"]
+        for record in records:
+            assert set(record) == JOB_FIELDS
+            assert TIMESTAMP.match(record["created_at"]) and TIMESTAMP.match(record["updated_at"])
+        foreign = records[0]
+        assert foreign["request_source"]["user_id"] != records[-1]["request_source"]["user_id"]
+        assert foreign["type"] == "model_inference" and foreign["input"]["tags"]
+        clock.advance(1.0)
+        cancelled = client.get(f"/jobs/{job_id}").json()
+        assert cancelled["state"] == "cancelled"
+        assert cancelled["result"] is None
+        assert TIMESTAMP.match(cancelled["ended_at"])
+        assert cancelled["updated_at"] == cancelled["ended_at"]
+        assert [set(f) for f in cancelled["failures"]] == [{"message", "timestamp", "value"}]
+
+    def test_errors_are_application_json(self, shaped: tuple[Sandbox, httpx.Client]) -> None:
+        """Every error answer is application/json, as the service's description declares."""
+        sb, client = shaped
+        answers = [
+            client.get("/jobs/nope"),
+            client.post("/model-inference/run", json={}),
+            client.get("/jobs", params={"per_page": "x"}),
+            httpx.get(f"{sb.base_url}/jobs"),
+        ]
+        sb.outage(1.0)
+        answers.append(client.get("/jobs"))
+        assert [a.status_code for a in answers] == [404, 400, 400, 401, 503]
+        assert {a.headers["content-type"] for a in answers} == {"application/json"}
+
+
+def json_key(value: Any) -> str:
+    """A hashable form of a JSON value."""
+    return json.dumps(value, sort_keys=True)

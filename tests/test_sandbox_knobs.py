@@ -1,12 +1,15 @@
-"""The sandbox's knobs (latencies, failures, limits, injected errors, TTL) and its counters."""
+"""The sandbox's knobs (latencies, failures, limits, injected errors, TTL, and the faults of a
+large, eventually consistent deployment) and its counters."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -638,3 +641,391 @@ class TestUseSandbox:
         assert _config.sandbox_target_active()
         narrative_pandas.configure()
         assert not _config.sandbox_target_active()
+
+
+# --- the faults of a large, eventually consistent deployment, over real HTTP -----------------
+@contextmanager
+def serve(clock: FakeClock | None = None, **knobs: Any) -> Iterator[tuple[Sandbox, httpx.Client]]:
+    """A sandbox served on loopback with ``knobs``, and a client onto it carrying its key."""
+    with Sandbox(clock=clock, **knobs) as sb:
+        headers = {"Authorization": f"Bearer {sb.api_key}"}
+        with httpx.Client(base_url=sb.base_url, headers=headers) as http:
+            yield sb, http
+
+
+def post(http: httpx.Client, text: str) -> str:
+    response = http.post(RUN, json=body(text))
+    assert response.status_code == 200, response.text
+    job_id: str = response.json()["job_id"]
+    return job_id
+
+
+def listing(http: httpx.Client, **params: Any) -> dict[str, Any]:
+    response = http.get("/jobs", params={"per_page": 500, **params})
+    assert response.status_code == 200, response.text
+    page: dict[str, Any] = response.json()
+    return page
+
+
+def ids(page: dict[str, Any]) -> list[str]:
+    return [record["job_id"] for record in page["records"]]
+
+
+def epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).replace(tzinfo=timezone.utc).timestamp()
+
+
+class TestExecutorSkew:
+    def test_listing_order_differs_from_the_real_update_order(self, clock: FakeClock) -> None:
+        """With half the executors 30 s behind, updated_at_desc follows the stamps, not reality."""
+        with serve(clock, queue_latency=0, run_latency=0, executor_skew=30.0) as (sb, http):
+            real_order = []
+            for i in range(40):
+                real_order.append(post(http, f"job {i}"))
+                clock.advance(1.0)
+            records = listing(http, order_by="updated_at_desc")["records"]
+            stamps = [epoch(r["updated_at"]) for r in records]
+            assert stamps == sorted(stamps, reverse=True)
+            assert [r["job_id"] for r in records] != real_order[::-1]
+            assert sorted(r["job_id"] for r in records) == sorted(real_order)
+            shifts = {
+                r["job_id"]: T0 + real_order.index(r["job_id"]) - epoch(r["created_at"])
+                for r in records
+            }
+            skewed = {job_id for job_id, shift in shifts.items() if shift > 1}
+            assert {round(shift, 3) for shift in shifts.values()} == {0.0, 30.0}
+            assert 8 <= len(skewed) <= 32  # half of 40, by job id: outside this 1 in 10,000
+            executors = {r["executor"] for r in records if r["job_id"] in skewed}
+            assert len(executors) == 1
+            assert executors.isdisjoint(r["executor"] for r in records if r["job_id"] not in skewed)
+            oldest_first = ids(listing(http, order_by="updated_at_asc"))
+            assert oldest_first == [r["job_id"] for r in records][::-1]
+            assert sb.stats.jobs_created == 40
+
+    def test_stamps_ahead_of_real_time_are_listed(self, clock: FakeClock) -> None:
+        """Executors 2 h ahead stamp jobs in the future, and those jobs are still listed."""
+        with serve(clock, queue_latency=1.0, executor_skew=-7200.0, executor_skew_fraction=1.0) as (
+            _,
+            http,
+        ):
+            job_id = post(http, "ahead")
+            page = listing(http, order_by="updated_at_desc")
+            assert ids(page) == [job_id]
+            assert epoch(page["records"][0]["updated_at"]) == pytest.approx(T0 + 7200)
+            assert page["records"][0]["state"] == "pending"
+            assert ids(listing(http, order_by="updated_at_asc")) == [job_id]
+
+    def test_skew_applies_to_the_fraction_asked(self, clock: FakeClock) -> None:
+        """executor_skew_fraction=0 skews nothing; 1 skews every job."""
+        with serve(clock, executor_skew=60.0, executor_skew_fraction=0.0) as (sb, http):
+            post(http, "exact")
+            sb.configure(executor_skew_fraction=1.0)
+            post(http, "skewed")
+            created = [
+                epoch(r["created_at"]) for r in listing(http, order_by="created_at_asc")["records"]
+            ]
+            assert created == [pytest.approx(T0 - 60.0), pytest.approx(T0)]
+
+
+class TestReplicationLag:
+    def test_a_new_job_is_404_and_unlisted_until_replicated(self, clock: FakeClock) -> None:
+        """During the lag GET answers 404 and the listing leaves the job out; then both see it."""
+        with serve(clock, replication_lag=1.5) as (sb, http):
+            job_id = post(http, "lagging")
+            assert http.get(f"/jobs/{job_id}").status_code == 404
+            page = listing(http, order_by="updated_at_desc")
+            assert (ids(page), page["total_records"]) == ([], 0)
+            assert listing(http, state="pending")["total_records"] == 0
+            clock.advance(1.0)
+            assert http.get(f"/jobs/{job_id}").status_code == 404
+            clock.advance(0.5)
+            assert http.get(f"/jobs/{job_id}").json()["job_id"] == job_id
+            page = listing(http)
+            assert (ids(page), page["total_records"]) == ([job_id], 1)
+            assert sb.stats.count("GET", "/jobs/{job_id}", 404) == 2
+            assert sb.stats.jobs_created == 1
+            assert [j["job_id"] for j in sb.jobs()] == [job_id]
+
+
+class TestForeignJobs:
+    def test_foreign_jobs_fill_the_listing_and_keep_updating(self, clock: FakeClock) -> None:
+        """Other users' jobs are listed with their own source and tags, and keep moving."""
+        with serve(clock, foreign_jobs=40, queue_latency=0, run_latency=0) as (sb, http):
+            mine = post(http, "mine")
+            clock.advance(0.5)
+            before = {r["job_id"]: r for r in listing(http, order_by="created_at_desc")["records"]}
+            assert len(before) == 41
+            own_source = before[mine]["request_source"]
+            foreign = {job_id: r for job_id, r in before.items() if job_id != mine}
+            for record in foreign.values():
+                assert record["request_source"]["user_id"] != own_source["user_id"]
+                assert record["request_source"]["company_id"] == own_source["company_id"]
+                assert "narrative-pandas" not in record["input"]["tags"]
+                assert record["data_plane_id"] == DEFAULT_DATA_PLANE_ID
+            assert (sb.stats.foreign_jobs, sb.stats.jobs_created) == (40, 1)
+            clock.advance(2.0)
+            after = {r["job_id"]: r for r in listing(http, order_by="updated_at_desc")["records"]}
+            for job_id, record in foreign.items():
+                assert epoch(after[job_id]["updated_at"]) > epoch(record["updated_at"])
+                assert after[job_id]["state"] in ("pending", "running")
+            top = ids(listing(http, order_by="updated_at_desc", per_page=40))
+            assert mine not in top
+            assert {r["state"] for r in after.values() if r["job_id"] != mine} == {
+                "pending",
+                "running",
+            }
+
+    def test_foreign_jobs_can_stand_still(self, clock: FakeClock) -> None:
+        """foreign_update_interval=None: their updated_at never moves."""
+        with serve(clock, foreign_jobs=5, foreign_update_interval=None) as (_, http):
+            before = listing(http)["records"]
+            clock.advance(100.0)
+            after = listing(http)["records"]
+            assert [r["updated_at"] for r in after] == [r["updated_at"] for r in before]
+            assert {r["state"] for r in after} == {"pending"}
+
+    def test_null_updated_at_sorts_first_descending(self, clock: FakeClock) -> None:
+        """foreign_null_updated_at jobs show updated_at null, first in desc and last in asc."""
+        with serve(clock, foreign_jobs=6, foreign_null_updated_at=2) as (_, http):
+            clock.advance(3.0)
+            desc = listing(http, order_by="updated_at_desc")["records"]
+            assert [r["updated_at"] is None for r in desc] == [True, True] + [False] * 4
+            asc = listing(http, order_by="updated_at_asc")["records"]
+            assert [r["updated_at"] is None for r in asc] == [False] * 4 + [True, True]
+            stamps = [epoch(r["updated_at"]) for r in desc[2:]]
+            assert stamps == sorted(stamps, reverse=True)
+
+    def test_configure_adds_and_removes_foreign_jobs(self, clock: FakeClock) -> None:
+        """Raising foreign_jobs adds jobs; lowering it removes the newest."""
+        with serve(clock) as (sb, http):
+            assert listing(http)["total_records"] == 0
+            sb.configure(foreign_jobs=30)
+            assert listing(http)["total_records"] == 30
+            oldest = ids(listing(http, order_by="created_at_asc", per_page=10))
+            sb.configure(foreign_jobs=10)
+            assert ids(listing(http, order_by="created_at_asc")) == oldest
+            assert sb.stats.foreign_jobs == 30 and sb.stats.jobs_created == 0
+
+    def test_add_jobs_are_newer_than_every_job(self, clock: FakeClock) -> None:
+        """add_jobs(n) puts n other users' jobs in state at the head of created_at_desc."""
+        with serve(clock, run_latency=5.0) as (sb, http):
+            mine = [post(http, f"mine {i}") for i in range(3)]
+            added = sb.add_jobs(25, state="completed")
+            page = listing(http, order_by="created_at_desc")
+            assert ids(page)[:25] == added[::-1]
+            assert ids(page)[25:] == mine[::-1]
+            assert page["total_records"] == 28
+            assert {r["state"] for r in page["records"][:25]} == {"completed"}
+            assert (sb.stats.jobs_created, sb.stats.foreign_jobs) == (3, 25)
+            assert len(sb.jobs()) == 3 and len(sb.jobs(include_foreign=True)) == 28
+            running = sb.add_jobs(2, state="running")
+            assert listing(http, state="running")["total_records"] == 2
+            assert http.get(f"/jobs/{running[0]}").json()["ended_at"] is None
+        with pytest.raises(ValueError, match="state must be one of"):
+            sb.add_jobs(1, state="done")
+
+
+class TestListingOrders:
+    def test_refused_orders_answer_400_with_a_json_error(self, clock: FakeClock) -> None:
+        """An older API refuses updated_at_* with a 400 naming what it supports."""
+        old_api = ("created_at_desc", "created_at_asc")
+        with serve(clock, listing_orders=old_api) as (sb, http):
+            job_id = post(http, "x")
+            response = http.get("/jobs", params={"order_by": "updated_at_desc"})
+            assert response.status_code == 400
+            assert response.headers["content-type"] == "application/json"
+            problem = response.json()
+            assert problem["status"] == 400
+            assert "updated_at_desc" in problem["detail"]
+            assert "created_at_desc, created_at_asc" in problem["detail"]
+            assert ids(listing(http, order_by="created_at_asc")) == [job_id]
+            assert ids(listing(http)) == [job_id]
+            assert sb.stats.count("GET", "/jobs", 400) == 1
+
+    def test_a_listing_that_ignores_order_by(self, clock: FakeClock) -> None:
+        """listing_ignores_order serves created_at_desc whatever order_by asks."""
+        with serve(clock, listing_ignores_order=True) as (_, http):
+            made = []
+            for i in range(4):
+                made.append(post(http, f"job {i}"))
+                clock.advance(1.0)
+            for order in ("updated_at_asc", "created_at_asc", "updated_at_desc"):
+                assert ids(listing(http, order_by=order)) == made[::-1]
+
+    @pytest.mark.parametrize(
+        "knobs",
+        [
+            {"listing_orders": ()},
+            {"listing_orders": ("newest_first",)},
+            {"total_records_mode": "approximate"},
+            {"listing_drip": 0},
+            {"foreign_jobs": -1},
+            {"foreign_null_updated_at": 3, "foreign_jobs": 2},
+            {"foreign_update_interval": 0},
+            {"replication_lag": -1},
+            {"executor_skew": float("nan")},
+            {"executor_skew_fraction": 1.5},
+            {"cancel_rate": 2},
+            {"post_garbage_after_create_rate": -0.1},
+            {"listing_ignores_order": "yes"},
+        ],
+    )
+    def test_invalid_deployment_knobs_are_refused(self, knobs: dict[str, Any]) -> None:
+        """Each new knob is validated up front with a message naming it."""
+        with pytest.raises(ValueError, match=next(iter(knobs))):
+            SandboxConfig(**knobs)
+
+
+class TestTotalRecords:
+    def test_page_end_makes_every_page_look_like_the_last(self, clock: FakeClock) -> None:
+        """total_records = offset + this page's length, so a client trusting it stops early."""
+        with serve(clock, total_records_mode="page_end") as (_, http):
+            for i in range(5):
+                post(http, f"job {i}")
+            first = listing(http, per_page=2)
+            assert (first["total_records"], first["total_pages"], len(first["records"])) == (
+                2,
+                1,
+                2,
+            )
+            second = listing(http, per_page=2, offset=2)
+            assert (second["total_records"], second["total_pages"], second["current_page"]) == (
+                4,
+                2,
+                2,
+            )
+            assert len(listing(http, per_page=2, offset=4)["records"]) == 1
+
+    def test_missing_totals(self, clock: FakeClock) -> None:
+        """total_records_mode="missing" answers just {"records": [...]}, as older servers do."""
+        with serve(clock, total_records_mode="missing") as (_, http):
+            job_id = post(http, "x")
+            page = listing(http)
+            assert set(page) == {"records"} and ids(page) == [job_id]
+
+
+class TestGarbagePost:
+    def test_the_job_is_created_and_the_answer_is_not_json(self, clock: FakeClock) -> None:
+        """post_garbage_after_create_rate=1: 200, a body that is not JSON, and a billed job."""
+        with serve(clock, post_garbage_after_create_rate=1.0) as (sb, http):
+            response = http.post(RUN, json=body("garbage"))
+            assert response.status_code == 200
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(response.content)
+            assert sb.stats.jobs_created == 1
+            assert ids(listing(http)) == [sb.jobs()[0]["job_id"]]
+            assert sb.stats.count("POST", RUN, 200) == 1
+
+
+class TestListingDrip:
+    def test_the_listing_body_trickles_in_small_chunks(self, clock: FakeClock) -> None:
+        """listing_drip sends the body a few bytes at a time; it adds up to the same JSON."""
+        with serve(clock) as (sb, http):
+            post(http, "x")
+            whole = http.get("/jobs").content
+            sb.configure(listing_drip=400.0)  # 20 bytes every 50 ms
+            with http.stream("GET", "/jobs") as response:
+                assert response.status_code == 200
+                chunks = list(response.iter_raw())
+            assert b"".join(chunks) == whole
+            assert max(len(c) for c in chunks) <= 20
+            assert len(chunks) >= len(whole) // 20
+
+    def test_a_slow_drip_sends_one_byte_at_a_time(self, clock: FakeClock) -> None:
+        """At 5 bytes per second, each chunk is one byte: a per-byte read timeout never fires."""
+        with serve(clock, listing_drip=5.0) as (_, http):
+            with http.stream("GET", "/jobs") as response:
+                assert response.status_code == 200
+                first = []
+                for chunk in response.iter_raw():
+                    first.append(chunk)
+                    if len(first) == 3:
+                        break
+            assert first == [b"{", b'"', b"c"]
+
+
+class TestCancellation:
+    def test_cancel_rate_jobs_go_pending_cancellation_then_cancelled(
+        self, clock: FakeClock
+    ) -> None:
+        """cancel_rate=1: pending, then pending_cancellation, then cancelled with no result."""
+        with serve(clock, cancel_rate=1.0, queue_latency=1.0, run_latency=5.0) as (sb, http):
+            job_id = post(http, "doomed")
+            states = []
+            for _ in range(3):
+                states.append(http.get(f"/jobs/{job_id}").json())
+                clock.advance(1.0)
+            assert [s["state"] for s in states] == ["pending", "pending_cancellation", "cancelled"]
+            final = states[-1]
+            assert final["result"] is None and final["ended_at"] is not None
+            assert final["failures"][0]["message"]
+            assert ids(listing(http, state="cancelled")) == [job_id]
+            assert sb.stats.unfinished_jobs() == 0
+
+    def test_cancel_job_from_a_test(self, clock: FakeClock) -> None:
+        """sb.cancel_job moves a running job to pending_cancellation now, cancelled later."""
+        with serve(clock, queue_latency=1.0, run_latency=10.0) as (sb, http):
+            job_id = post(http, "running")
+            other = post(http, "other")
+            clock.advance(2.0)
+            assert http.get(f"/jobs/{job_id}").json()["state"] == "running"
+            assert sb.cancel_job(job_id) is True
+            assert sb.cancel_job(job_id) is False
+            job_now = http.get(f"/jobs/{job_id}").json()
+            assert job_now["state"] == "pending_cancellation"
+            assert epoch(job_now["updated_at"]) == pytest.approx(T0 + 2.0)
+            assert ids(listing(http, order_by="updated_at_desc"))[0] == job_id
+            clock.advance(1.0)
+            assert http.get(f"/jobs/{job_id}").json()["state"] == "cancelled"
+            assert http.get(f"/jobs/{other}").json()["state"] == "running"
+            clock.advance(10.0)
+            assert http.get(f"/jobs/{job_id}").json()["state"] == "cancelled"
+            assert sb.cancel_job(other) is False
+        with pytest.raises(KeyError, match="no job"):
+            sb.cancel_job("not-a-job")
+
+
+class TestOutage:
+    def test_an_outage_answers_503_then_recovers(self, clock: FakeClock) -> None:
+        """Every request is answered the status (nothing done) until the outage is over."""
+        with serve(clock) as (sb, http):
+            sb.outage(30.0)
+            assert http.get("/jobs").status_code == 503
+            response = http.post(RUN, json=body("during"))
+            assert response.status_code == 503
+            assert response.headers["content-type"] == "application/json"
+            assert response.json()["status"] == 503
+            assert sb.stats.jobs_created == 0
+            clock.advance(30.0)
+            assert http.get("/jobs").status_code == 200
+            post(http, "after")
+            assert sb.stats.count(status=503) == 2 and sb.stats.jobs_created == 1
+
+    def test_an_outage_with_status_none_resets_connections(self, clock: FakeClock) -> None:
+        """status=None drops each connection without an answer, then the service comes back."""
+        with serve(clock) as (sb, http):
+            sb.outage(5.0, status=None)
+            for _ in range(2):
+                with pytest.raises(httpx.TransportError):
+                    http.get("/jobs")
+            with pytest.raises(httpx.TransportError):
+                http.post(RUN, json=body("during"))
+            assert sb.stats.count(status=0) == 3 and sb.stats.jobs_created == 0
+            clock.advance(5.0)
+            assert http.get("/jobs").status_code == 200
+
+    async def test_a_reset_over_the_in_process_transport(self, clock: FakeClock) -> None:
+        """Without a socket the client gets the error of a server hanging up."""
+        sb = Sandbox(clock=clock)
+        sb.outage(1.0, status=None)
+        async with connect(sb) as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.get("/jobs")
+            clock.advance(1.0)
+            assert (await client.get("/jobs")).status_code == 200
+
+    @pytest.mark.parametrize(("seconds", "status"), [(-1, 503), (1, 200), (1, "503")])
+    def test_invalid_outages_are_refused(self, seconds: Any, status: Any) -> None:
+        """outage() checks its arguments."""
+        with pytest.raises(ValueError):
+            Sandbox().outage(seconds, status)

@@ -10,7 +10,7 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -18,6 +18,49 @@ from ._knobs import parse_latency
 from ._server import Sandbox
 
 __all__ = ["main"]
+
+
+def _seconds_or_none(text: str) -> float | None:
+    """``"none"`` (no updates) or a number of seconds."""
+    return None if text.strip().lower() == "none" else float(text)
+
+
+def _orders(text: str) -> tuple[str, ...]:
+    """A comma-separated list of ``order_by`` values."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+_KNOB_OPTIONS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
+    # (knob, how to read the flag's value, help); the flag is --knob-with-dashes
+    ("queue_latency", parse_latency, "seconds a job stays pending: fixed or a range (0.5-2)"),
+    ("response_delay", parse_latency, "extra seconds before every answer"),
+    ("failure_rate", float, "fraction of jobs that fail"),
+    ("cancel_rate", float, "fraction of jobs that go pending_cancellation -> cancelled"),
+    ("error_rate", float, "fraction of requests answered 5xx (nothing done)"),
+    ("post_500_after_create_rate", float, "fraction of POSTs that create the job, answer 500"),
+    (
+        "post_garbage_after_create_rate",
+        float,
+        "fraction of POSTs that create the job and answer 200 with a body that is not JSON",
+    ),
+    ("rate_limit_rps", float, "requests per second per key (429 beyond)"),
+    ("max_unfinished_jobs", int, "POSTs answer 429 while this many jobs are unfinished"),
+    ("ttl", float, "seconds jobs live after ending"),
+    ("executor_skew", float, "seconds some executors' clocks are behind (negative: ahead)"),
+    ("executor_skew_fraction", float, "fraction of jobs on the skewed executors (0.5)"),
+    ("replication_lag", float, "seconds a new job answers 404 and is missing from GET /jobs"),
+    ("foreign_jobs", int, "other users' jobs of the company, updating in the default plane"),
+    ("foreign_update_interval", _seconds_or_none, "seconds between their updates, or 'none'"),
+    ("foreign_null_updated_at", int, "how many foreign jobs show updated_at: null"),
+    (
+        "listing_orders",
+        _orders,
+        "comma-separated order_by values GET /jobs accepts (e.g. created_at_desc,created_at_asc)",
+    ),
+    ("total_records_mode", str, "exact, page_end (every page looks last) or missing"),
+    ("listing_drip", float, "bytes per second at which GET /jobs answers are sent"),
+    ("seed", int, "seed of all random draws"),
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,34 +76,35 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds a job runs: fixed (1.0) or a range (0.5-2)",
     )
+    for knob, read, text in _KNOB_OPTIONS:
+        parser.add_argument(
+            "--" + knob.replace("_", "-"), type=read, default=argparse.SUPPRESS, help=text
+        )
     parser.add_argument(
-        "--queue-latency", type=parse_latency, default=None, help="seconds a job stays pending"
+        "--listing-ignores-order",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="GET /jobs serves created_at_desc whatever order_by says",
     )
-    parser.add_argument("--failure-rate", type=float, default=None, help="fraction of jobs failing")
-    parser.add_argument("--error-rate", type=float, default=None, help="fraction answered 5xx")
-    parser.add_argument("--rate-limit-rps", type=float, default=None, help="requests/s per key")
-    parser.add_argument("--ttl", type=float, default=None, help="seconds jobs live after ending")
-    parser.add_argument("--seed", type=int, default=None, help="seed of all random draws")
     parser.add_argument("--api-key", default=None, help="the key to accept (default: generated)")
     return parser
+
+
+def knobs_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The sandbox knobs the command line set (flags left out keep the defaults)."""
+    knobs: dict[str, Any] = {}
+    if args.latency is not None:
+        knobs["run_latency"] = args.latency
+    for knob in [name for name, _, _ in _KNOB_OPTIONS] + ["listing_ignores_order"]:
+        if hasattr(args, knob):  # only flags given are in the namespace (SUPPRESS)
+            knobs[knob] = getattr(args, knob)
+    return knobs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the sandbox in the foreground; returns 0 after Ctrl-C or SIGTERM."""
     args = _parser().parse_args(argv)
-    knobs: dict[str, Any] = {}
-    for option, knob in (
-        ("latency", "run_latency"),
-        ("queue_latency", "queue_latency"),
-        ("failure_rate", "failure_rate"),
-        ("error_rate", "error_rate"),
-        ("rate_limit_rps", "rate_limit_rps"),
-        ("ttl", "ttl"),
-        ("seed", "seed"),
-    ):
-        value = getattr(args, option)
-        if value is not None:
-            knobs[knob] = value
+    knobs = knobs_from_args(args)
     try:
         sandbox = Sandbox(api_key=args.api_key, host=args.host, port=args.port, **knobs)
     except (TypeError, ValueError) as exc:

@@ -117,8 +117,7 @@ class _FrontDoor:
             await send(message)
 
         down, status = core.outage_status()
-        if down and status is None:
-            counted = True
+        if down and status is None:  # counted as status 0: nothing was answered
             core.stats.request_answered(method, template, 0)
             await _reset_connection(core, scope)
             return
@@ -126,7 +125,7 @@ class _FrontDoor:
         try:
             config = core.config
             if down and status is not None:
-                outage = problem(status, "Service unavailable (sandbox: outage)", path)
+                outage = problem(status, f"The service is down (sandbox: outage, {status})", path)
                 await outage(scope, receive, send_counted)
                 return
             delay = core.latency(config.response_delay)
@@ -293,14 +292,15 @@ def create_app(core: SandboxCore) -> Starlette:
         except BadRequest as exc:
             return problem(400, exc.detail, path)
         per_page = min(per_page, MAX_PER_PAGE)
-        order_by = query.get("order_by") or "created_at_desc"
-        if order_by not in config.listing_orders:
+        requested = query.get("order_by") or None
+        if requested is not None and requested not in config.listing_orders:
             return problem(
                 400,
-                f"order_by {order_by!r} is not supported; supported values: "
+                f"order_by {requested!r} is not supported; supported values: "
                 + ", ".join(config.listing_orders),
                 path,
             )
+        order_by = requested or "created_at_desc"
         if config.listing_ignores_order:
             order_by = "created_at_desc"
         state = query.get("state") or None

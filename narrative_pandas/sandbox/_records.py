@@ -113,6 +113,7 @@ class JobRecord:
     stamps: list[str] = field(default_factory=list)
     _frag_key: tuple[int, bool] | None = None
     _frag: bytes = b""
+    _head: bytes = b""
 
     def __post_init__(self) -> None:
         self.restamp()
@@ -139,10 +140,16 @@ class JobRecord:
         """Recompute the stamps after the timeline changed."""
         self.stamps = [format_timestamp(t - self.skew) for t in self.times]
         self._frag_key = None
+        self._head = b""
 
     def stage(self, now: float) -> int:
         """Index of the last transition reached at ``now`` (0 before and at creation)."""
-        return max(0, bisect.bisect_right(self.times, now) - 1)
+        times = self.times
+        if now >= times[-1]:
+            return len(times) - 1
+        if len(times) == 3:  # the usual pending -> running -> ended, on every listing
+            return 1 if now >= times[1] else 0
+        return max(0, bisect.bisect_right(times, now) - 1)
 
     def version(self, now: float) -> int:
         """What changes when the job's JSON changes: the stage, or a cycling job's updates."""
@@ -163,8 +170,26 @@ class JobRecord:
         return self.stamp_time(self.stage(now))
 
     # --- JSON face -------------------------------------------------------------------------
-    def as_dict(self, now: float) -> dict[str, Any]:
-        """The job object of ``GET /jobs/{id}`` at ``now``: every field of the contract."""
+    def _fixed(self) -> dict[str, Any]:
+        """The fields that never change once the job exists."""
+        return {
+            "job_id": self.job_id,
+            "data_plane_id": self.data_plane_id,
+            "type": JOB_TYPE,
+            "input": self.input,
+            "request_source": {
+                "type": "api_user",
+                "company_id": COMPANY_ID,
+                "user_id": user_id_of(self.owner),
+            },
+            "executor": "sandbox-executor-b" if self.skew else "sandbox-executor-a",
+            "execution_cluster": "dedicated" if unit(self.job_id) < 0.25 else "shared",
+            "idempotency_key": str(uuid.uuid5(uuid.NAMESPACE_OID, self.job_id)),
+            "created_at": self.stamps[0],
+        }
+
+    def _moving(self, now: float) -> dict[str, Any]:
+        """The fields that change as the job moves on."""
         state = self.state_at(now)
         ended = state in TERMINAL_STATES
         updated: str | None
@@ -175,30 +200,24 @@ class JobRecord:
         else:
             updated = self.stamps[self.stage(now)]
         return {
-            "job_id": self.job_id,
-            "data_plane_id": self.data_plane_id,
-            "type": JOB_TYPE,
             "state": state,
-            "input": self.input,
             "result": self.result if state == "completed" else None,
             "failures": self.failures if ended else [],
-            "request_source": {
-                "type": "api_user",
-                "company_id": COMPANY_ID,
-                "user_id": user_id_of(self.owner),
-            },
-            "executor": "sandbox-executor-b" if self.skew else "sandbox-executor-a",
-            "execution_cluster": "dedicated" if unit(self.job_id) < 0.25 else "shared",
-            "idempotency_key": str(uuid.uuid5(uuid.NAMESPACE_OID, self.job_id)),
-            "created_at": self.stamps[0],
             "updated_at": updated,
             "ended_at": self.stamps[-1] if ended else None,
         }
 
+    def as_dict(self, now: float) -> dict[str, Any]:
+        """The job object of ``GET /jobs/{id}`` at ``now``: every field of the contract."""
+        return {**self._fixed(), **self._moving(now)}
+
     def fragment(self, now: float) -> bytes:
-        """The job object as JSON bytes, cached until the job changes."""
+        """The job object as JSON bytes, cached until the job changes (the fixed fields are
+        encoded once: other users' jobs change every second)."""
         key = (self.version(now), self.null_updated)
         if self._frag_key != key:
-            self._frag = _dumps(self.as_dict(now))
+            if not self._head:
+                self._head = _dumps(self._fixed())[:-1] + b","
+            self._frag = self._head + _dumps(self._moving(now))[1:]
             self._frag_key = key
         return self._frag

@@ -51,6 +51,9 @@ _FOREIGN_SCHEMA = {
 }
 
 
+_CANCELLED: dict[str, Any] = {"message": "Job was cancelled", "value": {"reason": "cancelled"}}
+
+
 @dataclass(frozen=True)
 class NewJob:
     """What the app decided about a job it is creating."""
@@ -140,9 +143,8 @@ class JobStore:
             middle = "pending_cancellation" if job.cancelled else "running"
             outcome = "cancelled" if job.cancelled else job.outcome
             ended_stamp = format_timestamp(ended - job.skew)
-            failures = [
-                {"message": f["message"], "timestamp": ended_stamp, **f} for f in job.failures
-            ]
+            reasons = [_CANCELLED] if job.cancelled else job.failures
+            failures = [{"message": f["message"], "timestamp": ended_stamp, **f} for f in reasons]
             record = JobRecord(
                 self._seq, job.job_id, job.data_plane_id, job.owner, job.input,
                 [created, started, ended], ["pending", middle, outcome], job.skew,
@@ -206,7 +208,9 @@ class JobStore:
                         if state == "cancelled"
                         else ("Model inference failed: the model provider returned an error")
                     )
-                    record.failures = [{"message": message, "timestamp": record.stamps[0]}]
+                    record.failures = [
+                        {"message": message, "timestamp": record.stamps[0], "value": {}}
+                    ]
                 if cycling:
                     phase = 1.0 - unit(f"{seed}:{job_id}:phase")  # in (0, 1]
                     record.cycle = Cycle(created, phase, cycle_interval)
@@ -274,9 +278,7 @@ class JobStore:
             record.states = [*record.states[: stage + 1], "pending_cancellation", "cancelled"]
             record.result = None
             record.restamp()
-            record.failures = [
-                {"message": "Job was cancelled", "timestamp": record.stamps[-1], "value": {}}
-            ]
+            record.failures = [{**_CANCELLED, "timestamp": record.stamps[-1]}]
             for i in (stage + 1, stage + 2):
                 bisect.insort(self._events, (record.stamp_time(i), seq, i))
             self._rebuild_heaps()
@@ -394,7 +396,7 @@ class JobStore:
             if job_type not in (None, JOB_TYPE):
                 return 0, []
 
-            def wanted(r: JobRecord) -> bool:
+            def wanted(r: JobRecord) -> bool:  # for the totals
                 return (data_plane_id is None or r.data_plane_id == data_plane_id) and (
                     state is None or r.state_at(now) == state
                 )
@@ -413,7 +415,11 @@ class JobStore:
                 return total, page
             skipped = 0
             for record in self._walk(order_by, now):
-                if now < record.visible or not wanted(record):
+                if now < record.visible:
+                    continue
+                if data_plane_id is not None and record.data_plane_id != data_plane_id:
+                    continue
+                if state is not None and record.state_at(now) != state:
                     continue
                 if skipped < offset:
                     skipped += 1
@@ -433,15 +439,19 @@ class JobStore:
         nulls = [r for r in self._cycling if r.null_updated]
         if desc:
             yield from reversed(nulls)
-        cycling = sorted(
-            ((r.updated_stamp_time(now), r.seq, r) for r in self._cycling if not r.null_updated),
-            key=lambda item: (item[0], item[1]),
-            reverse=desc,
-        )
-        merged = heapq.merge(
-            self._walk_events(now, desc), cycling, key=lambda i: (i[0], i[1]), reverse=desc
-        )
-        yield from (record for _, _, record in merged)
+        if len(nulls) == len(self._cycling):
+            yield from (record for _, _, record in self._walk_events(now, desc))
+        else:  # (stamp, seq) never ties across jobs, so the records themselves are not compared
+            cycling = sorted(
+                (
+                    (r.updated_stamp_time(now), r.seq, r)
+                    for r in self._cycling
+                    if not r.null_updated
+                ),
+                reverse=desc,
+            )
+            streams = (self._walk_events(now, desc), cycling)
+            yield from (record for _, _, record in heapq.merge(*streams, reverse=desc))
         if not desc:
             yield from nulls
 
