@@ -600,16 +600,19 @@ class Engine:
         elif result.kind == "failed":
             self._fail(live, result.message or f"not submitted: {result.error}")
         else:  # unknown, and the run's timeout (or a stop) ended the wait
-            self.report.timed_out += request.rows
+            stopped = self._stop_reason
+            if stopped is None:
+                self.report.timed_out += request.rows
             self._finish(
                 request,
                 RowOutcome(
-                    error=f"submission outcome unknown ({result.message}); it was never "
-                    "resubmitted, and its claim stays journaled so a later run reconciles it",
-                    status="timeout",
+                    error=f"{stopped + ': ' if stopped else ''}submission outcome unknown "
+                    f"({result.message}); it was never resubmitted, and its claim stays "
+                    "journaled so a later run reconciles it",
+                    status=stopped or "timeout",
                 ),
                 old=live.phase,
-                new="failed",
+                new="stopped" if stopped else "failed",
             )
 
     def _wait_on_claim(self, live: _Live) -> None:

@@ -155,6 +155,33 @@ class TestOutages:
         entries = cache.journal_entries()
         assert [(e.job_id, e.state) for e in entries] == [(None, "unknown")] * 2
 
+    def test_cancel_while_an_outcome_is_unknown_keeps_the_claim(
+        self, faults: Sandbox, target: dict[str, str]
+    ) -> None:
+        """cancel() during reconciliation: the row says so, nothing is resent, the claim stays."""
+        faults.configure(post_garbage_after_create_rate=1.0)
+        faults.fail_next(10_000, status=503, path="/jobs", method="GET")
+        cache = MemoryCache()
+        client = quick_client(target, retries=0)
+        try:
+            run = frame(1).narrative.start(
+                PROMPT, output=Label, cache=cache, progress=False, client=client, **target
+            )
+            deadline = time.monotonic() + 60
+            while faults.stats.count(method="POST") < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            run.cancel()
+            with pytest.warns(npd.RowsFailedWarning):
+                out = run.result()
+        finally:
+            _sync.submit(client.aclose()).result()
+        check_every_row_ended(out, 1)
+        error = out["narrative_error"].iloc[0]
+        assert error.startswith("cancelled: submission outcome unknown"), error
+        assert out.attrs["narrative"]["timed_out_rows"] == 0
+        assert faults.stats.count(method="POST") == 1
+        assert [e.state for e in cache.journal_entries()] == ["unknown"]
+
 
 class BrokenJournal(MemoryCache):
     """An in-memory cache whose journal fails the way a damaged disk would."""
