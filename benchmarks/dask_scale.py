@@ -155,7 +155,7 @@ def main() -> int:
             out = ddf.narrative.infer(PROMPT, tags=["bench-dask"], **common)
             main_cpu, workers_cpu = client_cpu(proc.pid)
             started = time.perf_counter()
-            scaled = npd_dask.compute(out)
+            scaled = npd_dask.compute(out, progress=False)
             dask_makespan = time.perf_counter() - started
             main_after, workers_after = client_cpu(proc.pid)
             main_cpu, workers_cpu = main_after - main_cpu, workers_after - workers_cpu

@@ -224,7 +224,7 @@ class LeasePool:
         At or above its fair share a pool does not ask: a lease another pool returns then goes
         to a pool below its share, instead of bouncing between pools at every job's end.
         """
-        wanted = min(self.waiting, LEASE_REQUESTS_PER_PROCESS)
+        wanted = min(self.waiting, LEASE_REQUESTS_PER_PROCESS, self.limit - self.held)
         if self.target is not None:
             wanted = min(wanted, self.target - self.held)
         while self._asking < wanted:

@@ -13,9 +13,10 @@ import hashlib
 import json
 import math
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pandas as pd
 from pydantic import BaseModel, ValidationError
@@ -304,11 +305,15 @@ def _unencodable(
 
 @contextlib.contextmanager
 def no_cyclic_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector while one row-sized batch of objects is built.
+    """Keep the cyclic garbage collector off a batch of row-sized objects being built.
 
     Building 100,000 rows allocates millions of containers and none of them is garbage, yet
-    each allocation threshold crossed runs a collection over everything built so far (about a
-    third of ``preview``'s time at that size). Reference counting still frees as usual.
+    every allocation threshold crossed runs a collection over what was built so far (a third of
+    ``preview``'s time at that size). So the collector is paused while the batch is built;
+    reference counting still frees as usual. (``gc.freeze()`` at the end would also spare the
+    first collection after the batch, ~0.2 s per 100,000 rows, but it exempts everything alive
+    in the user's process from collection for good: not a library's call to make.)
+    Nested uses do nothing.
     """
     if not gc.isenabled():
         yield
@@ -340,64 +345,79 @@ def _requests(
 ) -> tuple[list[str | None], dict[int, str], list[JobRequest]]:
     """Each row's key (None when skipped), the skip reasons, and one request per unique key.
 
-    A key is the SHA-256 of the canonical JSON of the request's content (see
-    :func:`request_fingerprint`); the messages' part is written here directly, which is what
-    ``_canonical`` gives for ``[{"role": ..., "text": ...}, ...]`` and ~10x cheaper per row.
+    A key is the SHA-256 of the canonical JSON of the request's content (what
+    :func:`~narrative_pandas._models.request_fingerprint` computes from a body). The shared head
+    (with the whole output schema) is hashed once; each row's hash continues from a copy of that
+    state with the row's messages, written directly as ``_canonical`` would write them. Each
+    step runs over all rows at once (comprehensions), which is what makes 100,000 rows cheap.
     """
     head, tail = parts
-    row_keys: list[str | None] = []
-    skipped: dict[int, str] = {}
-    counts: dict[str, int] = {}
-    unique: dict[str, tuple[tuple[str, str], ...]] = {}
-    tokens: dict[str, int] = {}
-    openers: dict[str, str] = {}
-    # The shared head (with the whole output schema) is hashed once; each row's hash continues
-    # from a copy of that state with the row's own messages and the shared tail.
+    skipped = {i: row for i, row in enumerate(rendered) if isinstance(row, str)}
+    rows = cast(
+        list[tuple[tuple[str, str], ...]],
+        [row for row in rendered if not isinstance(row, str)] if skipped else rendered,
+    )
     started = hashlib.sha256((head + "[").encode())
     closing = ("]" + tail).encode()
-    encode = _encode_string
-    for position, row in enumerate(rendered):
-        if isinstance(row, str):
-            row_keys.append(None)
-            skipped[position] = row
-            continue
-        if len(row) == 1:  # one turn: the common case, without the loop below
-            role, text = row[0]
-            opener = openers.get(role)
-            if opener is None:
-                opener = openers[role] = '{"role":' + encode(role) + ',"text":'
-            content = opener + encode(text) + "}"
-            length = len(text)
-        else:
-            turns = []
-            length = 0
-            for role, text in row:
-                opener = openers.get(role)
-                if opener is None:
-                    opener = openers[role] = '{"role":' + encode(role) + ',"text":'
-                turns.append(opener + encode(text) + "}")
-                length += len(text)
-            content = ",".join(turns)
+
+    def key_of(content: str) -> str:
         digest = started.copy()
-        try:
-            digest.update(content.encode())
-        except UnicodeEncodeError:  # a lone surrogate: name its row and column
-            raise unencodable(position) from None
+        digest.update(content.encode())
         digest.update(closing)
-        key = digest.hexdigest()
-        row_keys.append(key)
-        if key in counts:
-            counts[key] += 1
-        else:
-            counts[key] = 1
-            unique[key] = row
-            tokens[key] = max(1, math.ceil(length / 4))
-    # JobRequest(key, messages, common, rows, prompt_tokens_estimate), positionally (cheaper)
+        return digest.hexdigest()
+
+    contents = _contents(rows)
+    try:
+        keys = list(map(key_of, contents))
+    except UnicodeEncodeError:  # a lone surrogate: name its row (and the caller, its column)
+        bad = next(i for i, text in enumerate(contents) if not _encodable(text))
+        positions = [i for i in range(len(rendered)) if i not in skipped]
+        raise unencodable(positions[bad]) from None
+    row_keys: list[str | None]
+    if skipped:
+        found = iter(keys)
+        row_keys = [None if i in skipped else next(found) for i in range(len(rendered))]
+    else:
+        row_keys = list(keys)
+    counts = Counter(keys)
+    unique = dict(zip(keys, rows, strict=True))  # identical keys have identical messages
     requests = [
-        JobRequest(key, messages, common, counts[key], tokens[key])
-        for key, messages in unique.items()
+        JobRequest(key, row, common, counts[key], _tokens_estimate(row))
+        for key, row in unique.items()
     ]
     return row_keys, skipped, requests
+
+
+def _contents(rows: list[tuple[tuple[str, str], ...]]) -> list[str]:
+    """Each row's messages as canonical JSON, without the enclosing brackets."""
+    encode = _encode_string
+    openers: dict[str, str] = {}
+
+    def opener(role: str) -> str:
+        found = openers.get(role)
+        if found is None:
+            found = openers[role] = '{"role":' + encode(role) + ',"text":'
+        return found
+
+    role = rows[0][0][0] if rows and rows[0] else None
+    if role is not None and all(len(row) == 1 and row[0][0] == role for row in rows):
+        start = opener(role)  # one turn of one role (one template): the common case
+        return [start + encode(row[0][1]) + "}" for row in rows]
+    return [",".join([opener(role) + encode(text) + "}" for role, text in row]) for row in rows]
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _tokens_estimate(row: tuple[tuple[str, str], ...]) -> int:
+    """About four characters per token, at least one."""
+    length = len(row[0][1]) if len(row) == 1 else sum(len(text) for _, text in row)
+    return max(1, math.ceil(length / 4))
 
 
 #: ``json.dumps(text, ensure_ascii=False)`` for a str, without the encoder's per-call set-up.

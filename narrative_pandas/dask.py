@@ -6,12 +6,14 @@ accessor and returns a *lazy* Dask DataFrame built with ``map_partitions``. Each
 the same async engine as the pandas path; what must hold for the whole run is coordinated
 through the cluster:
 
-- ``concurrency`` is cluster-wide: on a ``distributed`` worker every job holds a lease of a
-  run-specific :class:`distributed.Semaphore` from before its POST until it ends, so N workers
-  together never have more than ``concurrency`` jobs unfinished. Leases are refreshed by the
-  worker's event loop while jobs run, so long jobs keep theirs (see ``lease-timeout`` below).
-  Without ``distributed`` (the threaded or synchronous scheduler) all partitions share one
-  process and one in-process limit; with the multiprocessing scheduler the limit is per process.
+- ``concurrency`` is cluster-wide: a run-specific :class:`distributed.Semaphore` caps the
+  unfinished jobs of all workers together; each worker process keeps its leases in a pool that
+  hands them from job to job and rebalances with the other workers' pools (``_dask_slots``), so
+  the scheduler is not asked once per job. Without ``distributed`` (the threaded or synchronous
+  scheduler) all partitions share one process and one in-process limit; with the multiprocessing
+  scheduler the limit is per process.
+- progress: each partition publishes its counts as Dask events; :func:`compute` and
+  :func:`progress` show them summed over the cluster on the client (``_dask_progress``).
 - a 429 seen by one worker holds the others: the "rate limited until" wall time is shared
   through the scheduler's metadata store (``Client.set_metadata``), which every running
   partition reads and raises every ``RATE_SHARE_INTERVAL_S``.

@@ -493,3 +493,22 @@ class TestNotebook:
         )
         assert "peak unfinished jobs: " in text
         assert "second run: 0 new jobs" in text
+        rows = len(load_reviews())
+        assert f"rows followed: {rows}" in text
+        # Live progress over the cluster's rows (compute() and the persisted run's progress()):
+        # each display ends with all rows counted, as a widget's final state or as HTML.
+        state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+        bars = [
+            m["state"]
+            for m in state.get("state", {}).values()
+            if m.get("model_name") == "IntProgressModel"
+        ]
+        full_bars = [b for b in bars if b.get("value") == b.get("max") == rows]
+        html = [
+            str(output.get("data", {}).get("text/html", ""))
+            for cell in nb.cells
+            if cell.cell_type == "code"
+            for output in cell.outputs
+        ]
+        summaries = [h for h in html if "narrative" in h and f"{rows}" in h]
+        assert len(full_bars) + len(summaries) >= 2, (bars, summaries)
