@@ -419,9 +419,17 @@ class Review:
         return self._widget.box
 
     def _ipython_display_(self) -> None:
+        """The live widget, with a static line beside it for a saved notebook, an HTML export or
+        a viewer without the widget's kernel (they show the line instead of ``VBox(...)``)."""
+        import html
+
         from IPython.display import display
 
-        display(self.widget())  # type: ignore[no-untyped-call]
+        bundle = dict(self.widget()._repr_mimebundle_())
+        line = repr(self)
+        bundle["text/plain"] = line
+        bundle["text/html"] = f'<div class="narrative-review-static">{html.escape(line)}</div>'
+        display(bundle, raw=True)  # type: ignore[no-untyped-call]
 
     def __repr__(self) -> str:
         return f"<Review: {len(self)} rows, {self.reviewed} reviewed, at {self.position + 1}>"

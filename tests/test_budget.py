@@ -74,7 +74,7 @@ class TestLongAnswers:
 
     def test_without_max_tokens(self, sb: Sandbox) -> None:
         """Learned from the first answer: billed tokens stay within the budget plus one job."""
-        with pytest.warns(npd.RowsFailedWarning):
+        with pytest.warns(npd.RowsStoppedWarning):
             out = frame(40).narrative.infer(
                 "Essay: {text}",
                 output=Essay,
@@ -95,7 +95,7 @@ class TestLongAnswers:
 
     def test_with_max_tokens(self, sb: Sandbox) -> None:
         """In-flight jobs count at max_tokens: billed tokens stay within budget + max_tokens."""
-        with pytest.warns(npd.RowsFailedWarning):
+        with pytest.warns(npd.RowsStoppedWarning):
             frame(40).narrative.infer(
                 "Essay: {text}",
                 output=Essay,
@@ -122,7 +122,7 @@ class TestNoUsageReported:
             async with npd.Client(
                 sb.api_key, sb.base_url, data_plane_id=sb.data_plane_id, transport=StripUsage()
             ) as client:
-                with pytest.warns(npd.RowsFailedWarning):
+                with pytest.warns(npd.RowsStoppedWarning):
                     out = await frame(150).narrative.ainfer(
                         "Essay: {text}",
                         output=Essay,

@@ -244,7 +244,7 @@ class TestStalls:
         )
         wait_until(lambda: sb.stats.count(path="/jobs") >= 1, what="a listing request")
         started.cancel()
-        with pytest.warns(npd.RowsFailedWarning):
+        with pytest.warns(npd.RowsStoppedWarning):
             out = started.result(timeout=20)  # a hang detector: the drip would take minutes
         assert out.attrs["narrative"]["status"] == "cancelled"
         assert sb.stats.duplicates == 0
