@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import ValidationError
 
+from ._cache import call_off_loop
 from ._clock import Clock, system_clock
 from ._exceptions import (
     APIConnectionError,
@@ -39,6 +40,7 @@ from ._exceptions import (
     APIUnknownOutcomeError,
     AuthenticationError,
     BadRequestError,
+    CacheLockedError,
     NotFoundError,
     PermissionDeniedError,
 )
@@ -561,7 +563,13 @@ class Engine:
         """POST the request; on an unknown outcome, look for its tag before deciding."""
         request = live.request
         if self._cache is not None:
-            self._cache.journal_intent(request.key, request.tag, self._run_id)
+            try:  # durable before the POST; in a thread, as the file may be locked for a while
+                await call_off_loop(
+                    self._cache, self._cache.journal_intent, request.key, request.tag, self._run_id
+                )
+            except CacheLockedError as exc:  # nothing sent: stop the run, say which file
+                self._set_fatal(exc)
+                raise _Fatal from exc
         try:
             job = await self._client.run_model_inference(request.body)
         except (AuthenticationError, PermissionDeniedError, NotFoundError) as exc:
