@@ -874,13 +874,13 @@ class SQLiteCache(Cache):
         self._writer.write_soon(action, tables, label)
 
     def _execute_soon(
-        self, sql: str, params: Sequence[Any], tables: Iterable[str], label: str
+        self, sql: str, rows: Sequence[Any], tables: Iterable[str], label: str
     ) -> None:
-        """Queue one statement for the writer (runs of the same one become one executemany)."""
+        """Queue ``sql`` for each row of parameters (the writer batches runs of the same sql)."""
         if self._conn is None or self._pid != os.getpid():
             with self._lock:
                 self._connection()
-        self._writer.execute_soon(sql, params, tables, label)
+        self._writer.execute_soon(sql, rows, tables, label)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every write this process queued is in the file."""
@@ -900,11 +900,11 @@ class SQLiteCache(Cache):
     def put_many(self, results: Iterable[CachedResult]) -> None:
         now = self._now()
         rows = [_encode_result(r, now) for r in results]
-        for row in rows:
+        if rows:
             self._execute_soon(
                 "INSERT OR REPLACE INTO results "
                 "(key, output, usage, job_id, model, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                row,
+                rows,
                 ("results",),
                 "result",
             )
@@ -912,9 +912,12 @@ class SQLiteCache(Cache):
     def _delete_keys(self, table: str, keys: Iterable[str]) -> None:
         wanted = _unique(keys)
 
-        for key in wanted:  # one statement each: the writer runs them as one executemany
+        if wanted:
             self._execute_soon(
-                f"DELETE FROM {table} WHERE key = ?", (key,), (table,), f"removal from {table}"
+                f"DELETE FROM {table} WHERE key = ?",
+                [(key,) for key in wanted],
+                (table,),
+                f"removal from {table}",
             )
 
     def delete(self, keys: Iterable[str]) -> None:
@@ -946,7 +949,7 @@ class SQLiteCache(Cache):
             "job_id = excluded.job_id, tag = excluded.tag, run_id = excluded.run_id, "
             "submitted_at = CASE WHEN journal.job_id IS NULL AND journal.tag = excluded.tag "
             "THEN journal.submitted_at ELSE excluded.submitted_at END",
-            row,
+            [row],
             ("journal",),
             "journal entry",
         )

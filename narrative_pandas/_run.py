@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import sys
@@ -153,9 +154,13 @@ class Run:
         """
 
         def record() -> None:
-            cache.update_run(
-                self.id, status=status, jobs_submitted=report.submitted, cached_rows=report.cached
-            )
+            with contextlib.suppress(KeyError):  # a run with no record (e.g. a Dask partition)
+                cache.update_run(
+                    self.id,
+                    status=status,
+                    jobs_submitted=report.submitted,
+                    cached_rows=report.cached,
+                )
             cache.flush(END_FLUSH_S)
 
         try:

@@ -35,7 +35,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,9 +155,12 @@ class SQLiteWriter:
         """Queue ``action`` (run inside a write transaction) and return at once."""
         self._enqueue(action, None, None, tables, None, label)
 
-    def execute_soon(self, sql: str, params: Any, tables: Iterable[str], label: str) -> None:
-        """Queue one statement and return at once (runs of the same ``sql`` are batched)."""
-        self._enqueue(None, sql, params, tables, None, label)
+    def execute_soon(
+        self, sql: str, rows: Sequence[Any], tables: Iterable[str], label: str
+    ) -> None:
+        """Queue ``sql`` for each parameter row and return at once (one queue item; queued
+        runs of the same ``sql`` go in as one ``executemany``)."""
+        self._enqueue(None, sql, rows, tables, None, label)
 
     def write(self, action: Action, tables: Iterable[str], label: str = "write") -> Any:
         """Queue ``action`` and return its value once committed (or raise its error)."""
@@ -229,10 +232,11 @@ class SQLiteWriter:
             state.urgent += 1  # someone waits: no lingering
             self._cond.notify_all()
             try:
-                if not self._cond.wait_for(lambda: state.done_seq >= target, timeout=limit):
-                    raise self._timeout_error()
+                done = self._cond.wait_for(lambda: state.done_seq >= target, timeout=limit)
             finally:
                 state.urgent -= 1
+        if not done:
+            raise self._timeout_error()
 
     @property
     def pending(self) -> int:
@@ -400,7 +404,7 @@ class SQLiteWriter:
                 end = position + 1  # a run of the same statement: one executemany
                 while end < len(items) and items[end].sql == item.sql:
                     end += 1
-                conn.executemany(item.sql, [i.params for i in items[position:end]])
+                conn.executemany(item.sql, [row for i in items[position:end] for row in i.params])
                 values.extend([None] * (end - position))
                 position = end
             conn.execute("COMMIT")

@@ -336,11 +336,11 @@ class TestLockedFile:
     ) -> None:
         """A lock taken while jobs are in flight delays submissions but raises nothing: the
         loop keeps ticking, every row ends correct, and no job is paid twice."""
-        sandbox.configure(queue_latency=0.05, run_latency=0.2)
+        sandbox.configure(queue_latency=0.05, run_latency=0.5)
         path = tmp_path / "runs.sqlite"
-        cache = SQLiteCache(path, timeout=60)
+        cache = SQLiteCache(path, timeout=120)
         run = npd.start(
-            frame(60), PROMPT, output=Label, cache=cache, progress=False, concurrency=5, **target
+            frame(60), PROMPT, output=Label, cache=cache, progress=False, concurrency=3, **target
         )
         wait_until(lambda: sandbox.stats.jobs_created >= 5, what="5 submissions")
         holder = LockHolder(path)
