@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import inspect
-import io
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,6 +23,7 @@ from ._options import check_options
 from ._plan import DEFAULT_CONCURRENCY, DEFAULT_MODEL, RunPlan, build_plan, no_cyclic_gc
 from ._resultinfo import result_attrs
 from ._run import Run, new_run_id
+from ._run_record import load_frame, load_plan, record_run, row_counts
 from ._schema import OutputSpec
 from ._template import MessageTemplates
 from ._variants import Block, check_samples, combine, fold, sample_plan
@@ -35,8 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["ainfer", "attach", "infer", "preview", "start"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-RUN_RECORD_VERSION = 1
 
 
 def start(df: pd.DataFrame, prompt: str | None = None, **options: Any) -> Run:
@@ -218,7 +215,7 @@ def _start(
         plan = combine(blocks)
     run_id = new_run_id()
     if resolved_cache is not None and resolved_cache.persistent:
-        resolved_cache.save_run(run_id, _run_record(plan, settings))
+        record_run(resolved_cache, run_id, plan, settings)
     run = Run(
         plan,
         settings=settings,
@@ -432,39 +429,6 @@ def _merge_into(
     return merge
 
 
-def _run_record(plan: RunPlan, settings: Settings) -> dict[str, Any]:
-    """What ``attach`` needs to finish a run in another process (never the API key)."""
-    df = plan.df
-    try:
-        frame_json: str | None = df.to_json(orient="table", date_format="iso")
-    except Exception:
-        frame_json = None
-    return {
-        "version": RUN_RECORD_VERSION,
-        "created_at": time.time(),
-        "status": "running",
-        "rows": len(plan.row_keys),
-        "base_url": settings.base_url,
-        "data_plane_id": plan.options.data_plane_id,
-        "model": plan.model,
-        "schema": plan.spec.schema,
-        "prefix": plan.prefix,
-        "flatten": plan.flatten,
-        "errors": plan.errors,
-        "options": {
-            "concurrency": plan.options.concurrency,
-            "poll_interval": plan.options.poll_interval,
-            "timeout": plan.options.timeout,
-            "max_total_tokens": plan.options.max_total_tokens,
-        },
-        "row_keys": plan.row_keys,
-        "skipped": {str(k): v for k, v in plan.skipped.items()},
-        "bodies": {r.key: r.body for r in plan.requests},
-        "prompt_tokens_estimates": {r.key: r.prompt_tokens_estimate for r in plan.requests},
-        "frame": frame_json,
-    }
-
-
 def attach(
     run_id: str,
     *,
@@ -479,8 +443,9 @@ def attach(
     """Re-attach to a run recorded in a disk cache (e.g. after a kernel restart) and finish it.
 
     Jobs the run already submitted are polled, never resubmitted; finished results come from the
-    cache; only rows never submitted are sent. The input frame is rebuilt from the run record
-    (stored as JSON in the cache file); pass ``df=`` if its types need the original frame.
+    cache; only rows never submitted are sent. The input frame is rebuilt from the cache file
+    (stored once per distinct frame, column by column); a frame the cache could not store (a
+    column of dicts, periods...) needs ``df=`` (the same frame), and the error says so.
 
     Examples
     --------
@@ -497,11 +462,9 @@ def attach(
         known = ", ".join(r.get("id", "?") for r in resolved.list_runs()[:5]) or "none"
         raise ConfigurationError(f"no run {run_id!r} in this cache (recent runs: {known}).")
     if df is None:
-        if record.get("frame") is None:
-            raise ConfigurationError(
-                f"run {run_id!r} did not record its input frame; pass df=<the same frame>."
-            )
-        df = pd.read_json(io.StringIO(record["frame"]), orient="table")
+        df = load_frame(resolved, run_id, record)
+    elif not isinstance(df, pd.DataFrame):
+        raise ConfigurationError(f"df must be the run's input DataFrame, got {type(df).__name__}.")
     if len(df) != record["rows"]:
         raise ConfigurationError(
             f"df has {len(df)} rows but run {run_id!r} had {record['rows']}; pass the same frame."
@@ -514,12 +477,10 @@ def attach(
         )
         settings.require_key()
     spec = OutputSpec.from_output(record["schema"])
-    bodies: dict[str, dict[str, Any]] = record["bodies"]
-    counts: dict[str, int] = {}
-    for key in record["row_keys"]:
-        if key is not None:
-            counts[key] = counts.get(key, 0) + 1
-    estimates = record.get("prompt_tokens_estimates", {})
+    stored = load_plan(resolved, run_id, record)
+    bodies: dict[str, dict[str, Any]] = stored["bodies"]
+    counts = row_counts(stored["row_keys"])
+    estimates = stored.get("prompt_tokens_estimates", {})
     requests = [
         JobRequest.from_body(
             key,
@@ -540,8 +501,8 @@ def attach(
     plan = RunPlan(
         df=df,
         spec=spec,
-        row_keys=list(record["row_keys"]),
-        skipped={int(k): v for k, v in record.get("skipped", {}).items()},
+        row_keys=list(stored["row_keys"]),
+        skipped={int(k): v for k, v in stored.get("skipped", {}).items()},
         requests=requests,
         options=options,
         prefix=record.get("prefix", ""),

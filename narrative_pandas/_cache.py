@@ -60,6 +60,7 @@ Where
 from __future__ import annotations
 
 import abc
+import asyncio
 import atexit
 import contextlib
 import json
@@ -79,7 +80,13 @@ from typing import Any, Literal, TypeVar
 from . import _config
 from ._exceptions import CacheLockedError, ConfigurationError
 from ._models import InferenceUsage
-from ._sqlite_writer import SQLiteWriter, is_lock_error, locked_message
+from ._sqlite_writer import (
+    SQLiteWriter,
+    WouldBlock,
+    is_lock_error,
+    locked_message,
+    without_waiting,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -90,6 +97,7 @@ __all__ = [
     "JournalEntry",
     "MemoryCache",
     "SQLiteCache",
+    "call_off_loop",
     "default_cache",
     "resolve_cache",
 ]
@@ -106,8 +114,9 @@ _CHUNK = 500
 _LOCK_RETRIES = 3
 """Least attempts of one read when SQLite still says "database is locked" after its timeout."""
 
-_WRITER_BUSY_S = 0.2
-"""SQLite's own wait on a lock in the writer thread, which then retries (and says so) itself."""
+_WRITER_BUSY_S = 0.0
+"""SQLite's own wait on a lock for the writing connection: none; the writer thread retries (and
+says so) itself, and an attempt from the event loop gives up at once (see call_off_loop)."""
 
 _TABLES = ("results", "journal", "runs", "blobs")
 
@@ -596,8 +605,20 @@ def _reset_locks_after_fork() -> None:
         cache._lock = threading.RLock()  # type: ignore[attr-defined]
 
 
+def _write_queued_before_fork() -> None:
+    """A forked child starts with an empty queue: what the parent queued goes in first."""
+    for cache in list(_live_caches):
+        if isinstance(cache, SQLiteCache) and cache._pid == os.getpid():
+            try:
+                cache._writer.flush()
+            except CacheLockedError:
+                logger.warning(
+                    "forking while %s is locked: queued writes stay with the parent", cache
+                )
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_locks_after_fork)
+    os.register_at_fork(before=_write_queued_before_fork, after_in_child=_reset_locks_after_fork)
 
 
 @atexit.register
@@ -1058,8 +1079,9 @@ class SQLiteCache(Cache):
         Waits while another process holds the lock, up to ``timeout`` seconds, then raises
         :class:`~narrative_pandas.CacheLockedError` (nothing is written then).
         """
-        with self._lock:
-            self._connection()  # the file exists with its tables before the writer opens it
+        if self._conn is None or self._pid != os.getpid():
+            with self._lock:
+                self._connection()  # the file exists with its tables before the writer opens it
         value: _T = self._writer.write(action, tables)
         return value
 
@@ -1070,9 +1092,19 @@ class SQLiteCache(Cache):
         label: str = "write",
     ) -> None:
         """Queue ``action`` for the writer thread and return at once (see ``_sqlite_writer``)."""
-        with self._lock:
-            self._connection()
+        if self._conn is None or self._pid != os.getpid():
+            with self._lock:
+                self._connection()
         self._writer.write_soon(action, tables, label)
+
+    def _execute_soon(
+        self, sql: str, rows: Sequence[Any], tables: Iterable[str], label: str
+    ) -> None:
+        """Queue ``sql`` for each row of parameters (the writer batches runs of the same sql)."""
+        if self._conn is None or self._pid != os.getpid():
+            with self._lock:
+                self._connection()
+        self._writer.execute_soon(sql, rows, tables, label)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every write this process queued is in the file."""
@@ -1093,12 +1125,10 @@ class SQLiteCache(Cache):
         now = self._now()
         rows = [_encode_result(r, now) for r in results]
         if rows:
-            self._write_soon(
-                lambda conn: conn.executemany(
-                    "INSERT OR REPLACE INTO results "
-                    "(key, output, usage, job_id, model, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                ),
+            self._execute_soon(
+                "INSERT OR REPLACE INTO results "
+                "(key, output, usage, job_id, model, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
                 ("results",),
                 "result",
             )
@@ -1106,13 +1136,13 @@ class SQLiteCache(Cache):
     def _delete_keys(self, table: str, keys: Iterable[str]) -> None:
         wanted = _unique(keys)
 
-        def delete(conn: sqlite3.Connection) -> None:
-            for chunk in _chunks(wanted):
-                marks = ",".join("?" * len(chunk))
-                conn.execute(f"DELETE FROM {table} WHERE key IN ({marks})", chunk)
-
         if wanted:
-            self._write_soon(delete, (table,), f"removal from {table}")
+            self._execute_soon(
+                f"DELETE FROM {table} WHERE key = ?",
+                [(key,) for key in wanted],
+                (table,),
+                f"removal from {table}",
+            )
 
     def delete(self, keys: Iterable[str]) -> None:
         self._delete_keys("results", keys)
@@ -1388,6 +1418,26 @@ class SQLiteCache(Cache):
                     conn.close()
                 else:
                     _inherited_connections.append(conn)
+
+
+async def call_off_loop(cache: Cache, method: Callable[..., _T], *args: Any) -> _T:
+    """Call a cache method from the event loop without blocking it.
+
+    A file cache may wait for another process's lock (up to its ``timeout``): the call is first
+    made here without waiting (a durable write is then one short transaction), and when that
+    would wait it is made again in a worker thread; nothing is written by the attempt that
+    gives up, but ``method`` must not queue other writes before its durable one. The in-memory
+    cache never waits, so it is called inline.
+    """
+    if not cache.persistent:
+        return method(*args)
+    if isinstance(cache, SQLiteCache):
+        try:  # one short transaction right here when the file is free: no thread hand-over
+            with without_waiting():
+                return method(*args)
+        except WouldBlock:
+            pass  # the file is locked (or being written): wait in a thread instead
+    return await asyncio.to_thread(method, *args)
 
 
 def _reopen_sqlite(path: str, timeout: float) -> SQLiteCache:

@@ -20,6 +20,7 @@ from ._exceptions import ConfigurationError
 from ._options import check_options
 from ._plan import DEFAULT_MODEL, build_plan
 from ._run import Run, new_run_id
+from ._run_record import record_run
 from ._variants import Block, check_samples, combine, fold, sample_plan
 
 __all__ = ["compare", "start_compare", "variant_names"]
@@ -142,7 +143,7 @@ def start_compare(
     combined = combine(blocks)
     run_id = new_run_id()
     if cache is not None and cache.persistent:
-        cache.save_run(run_id, _api._run_record(combined, settings))
+        record_run(cache, run_id, combined, settings)
     run = Run(
         combined,
         settings=settings,

@@ -13,7 +13,7 @@ the built-in it resembles, so ``except KeyError`` and ``except ValueError`` keep
     ├── JobFailedError                       a job ended failed/cancelled (job_id, failures)
     ├── JobTimeoutError (TimeoutError)       a job did not finish within the per-job timeout
     ├── RowsFailedError                      errors="raise": rows failed; .result is the frame
-    ├── CacheLockedError (TimeoutError)      another process held the cache file too long
+    ├── CacheLockedError                     another process held the cache file too long
     └── APIError                             anything that came from talking to the service
         ├── APIConnectionError               the request did not get an answer
         │   └── APITimeoutError              ... because it timed out
@@ -102,10 +102,11 @@ class ConfigurationError(_CallMistake, NarrativeError, ValueError):
     """A setting is missing or unsafe (no API key, plain http to a remote host, bad option)."""
 
 
-class CacheLockedError(NarrativeError, TimeoutError):
+class CacheLockedError(NarrativeError):
     """Another process held the SQLite cache file's lock for longer than the cache's ``timeout``.
 
-    ``path`` is the file. Nothing was sent for the write that could not be made.
+    ``path`` is the file. Nothing was sent for the write that could not be made. (Not a
+    ``TimeoutError``: ``concurrent.futures`` waits would take it for their own timeout.)
     """
 
     def __init__(self, message: str, *, path: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 import uuid
@@ -47,6 +48,9 @@ logger = logging.getLogger("narrative_pandas")
 
 #: How long ``result()`` waits for a stopping run to journal what is on the wire.
 STOP_WAIT_S = 15.0
+
+#: How long the end of a run waits for its queued cache writes to reach the file.
+END_FLUSH_S = 10.0
 
 
 def new_run_id() -> str:
@@ -159,10 +163,30 @@ class Run:
                 finish_status = status if status in ("interrupted", "cancelled") else "done"
                 self._tracker.finish(finish_status)  # type: ignore[arg-type]
             if self._cache is not None and self._cache.persistent:
-                try:
-                    self._cache.update_run(self.id, status=status)
-                except Exception:  # the record is a convenience; never lose results over it
-                    logger.debug("could not update the run record", exc_info=True)
+                await self._record_end(self._cache, status, engine.report)
+
+    async def _record_end(self, cache: Cache, status: str, report: EngineReport) -> None:
+        """Put the run's end in its record and wait until the run's writes are in the file.
+
+        Off the loop (the file may be locked by another process): results then are on disk
+        when ``result()`` returns. A lock that outlasts the wait only delays them (the writer
+        keeps them queued and retries); it never fails the run.
+        """
+
+        def record() -> None:
+            with contextlib.suppress(KeyError):  # a run with no record (e.g. a Dask partition)
+                cache.update_run(
+                    self.id,
+                    status=status,
+                    jobs_submitted=report.submitted,
+                    cached_rows=report.cached,
+                )
+            cache.flush(END_FLUSH_S)
+
+        try:
+            await asyncio.to_thread(record)
+        except Exception as exc:  # the record is a convenience; never lose results over it
+            logger.warning("could not record the end of run %s in %s: %s", self.id, cache, exc)
 
     # ------------------------------------------------------------------ watching
 

@@ -7,10 +7,14 @@ in the process - freezes. Here every write is queued and made by one thread:
 * **in order**: writes are applied exactly in the order they were queued, so a result always reaches
   the file before the journal entry it replaces is removed (a kill can lose the tail of the queue,
   never a middle part);
-* **batched**: whatever is queued when the thread gets to it is committed in one transaction
-  (group commit), so 100,000 rows make a few hundred transactions, not 300,000;
-* **durable when asked**: :meth:`SQLiteWriter.write` waits until its transaction is committed (the
-  intent written before a POST); :meth:`SQLiteWriter.write_soon` returns at once;
+* **batched**: whatever is queued when a transaction starts goes into it (group commit), and
+  queued statements that are the same SQL go in as one ``executemany``; a write that nobody
+  waits for lingers a few milliseconds so that more join it. 100,000 rows make a few thousand
+  transactions, not 300,000;
+* **durable when asked**: :meth:`SQLiteWriter.write` returns once its transaction is committed
+  (the intent written before a POST); the calling thread commits the queue itself when no one
+  else is, so a durable write costs no hand-over to the writer thread.
+  :meth:`SQLiteWriter.write_soon` / :meth:`SQLiteWriter.execute_soon` return at once;
 * **patient with a lock**: while another process holds the lock, the thread keeps retrying and
   logs once which file is locked; a caller that waits gives up after the cache's ``timeout`` with
   :class:`~narrative_pandas.CacheLockedError`, naming the file. A write that fails for another
@@ -24,24 +28,28 @@ reads its own writes.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import random
 import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._exceptions import CacheLockedError
 
-__all__ = ["SQLiteWriter", "is_lock_error", "locked_message"]
+__all__ = ["SQLiteWriter", "WouldBlock", "is_lock_error", "locked_message", "without_waiting"]
 
 logger = logging.getLogger("narrative_pandas")
 
 BATCH_MAX = 5_000
 """Most queued writes committed in one transaction (bounds the time the file's lock is held)."""
+
+LINGER_S = 0.02
+"""How long the thread lets writes nobody waits for pile up before it commits them."""
 
 LOCK_NOTICE_S = 1.0
 """After waiting this long for another process's lock, say so once (a warning naming the file)."""
@@ -50,6 +58,30 @@ _RETRY_MAX_S = 0.25
 """Longest pause between two attempts on a locked file."""
 
 Action = Callable[[sqlite3.Connection], Any]
+
+_mode = threading.local()
+
+
+class WouldBlock(Exception):
+    """Raised instead of waiting inside :func:`without_waiting` (nothing was written)."""
+
+
+@contextlib.contextmanager
+def without_waiting() -> Iterator[None]:
+    """On this thread, a durable write or a read that would have to wait raises WouldBlock.
+
+    The event loop uses it to make a durable write itself when the file is free (one short
+    transaction, no thread hand-over) and to fall back to a worker thread when it is not.
+    """
+    _mode.no_wait = True
+    try:
+        yield
+    finally:
+        _mode.no_wait = False
+
+
+def _no_wait() -> bool:
+    return getattr(_mode, "no_wait", False)
 
 
 def is_lock_error(exc: BaseException) -> bool:
@@ -60,18 +92,26 @@ def is_lock_error(exc: BaseException) -> bool:
     return "locked" in message or "busy" in message
 
 
-def locked_message(path: str, waited: float) -> str:
-    """What to tell a user whose cache file another process keeps locked."""
-    return (
+def locked_message(path: str, waited: float, *, final: bool = True) -> str:
+    """What to tell a user whose cache file another process keeps locked (``final``: we gave
+    up; else: we are still waiting)."""
+    what = (
         f"the cache file {path!r} is locked by another process (waited {waited:.0f}s): another "
-        "notebook, script or SQLite tool has it open in a write transaction. Finish or close "
-        "that, or use another cache path; nothing was sent for the rows still waiting."
+        "notebook, script or SQLite tool has it open in a write transaction."
     )
+    if final:
+        return (
+            f"{what} Finish or close that, or use another cache path; nothing was sent for the "
+            "rows still waiting."
+        )
+    return f"{what} Rows wait for it before being sent; results wait in memory."
 
 
 @dataclass
 class _Item:
-    action: Action
+    action: Action | None
+    sql: str | None
+    params: Any
     tables: frozenset[str]
     seq: int
     future: concurrent.futures.Future[Any] | None = None
@@ -83,16 +123,17 @@ class _State:
     queue: deque[_Item] = field(default_factory=deque)
     next_seq: int = 1
     done_seq: int = 0
+    urgent: int = 0
     last_seq: dict[str, int] = field(default_factory=dict)
     blocked_since: float | None = None
     stopping: bool = False
 
 
 class SQLiteWriter:
-    """The single writing thread of one cache file in one process (see the module docstring).
+    """The writer of one cache file in one process (see the module docstring).
 
-    ``connect`` opens the thread's own connection; ``timeout`` bounds how long a caller waits.
-    The thread starts on the first write and ends on :meth:`close` (after the queue is empty).
+    ``connect`` opens the writing connection; ``timeout`` bounds how long a caller waits. The
+    thread starts on the first write and ends on :meth:`close` (after the queue is empty).
     """
 
     def __init__(self, path: str, connect: Callable[[], sqlite3.Connection], timeout: float):
@@ -100,6 +141,7 @@ class SQLiteWriter:
         self.timeout = timeout
         self._connect = connect
         self._cond = threading.Condition(threading.Lock())
+        self._commit = threading.Lock()  # held by whoever applies the queue (one at a time)
         self._state = _State()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
@@ -111,35 +153,90 @@ class SQLiteWriter:
 
     def write_soon(self, action: Action, tables: Iterable[str], label: str = "write") -> None:
         """Queue ``action`` (run inside a write transaction) and return at once."""
-        self._enqueue(action, tables, None, label)
+        self._enqueue(action, None, None, tables, None, label)
+
+    def execute_soon(
+        self, sql: str, rows: Sequence[Any], tables: Iterable[str], label: str
+    ) -> None:
+        """Queue ``sql`` for each parameter row and return at once (one queue item; queued
+        runs of the same ``sql`` go in as one ``executemany``)."""
+        self._enqueue(None, sql, rows, tables, None, label)
 
     def write(self, action: Action, tables: Iterable[str], label: str = "write") -> Any:
-        """Queue ``action`` and wait until it is committed; return its value or raise its error."""
+        """Queue ``action`` and return its value once committed (or raise its error)."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._enqueue(action, tables, future, label)
+        if _no_wait():
+            return self._write_now(action, tables, future, label)
+        self._enqueue(action, None, None, tables, future, label)
+        if self._commit.acquire(blocking=False):  # nobody is committing: do it on this thread
+            try:
+                self._drain(patient=False)
+            finally:
+                self._commit.release()
+        if future.done():
+            return future.result()
+        state = self._state
+        with self._cond:  # someone else commits it, or the file is locked: the thread takes over
+            state.urgent += 1
+            self._cond.notify_all()
         try:
             return future.result(timeout=self.timeout)
         except concurrent.futures.TimeoutError:
-            future.cancel()  # not applied if the thread has not reached it yet
+            future.cancel()  # not applied if no one has reached it yet
             raise self._timeout_error() from None
+        finally:
+            with self._cond:
+                state.urgent -= 1
+
+    def _write_now(
+        self,
+        action: Action,
+        tables: Iterable[str],
+        future: concurrent.futures.Future[Any],
+        label: str,
+    ) -> Any:
+        """The queue and ``action`` in one transaction on this thread, or WouldBlock."""
+        if not self._commit.acquire(blocking=False):
+            raise WouldBlock
+        try:
+            self._enqueue(action, None, None, tables, future, label)
+            self._drain(patient=False)
+        finally:
+            self._commit.release()
+        if not future.done():
+            future.cancel()
+            raise WouldBlock
+        return future.result()
 
     def settle(self, tables: Iterable[str], timeout: float | None = None) -> None:
         """Wait until every write queued so far on ``tables`` is applied (read your own writes)."""
-        limit = self.timeout if timeout is None else timeout
         with self._cond:
             state = self._state
             target = max((state.last_seq.get(t, 0) for t in tables), default=0)
-            if not self._cond.wait_for(lambda: state.done_seq >= target, timeout=limit):
-                raise self._timeout_error()
+        self._wait_done(target, timeout)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything queued so far is applied."""
+        with self._cond:
+            target = self._state.next_seq - 1
+        self._wait_done(target, timeout)
+
+    def _wait_done(self, target: int, timeout: float | None) -> None:
         limit = self.timeout if timeout is None else timeout
         with self._cond:
             state = self._state
-            target = state.next_seq - 1
-            if not self._cond.wait_for(lambda: state.done_seq >= target, timeout=limit):
-                raise self._timeout_error()
+            if state.done_seq >= target:
+                return
+            if _no_wait():
+                raise WouldBlock
+            state.urgent += 1  # someone waits: no lingering
+            self._cond.notify_all()
+            try:
+                done = self._cond.wait_for(lambda: state.done_seq >= target, timeout=limit)
+            finally:
+                state.urgent -= 1
+        if not done:
+            raise self._timeout_error()
 
     @property
     def pending(self) -> int:
@@ -169,6 +266,7 @@ class SQLiteWriter:
     def forget_after_fork(self) -> None:
         """In a forked child: the parent's thread and queue do not exist here; start afresh."""
         self._cond = threading.Condition(threading.Lock())
+        self._commit = threading.Lock()
         self._state = _State()
         self._thread = None
         self._noticed = False
@@ -176,7 +274,9 @@ class SQLiteWriter:
 
     def _enqueue(
         self,
-        action: Action,
+        action: Action | None,
+        sql: str | None,
+        params: Any,
         tables: Iterable[str],
         future: concurrent.futures.Future[Any] | None,
         label: str,
@@ -184,7 +284,7 @@ class SQLiteWriter:
         names = frozenset(tables)
         with self._cond:
             state = self._state
-            item = _Item(action, names, state.next_seq, future, label)
+            item = _Item(action, sql, params, names, state.next_seq, future, label)
             state.next_seq += 1
             for name in names:
                 state.last_seq[name] = item.seq
@@ -195,7 +295,8 @@ class SQLiteWriter:
                     target=self._work, name=f"narrative-cache-writer:{self.path}", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify_all()
+            if len(state.queue) == 1:  # wake the thread (it then lingers for more)
+                self._cond.notify_all()
 
     def _timeout_error(self) -> Exception:
         with self._cond:
@@ -209,7 +310,7 @@ class SQLiteWriter:
             path=self.path,
         )
 
-    # ------------------------------------------------------------------ the thread
+    # ------------------------------------------------------------------ applying the queue
 
     def _work(self) -> None:
         state = self._state
@@ -217,16 +318,34 @@ class SQLiteWriter:
             with self._cond:
                 self._cond.wait_for(lambda: bool(state.queue) or state.stopping)
                 if not state.queue:
-                    self._close_connection()
+                    with self._commit:
+                        self._close_connection()
+                    return
+                if not state.stopping and not state.urgent:  # let more writes join this one
+                    self._cond.wait_for(lambda: state.urgent > 0 or state.stopping, LINGER_S)
+            with self._commit:
+                self._drain(patient=True)
+
+    def _drain(self, *, patient: bool) -> None:
+        """Apply the queue, batch by batch (caller holds ``self._commit``).
+
+        Not ``patient`` (a caller's thread): on a locked file, put the batch back and return.
+        """
+        state = self._state
+        while True:
+            with self._cond:
+                if not state.queue:
                     return
                 batch = [state.queue.popleft() for _ in range(min(BATCH_MAX, len(state.queue)))]
-            try:
-                self._apply(batch)
-            except BaseException:  # pragma: no cover - _apply settles every item itself
-                logger.exception("cache %s: the writer thread failed", self.path)
+            settled = self._apply(batch, patient=patient)
             with self._cond:
-                state.done_seq = max(state.done_seq, batch[-1].seq)
+                if settled:
+                    state.done_seq = max(state.done_seq, batch[settled - 1].seq)
+                if settled < len(batch):
+                    state.queue.extendleft(reversed(batch[settled:]))
                 self._cond.notify_all()
+            if settled < len(batch):
+                return
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -238,38 +357,56 @@ class SQLiteWriter:
         if conn is not None:
             conn.close()
 
-    def _apply(self, batch: list[_Item]) -> None:
-        """Commit ``batch`` in one transaction; on an error other than a lock, item by item."""
+    def _apply(self, batch: list[_Item], *, patient: bool) -> int:
+        """Commit ``batch`` in one transaction; return how many items (from the front) are
+        settled. On an error other than a lock, item by item, so one bad write spoils no other."""
         attempt = 0
         while True:
             items = [i for i in batch if i.future is None or not i.future.cancelled()]
             if not items:
-                return
+                return len(batch)
             try:
                 values = self._transaction(items)
             except Exception as exc:
                 if is_lock_error(exc):
+                    if not patient:
+                        return 0
                     attempt += 1
                     self._wait_for_lock(attempt, len(items))
                     continue
                 if len(items) == 1:
                     self._fail(items[0], exc)
                     self._unblocked()
-                    return
-                for item in items:  # find the culprit; the others still go in, in order
-                    self._apply([item])
-                return
+                    return len(batch)
+                for position, item in enumerate(batch):  # find the culprit
+                    if self._apply([item], patient=patient) == 0:
+                        return position
+                return len(batch)
             self._unblocked()
             for item, value in zip(items, values, strict=True):
                 if item.future is not None and not item.future.cancelled():
                     item.future.set_result(value)
-            return
+            return len(batch)
 
     def _transaction(self, items: list[_Item]) -> list[Any]:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            values = [item.action(conn) for item in items]
+            values: list[Any] = []
+            position = 0
+            while position < len(items):
+                item = items[position]
+                if item.sql is None:
+                    assert item.action is not None
+                    values.append(item.action(conn))
+                    position += 1
+                    continue
+                end = position + 1  # a run of the same statement: one executemany
+                while end < len(items) and items[end].sql == item.sql:
+                    end += 1
+                conn.executemany(item.sql, [row for i in items[position:end] for row in i.params])
+                values.extend([None] * (end - position))
+                position = end
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -287,8 +424,8 @@ class SQLiteWriter:
         if now - since >= LOCK_NOTICE_S and not self._noticed:
             self._noticed = True
             logger.warning(
-                "%s; %d write(s) wait in memory and go in as soon as it is free",
-                locked_message(self.path, now - since),
+                "%s (%d write(s) queued)",
+                locked_message(self.path, now - since, final=False),
                 waiting,
             )
         time.sleep(min(_RETRY_MAX_S, 0.01 * 2**attempt) * (1 + random.random() / 2))

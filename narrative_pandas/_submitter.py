@@ -28,6 +28,7 @@ from ._exceptions import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
+    CacheLockedError,
     NotFoundError,
     PermissionDeniedError,
 )
@@ -102,7 +103,12 @@ class Submitter:
         if claims is None:
             return await self._post(request, since=time.time())
         if claim is None:
-            claim = await claims.claim(request.key, request.tag, check_results=not self._refresh)
+            try:
+                claim = await claims.claim(
+                    request.key, request.tag, check_results=not self._refresh
+                )
+            except CacheLockedError as exc:  # nothing sent: stop the run, naming the file
+                return SubmitResult("fatal", error=exc)
         if claim.outcome == "cached":
             return SubmitResult("cached", result=claim.result)
         if claim.outcome == "held":

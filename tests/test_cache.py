@@ -478,9 +478,10 @@ class TestSQLiteFile:
         cache.close()
 
     def test_waits_out_a_lock_held_by_another_connection(self, tmp_path: Path) -> None:
-        """A write made while another connection holds the write lock succeeds once it is freed."""
+        """A write made while another connection holds the write lock succeeds once it is freed
+        (the cache's timeout bounds the whole wait: here 5 s for a 0.1 s lock)."""
         path = tmp_path / "c.sqlite"
-        cache = SQLiteCache(path, timeout=0.02)
+        cache = SQLiteCache(path, timeout=5)
         len(cache)
         other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         other.execute("BEGIN IMMEDIATE")
