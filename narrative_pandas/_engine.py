@@ -74,8 +74,10 @@ MAX_SUBMIT_ROUNDS = 5
 #: Wait before such a round: doubling from the first (an outage outlasts the client's retries).
 RETRY_ROUND_FIRST_WAIT_S = 2.0
 RETRY_ROUND_MAX_WAIT_S = 30.0
-#: How long a stopping run waits for POSTs already on the wire, so their job ids are journaled.
-SUBMIT_GRACE_S = 5.0
+#: How long a stopping run waits for POSTs already on the wire, so their job ids are journaled
+#: (a POST still unanswered then is cancelled: its claim stays, and the next run reconciles it
+#: through the listing before any POST, so a stop returns within about a second).
+SUBMIT_GRACE_S = 0.5
 #: After a stop, how long the last look at outstanding jobs may take before the run returns.
 WIND_DOWN_POLL_S = 0.5
 

@@ -11,7 +11,9 @@ its own (at most :data:`MAX_DIRECT_GETS` per poll, the longest unseen first). So
 lies (skewed clocks, wrong totals, a stale replica) delays a job by one bound, never forever; and
 a job pending for minutes costs a request about every 30 s, not every poll.
 
-**Watchdog.** When no outstanding job has changed for :data:`WATCHDOG_POLLS` polls, every
+**Watchdog.** When no outstanding job has changed for :data:`WATCHDOG_POLLS` polls (counted
+only while some job is older than the mean latency seen, so a wave of equally long jobs is not
+taken for a stall), every
 outstanding job counts as overdue for the next poll, whatever the sweeps claimed.
 
 **Not found is not lost.** A 404 for a job never seen yet is read-replica lag: it is fetched

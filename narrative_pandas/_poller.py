@@ -100,7 +100,11 @@ class Poller:
     ) -> int:
         """Look at every outstanding job that is due; returns the listing sweeps made."""
         self._ours.update(outstanding)
-        self._quiet_polls += 1
+        now = self._clock.now()
+        # Quiet only counts once a job is older than the usual latency: a wave of jobs that all
+        # take about as long is not a stall (the watchdog would GET them all every wave).
+        if any(now - live.submitted_at > mean_latency for live in outstanding.values()):
+            self._quiet_polls += 1
         watchdog = self._quiet_polls > WATCHDOG_POLLS
         if watchdog:
             self._quiet_polls = 0

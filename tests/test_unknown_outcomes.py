@@ -54,9 +54,13 @@ def check_every_row_ended(out: pd.DataFrame, rows: int) -> None:
     errors = out["narrative_error"]
     assert len(out) == rows
     assert not errors.fillna("").str.contains("pending|not submitted").any()
-    assert report["completed_rows"] == int(errors.isna().sum())
-    assert report["failed_rows"] == int(errors.notna().sum())
-    assert report["completed_rows"] + report["failed_rows"] == rows
+    status = out["narrative_status"].astype(object)
+    assert (
+        report["completed_rows"] == int(errors.isna().sum()) == int((status == "completed").sum())
+    )
+    assert report["failed_rows"] + report["stopped_rows"] == int(errors.notna().sum())
+    assert report["stopped_rows"] == int((status == "stopped").sum())
+    assert report["completed_rows"] + report["failed_rows"] + report["stopped_rows"] == rows
 
 
 def quick_client(target: dict[str, str], retries: int) -> npd.Client:
@@ -171,13 +175,14 @@ class TestOutages:
             while faults.stats.count(method="POST") < 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
             run.cancel()
-            with pytest.warns(npd.RowsFailedWarning):
+            with pytest.warns(npd.RowsStoppedWarning):
                 out = run.result()
         finally:
             _sync.submit(client.aclose()).result()
         check_every_row_ended(out, 1)
         error = out["narrative_error"].iloc[0]
-        assert error.startswith("cancelled: submission outcome unknown"), error
+        assert "submission outcome unknown" in error and "cancelled" in error, error
+        assert out["narrative_status"].iloc[0] == "stopped"
         assert out.attrs["narrative"]["timed_out_rows"] == 0
         assert faults.stats.count(method="POST") == 1
         assert [e.state for e in cache.journal_entries()] == ["unknown"]
