@@ -21,19 +21,19 @@ from ._models import InferenceMessage
 from ._schema import OutputSpec
 from ._template import BoundTemplates
 
-__all__ = ["example_turns", "with_examples"]
+__all__ = ["example_turns", "plain", "with_examples"]
 
 _MAX_SHOWN = 5
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """A JSON-ready value: numpy/pandas scalars and arrays made plain, NA made None."""
     if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
+        return [plain(v) for v in value.tolist()]
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if value is None or value is pd.NA or value is pd.NaT:
         return None
     if isinstance(value, float) and math.isnan(value):
@@ -53,7 +53,7 @@ def _answer(row: pd.Series, spec: OutputSpec, has: set[Hashable]) -> dict[str, A
         )
         if source is None:
             continue
-        value = _plain(row[source])
+        value = plain(row[source])
         if source == name and len(column.path) > 1:
             node = answer
             for part in column.path[:-1]:

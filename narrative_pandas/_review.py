@@ -21,6 +21,7 @@ import pandas as pd
 from jsonschema import Draft202012Validator
 
 from ._evaluate import resolve_truth
+from ._examples import plain as _plain
 from ._exceptions import ConfigurationError
 from ._resultinfo import ResultInfo, describe_result, usable_rows
 from ._review_store import ReviewLabel, ReviewStore, open_store
@@ -31,23 +32,6 @@ __all__ = ["Review", "review"]
 SOURCES = ("accepted", "edited")
 REVIEWED_COLUMN = "narrative_reviewed"
 _AUTO = "auto"
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-ready Python value (numpy/pandas scalars and arrays made plain, NA -> None)."""
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return value.item()
-    return value
 
 
 def _label(value: Any) -> Any:
