@@ -79,7 +79,7 @@ RETRY_ROUND_MAX_WAIT_S = 30.0
 #: through the listing before any POST, so a stop returns within about a second).
 SUBMIT_GRACE_S = 0.5
 #: After a stop, how long the last look at outstanding jobs may take before the run returns.
-WIND_DOWN_POLL_S = 0.5
+WIND_DOWN_POLL_S = 0.3
 
 
 #: Tags the library adds to every job: one to find its jobs, one per request to reconcile POSTs.
@@ -332,7 +332,7 @@ class Engine:
 
     async def _run(self) -> dict[str, RowOutcome]:
         try:
-            self._serve_from_cache()
+            await self._serve_from_cache()
             await self._resume_from_journal()
             await self._main_loop()
         except asyncio.CancelledError:
@@ -357,10 +357,14 @@ class Engine:
         if self._claims is not None:
             await self._claims.stop_heartbeat()
 
-    def _serve_from_cache(self) -> None:
+    async def _serve_from_cache(self) -> None:
         pending = self._requests
         if self._cache is not None and not self._options.refresh and pending:
-            hits = self._cache.get_many(r.key for r in pending)
+            keys = [r.key for r in pending]
+            if self._cache.persistent:  # a file may wait for its lock: never on the loop
+                hits = await asyncio.to_thread(self._cache.get_many, keys)
+            else:
+                hits = self._cache.get_many(keys)
             for request in pending:
                 hit = hits.get(request.key)
                 if hit is not None:

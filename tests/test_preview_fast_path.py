@@ -11,12 +11,12 @@ import gc
 
 import pandas as pd
 import pytest
+from helpers import SENTIMENT_SCHEMA
 
 import narrative_pandas  # noqa: F401  (registers DataFrame.narrative)
 from narrative_pandas._config import resolve_settings
 from narrative_pandas._models import request_fingerprint
 from narrative_pandas._plan import build_plan, no_cyclic_gc
-from tests.helpers import SENTIMENT_SCHEMA
 
 TEXTS = [
     "plain",
