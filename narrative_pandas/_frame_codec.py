@@ -191,9 +191,9 @@ def _decode_array(meta: dict[str, Any], body: memoryview) -> Any:
     if kind == "string":
         na_value = pd.NA if meta["na"] == "NA" else np.nan
         try:
-            strings = pd.StringDtype(meta["storage"], na_value=na_value)
+            strings = _string_dtype(meta["storage"], na_value)
         except ImportError:  # stored with pyarrow, read without it
-            strings = pd.StringDtype("python", na_value=na_value)
+            strings = _string_dtype("python", na_value)
         return pd.array(json.loads(bytes(_span(body, meta["data"]))), dtype=strings)
     if kind == "masked":
         values = np.frombuffer(_span(body, meta["data"]), dtype=meta["numpy"]).copy()
@@ -247,3 +247,13 @@ def _decode_index(meta: dict[str, Any], body: memoryview) -> pd.Index:
         array = _decode_array(meta["array"], body)
         index = pd.Index(array, dtype=array.dtype, name=meta["name"], copy=False)
     return index
+
+
+def _string_dtype(storage: str, na_value: Any) -> Any:
+    """``StringDtype(storage, na_value=...)``; pandas before 2.3 has no ``na_value`` (its NaN
+    variant is a storage of its own, ``"pyarrow_numpy"``, kept as written)."""
+    make: Any = pd.StringDtype
+    try:
+        return make(storage, na_value=na_value)
+    except TypeError:
+        return make(storage)
