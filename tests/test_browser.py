@@ -38,7 +38,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -486,36 +486,55 @@ class LabSession:
             raise
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSession]:
-    """JupyterLab on 127.0.0.1 with the test notebook open in Chromium and its kernel idle."""
+@contextlib.contextmanager
+def open_lab(
+    root: Path,
+    notebook: str,
+    copy_notebook: Callable[[Path], None],
+    *,
+    height: int,
+    tags: list[str],
+) -> Iterator[LabSession]:
+    """JupyterLab on 127.0.0.1 with ``notebook`` open in Chromium and its kernel idle."""
     for module in ("jupyterlab", "ipywidgets", "jupyterlab_widgets", "ipykernel"):
         try:
             __import__(module)
         except ImportError as exc:
             _unavailable(f"{module} is not installed ({exc})")
-    root = tmp_path_factory.mktemp("browser")
     with _chromium() as browser:
         server = LabServer(root)
         _write_kernelspec_and_settings(server.env)
-        _copy_notebook(server.notebooks)
-        context = browser.new_context(viewport={"width": 1400, "height": 1900})
+        copy_notebook(server.notebooks)
+        context = browser.new_context(viewport={"width": 1400, "height": height})
         page = context.new_page()
         page.set_default_timeout(30_000)
         session = LabSession(page, server, root)
         try:
-            with session.diagnostics("startup"):
+            with session.diagnostics(f"{root.name}-startup"):
                 server.start()
-                page.goto(f"{server.url}/lab/tree/{NOTEBOOK_NAME}?token={server.token}")
+                page.goto(f"{server.url}/lab/tree/{notebook}?token={server.token}")
                 # The one trap: wait for the notebook's kernel itself, not the status icon.
-                page.wait_for_function(NOTEBOOK_IS_CURRENT_JS, arg=NOTEBOOK_NAME, timeout=60_000)
-                assert page.evaluate(WAIT_FOR_NOTEBOOK_JS, NOTEBOOK_NAME) is True
+                page.wait_for_function(NOTEBOOK_IS_CURRENT_JS, arg=notebook, timeout=60_000)
+                assert page.evaluate(WAIT_FOR_NOTEBOOK_JS, notebook) is True
                 page.wait_for_function(KERNEL_IDLE_JS, timeout=60_000)
-                assert page.evaluate(TAG_CELLS_JS) == ["setup", "run1", "run2", "collect"]
+                assert page.evaluate(TAG_CELLS_JS) == tags
             yield session
         finally:
             context.close()
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSession]:
+    """JupyterLab with the test notebook open in Chromium and its kernel idle."""
+    with open_lab(
+        tmp_path_factory.mktemp("browser"),
+        NOTEBOOK_NAME,
+        _copy_notebook,
+        height=1900,
+        tags=["setup", "run1", "run2", "collect"],
+    ) as session:
+        yield session
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,18 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_browser import (
-    KERNEL_IDLE_JS,
-    KERNEL_NAME,
-    NOTEBOOK_IS_CURRENT_JS,
-    TAG_CELLS_JS,
-    WAIT_FOR_NOTEBOOK_JS,
-    LabServer,
-    LabSession,
-    _chromium,
-    _unavailable,
-    _write_kernelspec_and_settings,
-)
+from test_browser import KERNEL_NAME, LabSession, open_lab
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
@@ -61,32 +50,14 @@ def _copy_notebook(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSession]:
     """JupyterLab with the review notebook open in Chromium and its kernel idle."""
-    for module in ("jupyterlab", "ipywidgets", "jupyterlab_widgets", "ipykernel"):
-        try:
-            __import__(module)
-        except ImportError as exc:
-            _unavailable(f"{module} is not installed ({exc})")
-    root = tmp_path_factory.mktemp("browser-review")
-    with _chromium() as browser:
-        server = LabServer(root)
-        _write_kernelspec_and_settings(server.env)
-        _copy_notebook(server.notebooks)
-        context = browser.new_context(viewport={"width": 1400, "height": 1400})
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        session = LabSession(page, server, root)
-        try:
-            with session.diagnostics("review-startup"):
-                server.start()
-                page.goto(f"{server.url}/lab/tree/{NOTEBOOK_NAME}?token={server.token}")
-                page.wait_for_function(NOTEBOOK_IS_CURRENT_JS, arg=NOTEBOOK_NAME, timeout=60_000)
-                assert page.evaluate(WAIT_FOR_NOTEBOOK_JS, NOTEBOOK_NAME) is True
-                page.wait_for_function(KERNEL_IDLE_JS, timeout=60_000)
-                assert page.evaluate(TAG_CELLS_JS) == ["setup", "review", "check"]
-            yield session
-        finally:
-            context.close()
-            server.stop()
+    with open_lab(
+        tmp_path_factory.mktemp("browser-review"),
+        NOTEBOOK_NAME,
+        _copy_notebook,
+        height=1400,
+        tags=["setup", "review", "check"],
+    ) as session:
+        yield session
 
 
 class TestReviewWidgetInBrowser:
