@@ -18,6 +18,7 @@ from ._cache import Cache, resolve_cache
 from ._config import Settings, resolve_settings
 from ._engine import EngineOptions, JobRequest
 from ._exceptions import ConfigurationError
+from ._fold import Folding
 from ._frame import METADATA_COLUMNS, output_column_names
 from ._options import check_options
 from ._plan import DEFAULT_CONCURRENCY, DEFAULT_MODEL, RunPlan, build_plan, no_cyclic_gc
@@ -26,7 +27,7 @@ from ._run import Run, new_run_id
 from ._run_record import load_frame, load_plan, record_run, row_counts
 from ._schema import OutputSpec
 from ._template import MessageTemplates
-from ._variants import Block, check_samples, combine, fold, sample_plan
+from ._variants import Block, check_samples, combine, sample_plan
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -147,8 +148,9 @@ def _start(
         the majority answer per field, ``narrative_agreement`` (the share of the row's completed
         samples that agree with it; the lowest over the fields, with one
         ``narrative_agreement[<field>]`` each when there are several) and ``narrative_samples``
-        (completed samples). Token columns and the report count every sample. While it runs,
-        ``run.partial()`` shows one row per job (the samples one after another).
+        (completed samples). Token columns and the report count every sample.
+        ``run.partial()`` and ``attach`` give the same shape; a row with a sample still in
+        flight shows as pending there (NA answer and agreement).
     examples : DataFrame, optional
         Labelled rows for few-shot prompting: each becomes the template's turns rendered from
         that row plus an ``assistant`` turn holding its answer (the output-field columns) as
@@ -206,16 +208,18 @@ def _start(
         examples=examples,
     )
     layout = result_layout(plan, resolved_cache, prompt=prompt, system=system, messages=messages)
-    on_finish: Callable[[Run, pd.DataFrame], pd.DataFrame] = _annotate(layout)
+    on_finish: Callable[[Run, pd.DataFrame], pd.DataFrame] | None = _annotate(layout)
+    folding: Folding | None = None
     if only_failed is not None and positions is not None:
         on_finish = _annotate(layout, _merge_into(only_failed, positions, plan))
     elif samples > 1:
         blocks = [Block(None, s, sample_plan(plan, s)) for s in range(samples)]
-        on_finish = fold(df, blocks, fields=layout["fields"], prefix=plan.prefix, layout=layout)
+        folding = Folding.of(df, blocks, prefix=plan.prefix, layout=layout)
+        on_finish = None
         plan = combine(blocks)
     run_id = new_run_id()
     if resolved_cache is not None and resolved_cache.persistent:
-        record_run(resolved_cache, run_id, plan, settings)
+        record_run(resolved_cache, run_id, plan, settings, folding=folding)
     run = Run(
         plan,
         settings=settings,
@@ -224,6 +228,7 @@ def _start(
         progress=progress,
         run_id=run_id,
         on_finish=on_finish,
+        folding=folding,
     )
     return run._launch()
 
@@ -443,7 +448,9 @@ def attach(
     """Re-attach to a run recorded in a disk cache (e.g. after a kernel restart) and finish it.
 
     Jobs the run already submitted are polled, never resubmitted; finished results come from the
-    cache; only rows never submitted are sent. The input frame is rebuilt from the cache file
+    cache; only rows never submitted are sent. A ``samples=k`` or ``compare`` run comes back in
+    the shape it returns (majority answers and agreement; variants side by side), from
+    ``result()`` and ``partial()`` alike. The input frame is rebuilt from the cache file
     (stored once per distinct frame, column by column); a frame the cache could not store (a
     column of dicts, periods...) needs ``df=`` (the same frame), and the error says so.
 
@@ -465,10 +472,15 @@ def attach(
         df = load_frame(resolved, run_id, record)
     elif not isinstance(df, pd.DataFrame):
         raise ConfigurationError(f"df must be the run's input DataFrame, got {type(df).__name__}.")
-    if len(df) != record["rows"]:
+    folded = record.get("folding")  # samples=k / compare: the run's rows are blocks of df's
+    rows = folded["rows"] if folded else record["rows"]
+    if len(df) != rows:
         raise ConfigurationError(
-            f"df has {len(df)} rows but run {run_id!r} had {record['rows']}; pass the same frame."
+            f"df has {len(df)} rows but run {run_id!r} had {rows}; pass the same frame."
         )
+    folding = Folding.from_record(df, folded) if folded else None
+    if folding is not None:
+        df = pd.DataFrame(index=pd.RangeIndex(record["rows"]))
     if client is not None:
         settings = client.settings
     else:
@@ -511,6 +523,12 @@ def attach(
         model=record.get("model", DEFAULT_MODEL),
     )
     run = Run(
-        plan, settings=settings, cache=resolved, client=client, progress=progress, run_id=run_id
+        plan,
+        settings=settings,
+        cache=resolved,
+        client=client,
+        progress=progress,
+        run_id=run_id,
+        folding=folding,
     )
     return run._launch()

@@ -17,11 +17,12 @@ import pandas as pd
 from . import _api
 from ._cache import resolve_cache
 from ._exceptions import ConfigurationError
+from ._fold import Folding
 from ._options import check_options
 from ._plan import DEFAULT_MODEL, build_plan
 from ._run import Run, new_run_id
 from ._run_record import record_run
-from ._variants import Block, check_samples, combine, fold, sample_plan
+from ._variants import Block, check_samples, combine, sample_plan
 
 __all__ = ["compare", "start_compare", "variant_names"]
 
@@ -141,9 +142,10 @@ def start_compare(
         for name, (model, template) in variants.items()
     }
     combined = combine(blocks)
+    folding = Folding.of(df, blocks, prefix=prefix, layout=layout)
     run_id = new_run_id()
     if cache is not None and cache.persistent:
-        record_run(cache, run_id, combined, settings)
+        record_run(cache, run_id, combined, settings, folding=folding)
     run = Run(
         combined,
         settings=settings,
@@ -151,7 +153,7 @@ def start_compare(
         client=run_options.get("client"),
         progress=run_options.get("progress"),
         run_id=run_id,
-        on_finish=fold(df, blocks, fields=layout["fields"], prefix=prefix, layout=layout),
+        folding=folding,
     )
     return run._launch()
 

@@ -445,7 +445,7 @@ class Engine:
         live.resumed = resumed
         self._outstanding[job_id] = live
         if reserved:
-            self._tracker.transition(live.request.rows, "queued", "pending")
+            self._tracker.transition(live.request.rows, "queued", "pending", key=live.request.key)
             return
         self._budget.reserve(live.request)
         if self._options.slots is not None:
@@ -454,7 +454,7 @@ class Engine:
             task.add_done_callback(self._lease_tasks.discard)
         if resumed:
             self.report.resumed += live.request.rows
-        self._tracker.transition(live.request.rows, "queued", "pending")
+        self._tracker.transition(live.request.rows, "queued", "pending", key=live.request.key)
 
     async def _main_loop(self) -> None:
         next_poll = self._clock.now()
@@ -743,7 +743,7 @@ class Engine:
             return
         phase: Phase | None = {"pending": "pending", "running": "running"}.get(job.state)  # type: ignore[assignment]
         if phase is not None and phase != live.phase:
-            self._tracker.transition(live.request.rows, live.phase, phase)
+            self._tracker.transition(live.request.rows, live.phase, phase, key=live.request.key)
             live.phase = phase
 
     def _conclude(self, live: _Live, job: Job) -> None:
@@ -760,7 +760,7 @@ class Engine:
             self.report.prompt_tokens += usage.prompt_tokens
             self.report.completion_tokens += usage.completion_tokens
             self.report.total_tokens += usage.total_tokens
-            self._tracker.add_tokens(usage.total_tokens)
+            self._tracker.add_tokens(usage.total_tokens, key=request.key)
         if job.state != "completed":
             self.report.failed += request.rows
             self._finish(
@@ -826,7 +826,7 @@ class Engine:
         self._budget.settle(live.request.key, None)
         self._release_soon(live.request.key)
         self._journal_done(live.request.key, job_id)
-        self._tracker.transition(live.request.rows, live.phase, "queued")
+        self._tracker.transition(live.request.rows, live.phase, "queued", key=live.request.key)
         live.job_id = None
         live.phase = "queued"
         live.rounds += 1
@@ -893,7 +893,7 @@ class Engine:
     def _finish(self, request: JobRequest, outcome: RowOutcome, *, old: Phase, new: Phase) -> None:
         self._release_soon(request.key)
         self.outcomes[request.key] = outcome
-        self._tracker.transition(request.rows, old, new)
+        self._tracker.transition(request.rows, old, new, key=request.key)
         if outcome.error and new in ("failed", "stopped"):
             self._tracker.error(outcome.error, rows=request.rows)
 

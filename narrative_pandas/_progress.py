@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, get_args, runtime_checkable
 
 from ._reasons import reason_key
+from ._variant_progress import VariantBreakdown, VariantCounts
 
 if TYPE_CHECKING:
     from ._clock import Clock
@@ -100,6 +101,11 @@ class ProgressSnapshot:
     rows first; with a run-level error, that error alone."""
     other_errors: int = 0
     """Rows whose error message was not among the first :data:`MAX_ERRORS` distinct ones."""
+    variants: tuple[VariantCounts, ...] = ()
+    """In a ``compare`` run, the same counts per variant (name, total, queued ... stopped,
+    tokens), in the variants' order; empty otherwise."""
+    samples: int = 1
+    """Jobs per row (``samples=k``): the counts are of jobs, ``total`` is rows x samples."""
 
     @property
     def finished(self) -> int:
@@ -281,6 +287,11 @@ class ProgressTracker:
         callback is disabled; the run goes on.
     min_interval
         Seconds of clock time between two sink updates.
+    variants
+        A ``compare`` run's breakdown by variant (rows per key and variant): the snapshots then
+        carry one set of counts per variant, moved by the ``key=`` of each transition.
+    samples
+        Jobs per row, for the displays to say so (``samples=k``).
 
     The tracker is thread-safe. Methods called after :meth:`finish` are ignored. Invalid
     transitions (unknown phase, counts going negative, ``old=None``) raise ``ValueError``:
@@ -295,6 +306,8 @@ class ProgressTracker:
         clock: Clock | None = None,
         callback: Callable[[ProgressEvent], None] | None = None,
         min_interval: float = 0.2,
+        variants: VariantBreakdown | None = None,
+        samples: int = 1,
     ) -> None:
         if total < 0:
             raise ValueError(f"total must be >= 0, got {total}")
@@ -302,6 +315,8 @@ class ProgressTracker:
         self.sinks: tuple[ProgressSink, ...] = tuple(sinks)
         self.callback = callback
         self.min_interval = min_interval
+        self._variants = variants
+        self.samples = samples
         if clock is None:
             from ._clock import system_clock  # asyncio stays unloaded by a bare import
 
@@ -373,6 +388,12 @@ class ProgressTracker:
             stopped=stopped,
             reasons=reasons,
             other_errors=self._other_errors,
+            variants=(
+                self._variants.counts(stopped_as_failed=self._run_error is not None)
+                if self._variants is not None
+                else ()
+            ),
+            samples=self.samples,
         )
 
     # -- reporting -------------------------------------------------------------------------
@@ -385,8 +406,11 @@ class ProgressTracker:
             self._started_at = self._clock.now()
             self._emit("start", force=True)
 
-    def transition(self, rows: int, old: Phase | None, new: Phase) -> None:
-        """Move ``rows`` rows from phase ``old`` to phase ``new``."""
+    def transition(
+        self, rows: int, old: Phase | None, new: Phase, *, key: str | None = None
+    ) -> None:
+        """Move ``rows`` rows from phase ``old`` to phase ``new``; ``key`` (the request's) says
+        which variant's rows they are in a ``compare`` run."""
         if old is None:
             raise ValueError("transition() needs the old phase (all rows start 'queued')")
         if old not in self._counts or new not in self._counts:
@@ -407,16 +431,20 @@ class ProgressTracker:
                 self._submitted_at = self._clock.now()
             self._counts[old] -= rows
             self._counts[new] += rows
+            if self._variants is not None and key is not None:
+                self._variants.move(key, rows, old, new)
             self._emit("transition", rows=rows, old=old, new=new)
 
-    def add_tokens(self, n: int) -> None:
-        """Add ``n`` tokens to the run's total."""
+    def add_tokens(self, n: int, *, key: str | None = None) -> None:
+        """Add ``n`` tokens to the run's total (and to ``key``'s variants in a comparison)."""
         if n < 0:
             raise ValueError(f"tokens must be >= 0, got {n}")
         with self._lock:
             if self.is_finished or n == 0:
                 return
             self._tokens += n
+            if self._variants is not None and key is not None:
+                self._variants.add_tokens(key, n)
             self._emit("tokens", tokens=n)
 
     def error(self, message: str, rows: int = 1) -> None:
@@ -604,6 +632,8 @@ def make_progress(
     clock: Clock | None = None,
     on_cancel: Callable[[], None] | None = None,
     title: str | None = None,
+    variants: VariantBreakdown | None = None,
+    samples: int = 1,
 ) -> ProgressTracker:
     """Build the tracker for a run from the user's ``progress=`` argument.
 
@@ -616,6 +646,8 @@ def make_progress(
     - any other callable: called with every :class:`ProgressEvent`; nothing is displayed.
 
     ``on_cancel`` adds a Cancel button to the widget; ``title`` labels the bar and the line.
+    ``variants`` (a ``compare`` run's breakdown) adds one row of counts per variant to every
+    display and snapshot; ``samples`` says how many jobs each row is.
     """
     sinks: list[ProgressSink] = []
     callback: Callable[[ProgressEvent], None] | None = None
@@ -634,4 +666,6 @@ def make_progress(
             "progress must be None, True, False, a callable taking a ProgressEvent, or a "
             f"ProgressSink; got {type(progress).__name__}"
         )
-    return ProgressTracker(total, sinks, clock=clock, callback=callback)
+    return ProgressTracker(
+        total, sinks, clock=clock, callback=callback, variants=variants, samples=samples
+    )

@@ -23,9 +23,9 @@ from jsonschema import Draft202012Validator
 from ._evaluate import resolve_truth
 from ._examples import plain as _plain
 from ._exceptions import ConfigurationError
+from ._fold import agreement
 from ._resultinfo import ResultInfo, describe_result, usable_rows
 from ._review_store import ReviewLabel, ReviewStore, open_store
-from ._variants import agreement
 
 __all__ = ["Review", "review"]
 

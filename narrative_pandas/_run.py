@@ -35,11 +35,13 @@ from ._frame import RowOutcome, build_frame, row_status
 from ._progress import ProgressTracker, make_progress
 from ._reasons import group_reasons, summarise_reasons
 from ._tracebacks import user_stacklevel
+from ._variant_progress import SKIPPED_KEY
 
 if TYPE_CHECKING:
     from ._cache import Cache
     from ._client import Client
     from ._config import Settings
+    from ._fold import Folding
     from ._plan import RunPlan
 
 __all__ = ["Run"]
@@ -85,6 +87,7 @@ class Run:
         progress: Any = None,
         run_id: str | None = None,
         on_finish: Callable[[Run, pd.DataFrame], pd.DataFrame] | None = None,
+        folding: Folding | None = None,
     ) -> None:
         self.id = run_id or new_run_id()
         self._plan = plan
@@ -92,6 +95,7 @@ class Run:
         self._cache = cache
         self._client = client
         self._on_finish = on_finish
+        self._folding = folding  # samples/compare: every frame handed out is folded
         self._engine: Engine | None = None
         self._started = time.monotonic()
         self._elapsed: float | None = None
@@ -102,7 +106,12 @@ class Run:
         self._run_error: Exception | None = None
         rows = len(plan.row_keys)
         self._tracker: ProgressTracker = make_progress(
-            progress, rows, on_cancel=self.cancel, title="narrative"
+            progress,
+            rows,
+            on_cancel=self.cancel,
+            title="narrative",
+            variants=folding.breakdown(plan.row_keys) if folding is not None else None,
+            samples=folding.samples if folding is not None else 1,
         )
         self._future: concurrent.futures.Future[None] | asyncio.Future[None] | None = None
 
@@ -112,7 +121,7 @@ class Run:
         """Show progress on the caller's thread, then schedule the engine in the background."""
         self._tracker.start()
         if self._plan.skipped:
-            self._tracker.transition(len(self._plan.skipped), "queued", "failed")
+            self._tracker.transition(len(self._plan.skipped), "queued", "failed", key=SKIPPED_KEY)
             for reason, rows in Counter(self._plan.skipped.values()).items():
                 self._tracker.error(reason, rows=rows)
         if self._client is not None and _sync.in_running_loop():
@@ -215,7 +224,7 @@ class Run:
         (120, 300)
         """
         snap = self._tracker.snapshot()
-        return {
+        status: dict[str, Any] = {
             "total": snap.total,
             "queued": snap.queued,
             "pending": snap.pending,
@@ -228,6 +237,22 @@ class Run:
             "elapsed": snap.elapsed,
             "status": snap.status,
         }
+        if snap.variants:  # a comparison: the same counts per variant
+            status["variants"] = {
+                v.name: {
+                    "total": v.total,
+                    "queued": v.queued,
+                    "pending": v.pending,
+                    "running": v.running,
+                    "completed": v.completed,
+                    "failed": v.failed,
+                    "cached": v.cached,
+                    "stopped": v.stopped,
+                    "tokens": v.tokens,
+                }
+                for v in snap.variants
+            }
+        return status
 
     @property
     def report(self) -> dict[str, Any]:
@@ -308,6 +333,10 @@ class Run:
         """The frame so far: finished rows filled, the rest NA with ``narrative_error``
         "pending".
 
+        A ``samples=k`` or ``compare`` run gives the shape its result will have (majority
+        answers and agreement; variants side by side): a row with a job still in flight has NA
+        answers there and its agreement is NA.
+
         Examples
         --------
         >>> run.partial()["narrative_error"].value_counts()                 # doctest: +SKIP
@@ -317,7 +346,8 @@ class Run:
             o or RowOutcome(error="pending", status="pending")
             for o in self._row_outcomes("pending")
         ]
-        return self._build(outcomes)
+        frame = self._build(outcomes)
+        return frame if self._folding is None else self._folding.fold(frame)
 
     def _build(self, outcomes: list[RowOutcome]) -> pd.DataFrame:
         frame = build_frame(
@@ -445,6 +475,8 @@ class Run:
             ]
             frame = self._build(outcomes)
             self._plain_frame = frame
+            if self._folding is not None:
+                frame = self._folding.fold(frame)
             if self._on_finish is not None:
                 frame = self._on_finish(self, frame)
             self._frame = frame

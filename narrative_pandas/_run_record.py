@@ -36,6 +36,7 @@ from ._frame_codec import UnsupportedFrame, decode_frame, encode_frame
 if TYPE_CHECKING:
     from ._cache import Cache
     from ._config import Settings
+    from ._fold import Folding
     from ._plan import RunPlan
 
 __all__ = ["RUN_RECORD_VERSION", "load_plan", "record_run"]
@@ -48,8 +49,14 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def record_run(cache: Cache, run_id: str, plan: RunPlan, settings: Settings) -> None:
-    """Store the record of a run starting now (never the API key; see the module docstring)."""
+def record_run(
+    cache: Cache, run_id: str, plan: RunPlan, settings: Settings, *, folding: Folding | None = None
+) -> None:
+    """Store the record of a run starting now (never the API key; see the module docstring).
+
+    A ``samples=k`` or ``compare`` run (``folding``) stores the caller's frame, not the run's
+    blocks of rows, and how to fold them (``record["folding"]``), so ``attach`` returns the
+    folded frame."""
     commons: list[dict[str, Any]] = []
     by_text: dict[str, int] = {}
     by_object: dict[int, int] = {}  # requests share one RequestCommon object: encode it once
@@ -81,7 +88,7 @@ def record_run(cache: Cache, run_id: str, plan: RunPlan, settings: Settings) -> 
     frame_id: str | None = None
     frame_problem: str | None = None
     try:
-        frame_bytes = encode_frame(plan.df)
+        frame_bytes = encode_frame(plan.df if folding is None else folding.df)
         frame_id = f"frame-{hashlib.sha256(frame_bytes).hexdigest()}"
     except UnsupportedFrame as exc:
         frame_problem = str(exc)
@@ -115,6 +122,8 @@ def record_run(cache: Cache, run_id: str, plan: RunPlan, settings: Settings) -> 
         "frame_problem": frame_problem,
         "plan": plan_id,
     }
+    if folding is not None:
+        record["folding"] = folding.to_record()
     cache.save_run(run_id, record, blobs=blobs)
 
 

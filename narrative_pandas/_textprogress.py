@@ -3,7 +3,8 @@
 In a terminal (the stream is a TTY) one line is rewritten in place with ``\\r``; it always fits
 the terminal's width: the fields that matter least are dropped first (cached, pending, running,
 tokens...), rate and ETA stay longest, and when the run ends the line is replaced by a one-line
-summary, so exactly one line is left behind (plus one line per distinct error reason).
+summary, so exactly one line is left behind (plus one line per variant of a comparison and one
+per distinct error reason).
 
 Anywhere else (stderr redirected to a file, a pipe, a CI log) there is no ``\\r`` and no ANSI:
 one plain line when the run starts, at most one every ``every`` seconds while it runs (default
@@ -126,7 +127,8 @@ class TextSink:
     @staticmethod
     def _fields(s: ProgressSnapshot) -> list[tuple[int, str]]:
         """(priority, text) in display order; a lower priority is dropped first."""
-        fields = [
+        fields = [(0, f"{s.samples} samples/row")] if s.samples > 1 else []
+        fields += [
             (3, f"pending {s.pending}"),
             (4, f"running {s.running}"),
             (7, f"failed {s.failed}"),
@@ -195,13 +197,39 @@ class TextSink:
             head = f"{self.title}  error after {took}"
         else:
             head = f"{self.title}  {s.status} at {s.ended}/{s.total} after {took}"
-        parts = [head, f"{s.completed} completed", f"{s.failed} failed"]
+        parts = [head]
+        if s.samples > 1:
+            parts.append(f"{s.samples} samples/row")
+        parts += [f"{s.completed} completed", f"{s.failed} failed"]
         if s.cached:
             parts.append(f"{s.cached} cached")
         if s.stopped:
             parts.append(f"{s.stopped} stopped")
         parts.append(f"{format_count(s.tokens)} tokens")
         return " · ".join(parts)
+
+    @staticmethod
+    def variant_lines(s: ProgressSnapshot) -> list[str]:
+        """A ``compare`` run's counts, one line per variant (none for other runs)."""
+        if not s.variants:
+            return []
+        width = max(len(v.name) for v in s.variants)
+        digits = len(str(max(v.total for v in s.variants)))
+        lines = []
+        for v in s.variants:
+            parts = [
+                f"  {v.name:<{width}}  {v.ended:>{digits}}/{v.total}",
+                f"{v.completed} completed",
+                f"{v.failed} failed",
+                f"{v.cached} cached",
+            ]
+            if v.stopped:
+                parts.append(f"{v.stopped} stopped")
+            if v.in_flight + v.queued:
+                parts.append(f"{v.in_flight + v.queued} not finished")
+            parts.append(f"{format_count(v.tokens)} tokens")
+            lines.append(" · ".join(parts))
+        return lines
 
     @staticmethod
     def reason_lines(s: ProgressSnapshot) -> list[str]:
@@ -229,7 +257,7 @@ class TextSink:
     def close(self, snapshot: ProgressSnapshot) -> None:
         """Leave the summary line (the live line is replaced by it) and the error reasons."""
         summary = self.summary(snapshot)
-        lines = self.reason_lines(snapshot)
+        lines = [*self.variant_lines(snapshot), *self.reason_lines(snapshot)]
         if self.live:  # the summary is final: if it wraps, no later frame leaves it stale
             if self._last_len > len(summary):  # blank the live line without trailing spaces
                 self.stream.write("\r" + " " * self._last_len)

@@ -20,7 +20,7 @@ from ._progress import (
     format_rate,
     status_text,
 )
-from ._summary_html import summary_bundle
+from ._summary_html import summary_bundle, variants_html
 
 __all__ = ["CANCEL_LABEL", "INTERRUPT_LABEL", "WidgetSink"]
 
@@ -53,7 +53,12 @@ class WidgetSink:
     ``narrative-progress``; children ``narrative-progress-bar`` (``IntProgress``, value = rows
     completed, failed or cached, max = total), ``narrative-progress-fraction`` (``n/total · p%``),
     ``narrative-progress-status``, ``narrative-progress-counts``, ``narrative-progress-errors``
-    (``HTML``) and ``narrative-progress-cancel`` (``Button``, only with ``on_cancel``). Inside
+    (``HTML``) and ``narrative-progress-cancel`` (``Button``, only with ``on_cancel``); a
+    ``compare`` run also has ``narrative-progress-variants`` (``HTML``, after the header: a
+    ``table.narrative-variants`` with one ``tr.narrative-variant[data-variant=<name>]`` per
+    variant and a ``tr.narrative-variant-total``, each count a
+    ``td.narrative-vcount.narrative-vcount-<name>``), added at the first snapshot that has
+    variants, so a single run's widget is unchanged. Inside
     the HTML each count is a ``span.narrative-count.narrative-count-<name>`` and the state word a
     ``span.narrative-state.narrative-state-<status>``. The bar colour follows
     :func:`~narrative_pandas._progress.bar_style_for`.
@@ -105,6 +110,7 @@ class WidgetSink:
         self.counts.add_class("narrative-progress-counts")
         self.errors = widgets.HTML(value="", layout=widgets.Layout(display="none"))
         self.errors.add_class("narrative-progress-errors")
+        self.variants: Any = None  # a comparison's table of counts per variant (see _render)
         self.cancel_button: Any = None
         top: list[Any] = [self.bar, self.fraction, self.status]
         if on_cancel is not None:
@@ -142,7 +148,8 @@ class WidgetSink:
     @staticmethod
     def counts_html(s: ProgressSnapshot) -> str:
         """The counts line for ``s``, as HTML."""
-        parts = [
+        parts = [_span("samples", "samples per row", str(s.samples))] if s.samples > 1 else []
+        parts += [
             _span("queued", "queued", str(s.queued)),
             _span("pending", "pending", str(s.pending)),
             _span("running", "running", str(s.running)),
@@ -188,7 +195,22 @@ class WidgetSink:
             show: Callable[..., Any] = display
             self._handle = show(self.widget, display_id=True)
 
+    def _render_variants(self, s: ProgressSnapshot) -> None:
+        """The per-variant table of a comparison (its widget is added the first time)."""
+        table = variants_html(s, live=s.status == "running")
+        if self.variants is None:
+            if not table:
+                return
+            import ipywidgets as widgets
+
+            self.variants = widgets.HTML(value=table)
+            self.variants.add_class("narrative-progress-variants")
+            self.widget.children = (self.header, self.variants, *self.widget.children[1:])
+        elif table != self.variants.value:
+            self.variants.value = table
+
     def _render(self, s: ProgressSnapshot) -> None:
+        self._render_variants(s)
         self.bar.value = min(s.ended, self.bar.max) if s.total else 0
         self.fraction.value = self._fraction_html(s.ended, s.total)
         self.counts.value = self.counts_html(s)
@@ -227,7 +249,8 @@ class WidgetSink:
         # and nbconvert --execute) only records messages of the cell it is running.
         contextvars.Context().run(update, bundle, raw=True)
         self.final_bundle = bundle
-        for w in (self.widget, self.header, *self.header.children, self.counts, self.errors):
+        parts = (self.widget, self.header, *self.header.children, self.counts, self.errors)
+        for w in (*parts, *([self.variants] if self.variants is not None else [])):
             w.close()  # the output no longer shows them: free the models in kernel and page
 
     def set_blocking(self, blocking: bool) -> None:
