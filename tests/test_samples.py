@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,10 @@ import pandas as pd
 import pytest
 from helpers import python_script, spawn, wait_until
 
-from narrative_pandas import ConfigurationError
+import narrative_pandas as npd
+from narrative_pandas import ConfigurationError, ProgressEvent
+from narrative_pandas._clock import FakeClock
+from narrative_pandas.sandbox import Sandbox
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -169,3 +173,90 @@ class TestSamplesInACompare:
         assert list(cmp["label[sonnet]"].astype(str)) == ["positive"] * 3
         assert list(cmp["agreement[label]"]) == [1.0, 1.0, 1.0]
         assert list(cmp["narrative_samples[sonnet]"]) == [3, 3, 3]
+
+
+class TestSamplesPartialAndAttach:
+    """partial() and attach() give one row per input row: majority answer and agreement."""
+
+    def test_partial_mid_run_is_folded_with_unfinished_rows_pending(self) -> None:
+        """Row v has 2 of its 3 samples answered: pending (no early majority) until the 3rd."""
+        clock = FakeClock(1000.0)
+        with Sandbox(clock=clock, queue_latency=1.0, run_latency=0.0, responder=responder) as sb:
+            target = {"api_key": sb.api_key, "base_url": sb.base_url}
+            target["data_plane_id"] = sb.data_plane_id
+            df = pd.DataFrame({"text": ["torn a", "b", "c"]}, index=list("vwx"))
+            run = df.narrative.start(
+                "{text}", output=SCHEMA, samples=3, concurrency=2, progress=False, **target
+            )
+            wait_until(lambda: sb.stats.jobs_created == 2, what="v's first two samples sent")
+            clock.advance(5)  # those two finish; the next two (v's third, w's first) never do
+            wait_until(lambda: run.status()["completed"] == 2 and sb.stats.jobs_created == 4)
+            partial = run.partial()
+            assert run.status()["completed"] == 2
+            while not run.done():
+                clock.advance(5)
+                time.sleep(0.02)
+            out = run.result()
+        assert list(partial.columns) == list(out.columns)
+        assert list(partial.dtypes) == list(out.dtypes)
+        assert list(partial.index) == list("vwx")
+        first = partial.loc["v"]
+        assert pd.isna(first["label"]) and pd.isna(first["narrative_status"])
+        assert first["narrative_error"] == "pending" and first["narrative_samples"] == 2
+        assert pd.isna(first["narrative_agreement"]) and pd.isna(first["narrative_job_id"])
+        assert list(partial["narrative_error"]) == ["pending"] * 3
+        assert partial.attrs["narrative"]["rows"] == 3
+        assert partial.attrs["narrative"]["samples"] == 3
+        assert out.loc["v", "label"] == "positive" and out.loc["v", "narrative_samples"] == 3
+        assert out.loc["v", "narrative_agreement[label]"] == pytest.approx(2 / 3)
+        assert out["narrative_error"].isna().all()
+        assert sb.stats.jobs_created == 9
+
+    def test_attach_after_the_run_returns_the_majority_frame(
+        self, sandbox: Any, target: dict[str, str], rows: pd.DataFrame, tmp_path: Path
+    ) -> None:
+        """attach() to a finished samples=3 run: the same frame, nothing sent again."""
+        sandbox.configure(responder=responder)
+        path = str(tmp_path / "samples.sqlite")
+        run = rows.narrative.start(
+            "{text}", output=SCHEMA, samples=3, cache=path, progress=False, **target
+        )
+        out = run.result()
+        attached = npd.attach(run.id, cache=path, api_key=target["api_key"], progress=False)
+        again = attached.result()
+        pd.testing.assert_frame_equal(again, out)
+        assert list(again["narrative_agreement[label]"]) == [1.0, 2 / 3, 1 / 3, 1.0]
+        assert sandbox.stats.jobs_created == 9
+        assert again.attrs["narrative"]["samples"] == 3
+        assert again.attrs["narrative"]["jobs_submitted"] == 0
+
+    def test_attach_refuses_a_frame_of_the_wrong_length(
+        self, sandbox: Any, target: dict[str, str], rows: pd.DataFrame, tmp_path: Path
+    ) -> None:
+        """df= must be the caller's frame (4 rows), not the run's 12 jobs; the error says so."""
+        path = str(tmp_path / "samples.sqlite")
+        run = rows.narrative.start(
+            "{text}", output=SCHEMA, samples=3, cache=path, progress=False, **target
+        )
+        run.result()
+        with pytest.raises(ConfigurationError, match=r"df has 12 rows but run .* had 4"):
+            npd.attach(run.id, cache=path, df=pd.concat([rows] * 3), api_key=target["api_key"])
+
+
+class TestSamplesProgress:
+    """The display says each row is k jobs: one row of counts, not one per sample."""
+
+    def test_counts_are_of_jobs_and_say_samples_per_row(
+        self, sandbox: Any, target: dict[str, str], rows: pd.DataFrame, capsys: Any
+    ) -> None:
+        """Events count 12 jobs with samples=3 and no per-variant rows; stderr says 3/row."""
+        sandbox.configure(responder=responder)
+        events: list[ProgressEvent] = []
+        rows.narrative.infer("{text}", output=SCHEMA, samples=3, progress=events.append, **target)
+        last = events[-1].snapshot
+        assert (last.total, last.samples, last.variants) == (12, 3, ())
+        assert last.completed == 12
+        rows.narrative.infer("{text}", output=SCHEMA, samples=3, progress=True, **target)
+        (end,) = [line for line in capsys.readouterr().err.splitlines() if "done in" in line]
+        assert end.startswith("narrative  12/12 done in ")
+        assert end.endswith(" · 3 samples/row · 0 completed · 0 failed · 12 cached · 0 tokens")
