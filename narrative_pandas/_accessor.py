@@ -105,6 +105,12 @@ class DataFrameNarrativeAccessor:
 
         return _compare.compare(self._frame(), prompt, **options)
 
+    @partial(_DocumentedLike, module="._compare")
+    def start_compare(self, prompt: str | None = None, **options: Any) -> Run:
+        from . import _compare
+
+        return _compare.start_compare(self._frame(), prompt, **options)
+
     @partial(_DocumentedLike, module="._evaluate")
     def evaluate(self, truth: Any, **options: Any) -> pd.DataFrame:
         from . import _evaluate

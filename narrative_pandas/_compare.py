@@ -85,7 +85,23 @@ def start_compare(
     samples: int = 1,
     **options: Any,
 ) -> Run:
-    """:func:`compare` without waiting: the :class:`~narrative_pandas.Run` of the comparison."""
+    """:func:`compare` without waiting: the :class:`~narrative_pandas.Run` of the comparison.
+
+    Takes the arguments of :func:`compare`. ``run.result()`` returns what ``compare`` returns;
+    ``run.partial()`` the same shape so far (a row some variant has not finished is pending:
+    NA answers and agreement); ``run.status()["variants"]`` the counts per variant; and
+    ``npd.attach(run.id, cache=...)`` (with a disk cache) finishes it in a new process.
+
+    Examples
+    --------
+    >>> run = df.narrative.start_compare("Review: {review}", output=Sentiment,
+    ...     models={"haiku": "anthropic.claude-haiku-4.5",
+    ...             "sonnet": "anthropic.claude-sonnet-4.5"})             # doctest: +SKIP
+    >>> run.status()["variants"]["sonnet"]["completed"]                   # doctest: +SKIP
+    12
+    >>> run.partial()[["label[haiku]", "label[sonnet]", "agreement"]]     # doctest: +SKIP
+    >>> cmp = run.result()                                                # doctest: +SKIP
+    """
     check_options(
         "compare",
         {**options, "output": output, "models": models, "prompts": prompts, "samples": samples},

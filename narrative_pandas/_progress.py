@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, get_args, runtime_checkable
 
 from ._reasons import reason_key
-from ._variant_progress import VariantBreakdown, VariantCounts
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not at import: a bare `import narrative_pandas` stays light
     from ._clock import Clock
+    from ._variant_progress import VariantBreakdown, VariantCounts
 
 __all__ = [
     "MAX_ERRORS",

@@ -13,7 +13,6 @@ from helpers import python_script, spawn, wait_until
 
 import narrative_pandas as npd
 from narrative_pandas import ConfigurationError, ProgressEvent, RowsFailedWarning
-from narrative_pandas._compare import start_compare
 from narrative_pandas._frame import METADATA_COLUMNS
 from narrative_pandas._widget import WidgetSink
 
@@ -306,8 +305,7 @@ class TestComparePartialAndAttach:
         """Two jobs in flight at a time: row 0 finishes first for both models, the rest wait."""
         sandbox.configure(responder=responder, queue_latency=0.2, run_latency=0.0)
         df = pd.DataFrame({"text": ["split a", "b", "c", "d", "e", "f"]}, index=list("uvwxyz"))
-        run = start_compare(
-            df,
+        run = df.narrative.start_compare(
             "Text: {text}",
             output=SCHEMA,
             models={"haiku": HAIKU, "sonnet": SONNET},
@@ -343,8 +341,7 @@ class TestComparePartialAndAttach:
         """attach() to a finished comparison gives the same frame; nothing is sent again."""
         sandbox.configure(responder=responder)
         path = str(tmp_path / "cmp.sqlite")
-        run = start_compare(
-            rows,
+        run = rows.narrative.start_compare(
             output=SCHEMA,
             models={"haiku": HAIKU, "sonnet": SONNET},
             prompts=PROMPTS,
@@ -384,10 +381,10 @@ class TestComparePartialAndAttach:
             tmp_path / "start.py",
             f"""
             import time, pandas as pd
-            from narrative_pandas._compare import start_compare
+            import narrative_pandas
             df = pd.DataFrame({{"text": [f"split {{i}}" for i in range(10)]}},
                               index=[f"id{{i}}" for i in range(10)])
-            run = start_compare(df, "Text: {{text}}", output={SCHEMA!r},
+            run = df.narrative.start_compare("Text: {{text}}", output={SCHEMA!r},
                                 models={{"haiku": {HAIKU!r}, "sonnet": {SONNET!r}}},
                                 cache={str(path)!r}, progress=False, concurrency=6,
                                 api_key={target["api_key"]!r}, base_url={target["base_url"]!r},
