@@ -41,7 +41,7 @@ PENDING = "pending"
 TOKEN_COLUMNS = ("narrative_prompt_tokens", "narrative_completion_tokens", "narrative_total_tokens")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Folding:
     """How a run's blocks of rows fold back onto the caller's frame ``df``.
 

@@ -17,7 +17,7 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Generator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -216,7 +216,8 @@ class Run:
         They agree with the report and the frame: ``completed + cached`` rows have
         ``narrative_status == "completed"`` (the report's ``completed_rows``), ``stopped`` is the
         report's ``stopped_rows``, and ``failed`` its ``failed_rows`` (failed, invalid, timed
-        out and skipped rows).
+        out and skipped rows). A comparison adds ``variants``: the same counts per variant,
+        ``{variant: {total, queued, ..., stopped, tokens}}``.
 
         Examples
         --------
@@ -239,18 +240,7 @@ class Run:
         }
         if snap.variants:  # a comparison: the same counts per variant
             status["variants"] = {
-                v.name: {
-                    "total": v.total,
-                    "queued": v.queued,
-                    "pending": v.pending,
-                    "running": v.running,
-                    "completed": v.completed,
-                    "failed": v.failed,
-                    "cached": v.cached,
-                    "stopped": v.stopped,
-                    "tokens": v.tokens,
-                }
-                for v in snap.variants
+                v.name: {k: n for k, n in asdict(v).items() if k != "name"} for v in snap.variants
             }
         return status
 
