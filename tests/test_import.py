@@ -183,3 +183,19 @@ class TestFirstInfer:
             == ["output does not match the schema: 'n': 'three' is not of type 'integer'"] * 2
         )
         assert report["labels"] == [None, None]
+
+    def test_the_embedded_sandbox_does_not_load_it_either(self) -> None:
+        """``use_sandbox()`` and a run on it: the sandbox checks the usual schemas quickly too."""
+        code = (
+            "import json, sys; import pandas as pd; import narrative_pandas as npd\n"
+            "from narrative_pandas.data import REVIEW_PROMPT, ReviewLabel, load_reviews\n"
+            "sb = npd.use_sandbox()\n"
+            "out = load_reviews().head(5).narrative.infer(\n"
+            "    REVIEW_PROMPT, output=ReviewLabel, progress=False)\n"
+            "print(json.dumps([int(out['narrative_error'].notna().sum()), sb.stats.jobs_created,\n"
+            "                  'jsonschema' in sys.modules]))\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NARRATIVE_")}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == [0, 5, False]

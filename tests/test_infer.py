@@ -202,7 +202,9 @@ class TestConcurrencyAndPolling:
         self, sandbox: Sandbox, target: dict[str, str]
     ) -> None:
         """With 500 jobs in flight, the GET requests per row stay well under one."""
-        sandbox.configure(queue_latency=0.5, run_latency=(0.5, 1.5))
+        # Queued for 3 s: all 500 are created before the first finishes even on a loaded
+        # machine (submitting them takes ~1 s idle), so the peak below is reached every time.
+        sandbox.configure(queue_latency=3.0, run_latency=(0.5, 1.5))
         out = numbers(500).narrative.infer(
             "Number: {n}", output=Parity, concurrency=500, progress=False, **target
         )
