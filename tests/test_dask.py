@@ -461,6 +461,7 @@ class TestNotebook:
             if cell.cell_type == "code":
                 assert cell.outputs == [] and cell.execution_count is None
 
+    @pytest.mark.slow  # two passes of the notebook (shared with test_notebooks)
     def test_runs_on_a_local_cluster(self, jupyter_path: Path) -> None:
         """Executed in a fresh kernel, every cell runs and shows what it should.
 

@@ -46,16 +46,22 @@ def probe(code: str) -> dict[str, object]:
     return result
 
 
+@pytest.fixture(scope="module")
+def bare() -> dict[str, object]:
+    """What one fresh process reports after ``import pandas; import narrative_pandas``."""
+    return probe(PROBE % (HEAVY,))
+
+
 class TestBareImport:
     """What ``import narrative_pandas`` does in a fresh process (by sys.modules, not time)."""
 
-    def test_loads_none_of_the_heavy_modules(self) -> None:
+    def test_loads_none_of_the_heavy_modules(self, bare: dict[str, object]) -> None:
         """None of the HTTP stack, jsonschema, ipywidgets, starlette, uvicorn, pydantic, asyncio."""
-        assert probe(PROBE % (HEAVY,))["loaded"] == []
+        assert bare["loaded"] == []
 
-    def test_loads_only_the_light_modules_of_the_package(self) -> None:
+    def test_loads_only_the_light_modules_of_the_package(self, bare: dict[str, object]) -> None:
         """The engine, client, schema, sandbox and widget modules wait for first use."""
-        own = probe(PROBE % (HEAVY,))["own"]
+        own = bare["own"]
         assert own == [
             "narrative_pandas",
             "narrative_pandas._accessor",
@@ -66,11 +72,10 @@ class TestBareImport:
             "narrative_pandas._tracebacks",
         ]
 
-    def test_registers_both_accessors(self) -> None:
+    def test_registers_both_accessors(self, bare: dict[str, object]) -> None:
         """DataFrame.narrative and Series.narrative exist right after the import."""
-        report = probe(PROBE % (HEAVY,))
-        assert report["df_accessor"] is True
-        assert report["series_accessor"] is True
+        assert bare["df_accessor"] is True
+        assert bare["series_accessor"] is True
 
     @pytest.mark.parametrize(
         ("name", "module"),

@@ -87,7 +87,7 @@ class Everything(BaseModel):
 class TestOneSided:
     """A yes from the quick check is always a yes from jsonschema's check_schema."""
 
-    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(schema=st.one_of(SCHEMAS, root_schemas()), data=st.data())
     def test_a_yes_is_always_right_for_broken_schemas(
         self, schema: dict[str, Any], data: st.DataObject
@@ -100,7 +100,7 @@ class TestOneSided:
         if surely_valid_schema(broken):
             assert meta_valid(broken), broken
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(schema=st.one_of(SCHEMAS, root_schemas()))
     def test_generated_user_schemas_take_the_fast_path(self, schema: dict[str, Any]) -> None:
         """Schemas like users give (formats, patterns, $defs, unions) need no jsonschema."""
