@@ -3,7 +3,13 @@
 ``output=`` is a pydantic model class or a JSON Schema dict. This module turns it into the
 ``output_format_schema`` that is sent, checks that schema before anything is paid for (a typo'd
 keyword such as ``"propertes"`` is silently ignored by JSON Schema, so it is an error here),
-validates each job's answer, and derives one pandas dtype per output column:
+validates each job's answer, and derives one pandas dtype per output column.
+
+``jsonschema`` is imported only when it is needed (its import costs over a second where Jupyter
+is installed): ``_quickmeta`` says yes to the usual schemas and ``_quickcheck`` to their valid
+answers; a pydantic model validates its own answers; jsonschema judges the rest and writes every
+message.
+
 
 ===========================================  ==============================================
 schema                                       column dtype
@@ -27,18 +33,20 @@ import json
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError as JSONSchemaSchemaError
-from jsonschema.exceptions import ValidationError as JSONSchemaValidationError
-from jsonschema.exceptions import best_match
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from ._exceptions import SchemaError
 from ._quickcheck import compile_quick_check
+from ._quickmeta import surely_valid_schema
+
+if TYPE_CHECKING:  # jsonschema is imported only when a schema or an answer needs it
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError as JSONSchemaSchemaError
+    from jsonschema.exceptions import ValidationError as JSONSchemaValidationError
 
 __all__ = ["KNOWN_KEYWORDS", "OutputColumn", "OutputSpec"]
 
@@ -111,7 +119,7 @@ class OutputSpec:
         _check_schema(schema)
         self.schema = schema
         self.model = model
-        self._validator = Draft202012Validator(schema)
+        self._validator: Draft202012Validator | None = None
         self._quick_check = compile_quick_check(schema)
         self._columns: dict[bool, list[OutputColumn]] = {}
 
@@ -169,6 +177,12 @@ class OutputSpec:
             return instance.model_dump(mode="json", by_alias=True), None
         if self._quick_check is not None and type(value) is dict and self._quick_check(value):
             return value, None
+        from jsonschema.exceptions import best_match
+
+        if self._validator is None:
+            from jsonschema import Draft202012Validator
+
+            self._validator = Draft202012Validator(self.schema)
         error = best_match(self._validator.iter_errors(value))
         if error is not None:
             return None, _instance_message(error)
@@ -258,10 +272,14 @@ def _check_schema(schema: Any) -> None:
             f"the output schema must be plain JSON (dicts, lists, strings, numbers, booleans, "
             f"None): {exc}"
         ) from exc
-    try:
-        Draft202012Validator.check_schema(schema)
-    except JSONSchemaSchemaError as exc:
-        raise _metaschema_error(exc) from None
+    if not surely_valid_schema(schema):
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError as JSONSchemaSchemaError
+
+        try:
+            Draft202012Validator.check_schema(schema)
+        except JSONSchemaSchemaError as exc:
+            raise _metaschema_error(exc) from None
     _Walker(schema).walk(schema, [])
     _check_top_level(schema)
 

@@ -1,8 +1,12 @@
-"""Shared fixtures: isolated settings and cache per test, and a sandbox server on 127.0.0.1."""
+"""Shared fixtures: isolated settings and cache per test, a sandbox server on 127.0.0.1, and a
+Jupyter kernelspec running this interpreter."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,3 +70,22 @@ def target(sandbox: Sandbox) -> dict[str, str]:
         "base_url": sandbox.base_url,
         "data_plane_id": sandbox.data_plane_id,
     }
+
+
+@pytest.fixture(scope="session")
+def jupyter_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Jupyter data dir whose ``python3`` kernelspec runs this test run's own interpreter.
+
+    Put first on ``JUPYTER_PATH`` by the notebook tests (``test_notebooks.execute_twice``).
+    """
+    root = tmp_path_factory.mktemp("jupyter")
+    spec_dir = root / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (narrative-pandas tests)",
+        "language": "python",
+        "metadata": {"debugger": False},
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
+    return root

@@ -6,9 +6,7 @@ same kernel, as a class would (re-running every cell), and reads what the cells 
 
 from __future__ import annotations
 
-import copy
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,47 +14,18 @@ import nbformat
 import pandas as pd
 import pytest
 from bs4 import BeautifulSoup
-from jupyter_client.kernelspec import KernelSpecManager
-from nbclient import NotebookClient
-from test_notebooks import (  # the kernelspec fixture is shared by import
-    CELL_TIMEOUT_S,
-    KERNEL_NAME,
-    NOTEBOOKS_DIR,
-    jupyter_path,
-    kernel_env,
-    read,
-)
+from test_notebooks import execute_twice, read
 
 NAME = "labelling.ipynb"
 
 pytestmark = pytest.mark.slow
 
 
-__all__ = ["jupyter_path"]
-
-
 @pytest.fixture(scope="module")
 def runs(jupyter_path: Path) -> list[nbformat.NotebookNode]:
-    """The notebook after its first and its second pass in one kernel."""
-    nb = read(NAME)
-    client = NotebookClient(
-        nb,
-        kernel_name=KERNEL_NAME,
-        timeout=CELL_TIMEOUT_S,
-        resources={"metadata": {"path": str(NOTEBOOKS_DIR)}},
-        allow_errors=False,
-    )
-    passes = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", str(jupyter_path))
-        assert KernelSpecManager().get_kernel_spec(KERNEL_NAME).argv[0] == sys.executable
-        with client.setup_kernel(env=kernel_env()):
-            for _ in range(2):
-                for index, cell in enumerate(nb.cells):
-                    if cell.cell_type == "code":
-                        client.execute_cell(cell, index)
-                passes.append(copy.deepcopy(nb))
-    return passes
+    """The notebook after its first and its second pass in one kernel (run once a session)."""
+    run = execute_twice(NAME, jupyter_path)
+    return [run.first, run.second]
 
 
 def _cell(nb: nbformat.NotebookNode, starts: str) -> Any:

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,22 +76,6 @@ class Executed:
     probe: dict[str, Any]
 
 
-@pytest.fixture(scope="module")
-def jupyter_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Jupyter data dir whose ``python3`` kernelspec runs this test run's own interpreter."""
-    root = tmp_path_factory.mktemp("jupyter")
-    spec_dir = root / "kernels" / KERNEL_NAME
-    spec_dir.mkdir(parents=True)
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (narrative-pandas tests)",
-        "language": "python",
-        "metadata": {"debugger": False},
-    }
-    (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
-    return root
-
-
 def kernel_env() -> dict[str, str]:
     """The kernel's environment: ours without Narrative settings (the notebooks need none)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("NARRATIVE_")}
@@ -114,8 +98,21 @@ def has_asserts(name: str) -> bool:
     )
 
 
+_RUNS: dict[str, Executed] = {}
+"""Each notebook's two passes, run once per test session for every module that reads them."""
+
+
 def execute_twice(name: str, jupyter_path: Path) -> Executed:
-    """Run notebook ``name`` top to bottom twice in one fresh kernel (cwd = notebooks/)."""
+    """Notebook ``name`` run top to bottom twice in one fresh kernel (cwd = notebooks/).
+
+    Run once per session: ``test_labelling_notebook`` and ``test_dask`` read the same passes.
+    """
+    if name not in _RUNS:
+        _RUNS[name] = _execute_twice(name, jupyter_path)
+    return _RUNS[name]
+
+
+def _execute_twice(name: str, jupyter_path: Path) -> Executed:
     nb = read(name)
     client = NotebookClient(
         nb,
@@ -144,18 +141,33 @@ def execute_twice(name: str, jupyter_path: Path) -> Executed:
     return Executed(passes[0], passes[1], probe)
 
 
+class Runs(Mapping[str, Executed]):
+    """Every notebook's two passes, each executed when a test first asks for it."""
+
+    def __init__(self, jupyter_path: Path) -> None:
+        self.jupyter_path = jupyter_path
+        # its own asserts do not hold on a second pass yet
+        self.names = [n for n in NOTEBOOKS if not (n in PENDING and has_asserts(n))]
+
+    def __getitem__(self, name: str) -> Executed:
+        if name not in self.names:
+            raise KeyError(name)
+        return execute_twice(name, self.jupyter_path)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
 @pytest.fixture(scope="module")
-def executed(jupyter_path: Path) -> dict[str, Executed]:
-    """Every notebook, executed twice once for all tests of this module."""
-    runs: dict[str, Executed] = {}
-    for name in NOTEBOOKS:
-        if name in PENDING and has_asserts(name):
-            continue  # its own asserts do not hold on a second pass yet
-        runs[name] = execute_twice(name, jupyter_path)
-    return runs
+def executed(jupyter_path: Path) -> Mapping[str, Executed]:
+    """Every notebook, executed twice once for all tests of the session."""
+    return Runs(jupyter_path)
 
 
-def run_of(executed: dict[str, Executed], name: str) -> Executed:
+def run_of(executed: Mapping[str, Executed], name: str) -> Executed:
     """The executed notebook ``name``, or an xfail if it is still pending."""
     if name not in executed:
         pytest.xfail(PENDING[name])
@@ -204,7 +216,9 @@ class TestEveryNotebookRunsTwice:
     """Each notebook runs top to bottom twice in one kernel, with no error or widget left."""
 
     @pytest.mark.parametrize("name", NOTEBOOKS)
-    def test_both_passes_run_without_errors(self, executed: dict[str, Executed], name: str) -> None:
+    def test_both_passes_run_without_errors(
+        self, executed: Mapping[str, Executed], name: str
+    ) -> None:
         """Every code cell ran in both passes, and none produced an error output."""
         run = run_of(executed, name)
         for nb in (run.first, run.second):
@@ -218,7 +232,7 @@ class TestEveryNotebookRunsTwice:
 
     @pytest.mark.parametrize("name", NOTEBOOKS)
     def test_no_widget_left_in_the_saved_outputs(
-        self, executed: dict[str, Executed], name: str
+        self, executed: Mapping[str, Executed], name: str
     ) -> None:
         """No output is a widget view without a static fallback, or a bare widget repr (VBox(...)),
         once runs ended (a review widget stays live, with an HTML line beside it)."""
@@ -230,7 +244,7 @@ class TestEveryNotebookRunsTwice:
                 assert not re.match(r"\s*[HV]Box\(", data.get("text/plain", ""))
 
     @pytest.mark.parametrize("name", NOTEBOOKS)
-    def test_no_unexpected_warnings(self, executed: dict[str, Executed], name: str) -> None:
+    def test_no_unexpected_warnings(self, executed: Mapping[str, Executed], name: str) -> None:
         """No deprecation or future warnings leak into the notebook's output."""
         run = run_of(executed, name)
         stderr = stream_text(run.first, "stderr") + stream_text(run.second, "stderr")
@@ -241,7 +255,7 @@ class TestEveryNotebookRunsTwice:
 class TestQuickstart:
     """What the quickstart shows, read from its executed cells and its kernel."""
 
-    def test_results(self, executed: dict[str, Executed]) -> None:
+    def test_results(self, executed: Mapping[str, Executed]) -> None:
         """Six rows with the expected labels; the flaky run's failures are the rows without one."""
         probe = executed["quickstart.ipynb"].probe
         assert probe["rows"] == 6 and probe["first_columns"] == ["product", "review"]
@@ -260,7 +274,7 @@ class TestQuickstart:
         assert probe["start_same"]
 
     def test_finished_run_leaves_a_static_summary_with_its_counts(
-        self, executed: dict[str, Executed]
+        self, executed: Mapping[str, Executed]
     ) -> None:
         """The infer cell holds one text/html summary with the final counts (no widget)."""
         run = executed["quickstart.ipynb"]
@@ -271,7 +285,7 @@ class TestQuickstart:
         (second,) = summaries(cell_with(run.second, "out = df.narrative.infer("))
         assert "completed 0 · failed 0 · cached 6" in second and "from cache" in second
 
-    def test_every_run_cell_has_its_summary(self, executed: dict[str, Executed]) -> None:
+    def test_every_run_cell_has_its_summary(self, executed: Mapping[str, Executed]) -> None:
         """infer, the flaky infer, ainfer and start each end as one summary, in both passes."""
         starts = (
             "out = df.narrative.infer(",
@@ -284,7 +298,7 @@ class TestQuickstart:
             for start in starts:
                 assert len(summaries(cell_with(nb, start))) == 1, start
 
-    def test_failed_rows_in_the_summary(self, executed: dict[str, Executed]) -> None:
+    def test_failed_rows_in_the_summary(self, executed: Mapping[str, Executed]) -> None:
         """The flaky run's summary counts its failed rows and says why they failed."""
         run = executed["quickstart.ipynb"]
         (text,) = summaries(cell_with(run.second, "sandbox.configure(failure_rate=0.5)"))
@@ -293,7 +307,7 @@ class TestQuickstart:
         assert "Why rows have no result:" in text
 
     def test_nbconvert_html_and_markdown_show_the_counts(
-        self, executed: dict[str, Executed], tmp_path: Path
+        self, executed: Mapping[str, Executed], tmp_path: Path
     ) -> None:
         """An HTML export contains the final counts; a Markdown export has no widget repr."""
         from nbconvert import HTMLExporter, MarkdownExporter
@@ -305,7 +319,7 @@ class TestQuickstart:
         assert "VBox(" not in markdown and "HBox(" not in markdown
         assert "6/6 done in" in markdown or "completed <b>6</b>" in markdown
 
-    def test_shows_the_template_error(self, executed: dict[str, Executed]) -> None:
+    def test_shows_the_template_error(self, executed: Mapping[str, Executed]) -> None:
         """The bad placeholder is reported as a TemplateError naming the right column."""
         stdout = stream_text(executed["quickstart.ipynb"].first, "stdout")
         assert "TemplateError:" in stdout
@@ -315,14 +329,14 @@ class TestQuickstart:
 class TestScaleOutDask:
     """What the Dask notebook shows, read from its kernel."""
 
-    def test_results_and_shared_cache(self, executed: dict[str, Executed]) -> None:
+    def test_results_and_shared_cache(self, executed: Mapping[str, Executed]) -> None:
         """300 labelled rows, the cluster-wide limit held, the second shared run sent nothing."""
         probe = executed["scale_out_dask.ipynb"].probe
         assert probe["rows"] == 300 and probe["errors"] == 0
         assert 0 < probe["peak_unfinished_jobs"] <= 32
         assert (probe["second_jobs"], probe["second_cached"]) == (0, 300)
 
-    def test_key_not_in_the_task_graph(self, executed: dict[str, Executed]) -> None:
+    def test_key_not_in_the_task_graph(self, executed: Mapping[str, Executed]) -> None:
         """The printed check says the key is not visible in the graph, in both passes."""
         run = executed["scale_out_dask.ipynb"]
         for nb in (run.first, run.second):
@@ -332,7 +346,7 @@ class TestScaleOutDask:
 class TestLabelling:
     """What the labelling notebook shows (its own checks belong with its re-runnable version)."""
 
-    def test_draws_plots(self, executed: dict[str, Executed]) -> None:
+    def test_draws_plots(self, executed: Mapping[str, Executed]) -> None:
         """The summary cells render matplotlib figures as PNG images."""
         run = run_of(executed, "labelling.ipynb")
         images = [

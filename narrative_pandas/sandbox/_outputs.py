@@ -5,6 +5,10 @@ The sandbox has no model: it answers every job with a value drawn from the reque
 arrays, ``anyOf``/``oneOf``/``allOf``, ``$ref``/``$defs``, nullable types), seeded from a hash of
 the request, so the same request always gets the same answer and different rows get different
 ones. Validators are compiled once per distinct schema and cached.
+
+``jsonschema`` (over a second to import where Jupyter's format checkers are installed) is
+imported only when a schema or an output needs it: the client's one-sided quick checks say yes
+to the usual schemas and, for schemas without ``format``, to their valid outputs.
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ import re
 import string
 import sys
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
+from .._quickcheck import QuickCheck, compile_quick_check
+from .._quickmeta import surely_valid_schema
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 __all__ = [
     "canonical_json",
@@ -65,18 +73,62 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+class Judge(Protocol):
+    """What :func:`synthesize` needs of a validator."""
+
+    def is_valid(self, instance: Any) -> bool: ...
+
+
+class OutputValidator:
+    """Judges outputs against one (valid) schema, formats included, as ``jsonschema`` does.
+
+    A yes of the quick check needs no ``jsonschema``; every other answer, and every message, comes
+    from ``Draft202012Validator`` with its format checker, built on first need. Schemas that
+    mention ``format`` skip the quick check (it treats formats as annotations).
+    """
+
+    def __init__(self, schema: dict[str, Any], key: str) -> None:
+        self.schema = schema
+        self._quick: QuickCheck | None = None if '"format"' in key else compile_quick_check(schema)
+        self._full: Draft202012Validator | None = None
+
+    def full(self) -> Draft202012Validator:
+        """The jsonschema validator (imported and built on first use)."""
+        if self._full is None:
+            from jsonschema import Draft202012Validator
+
+            self._full = Draft202012Validator(
+                self.schema, format_checker=Draft202012Validator.FORMAT_CHECKER
+            )
+        return self._full
+
+    def is_valid(self, instance: Any) -> bool:
+        if self._quick is not None and self._quick(instance):
+            return True
+        return self.full().is_valid(instance)
+
+    def iter_errors(self, instance: Any) -> Iterator[ValidationError]:
+        if self._quick is not None and self._quick(instance):
+            return iter(())
+        return self.full().iter_errors(instance)
+
+
 @functools.lru_cache(maxsize=1024)
-def _compile_key(key: str) -> Draft202012Validator | str:
+def _compile_key(key: str) -> OutputValidator | str:
     schema = json.loads(key)
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        where = "/".join(str(p) for p in exc.path)
-        return f"{exc.message}" + (f" (at {where})" if where else "")
-    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    if not surely_valid_schema(schema):
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            where = "/".join(str(p) for p in exc.path)
+            return f"{exc.message}" + (f" (at {where})" if where else "")
+    return OutputValidator(schema, key)
 
 
-def compile_schema(schema: Any, key: str | None = None) -> Draft202012Validator | str:
+def compile_schema(schema: Any, key: str | None = None) -> OutputValidator | str:
     """A cached validator for ``schema``, or a message saying why it is not a valid schema.
 
     ``key`` is ``canonical_json(schema)`` when the caller already has it.
@@ -86,10 +138,15 @@ def compile_schema(schema: Any, key: str | None = None) -> Draft202012Validator 
     return _compile_key(key if key is not None else canonical_json(schema))
 
 
-def output_error(validator: Draft202012Validator, output: Any) -> str | None:
+def output_error(validator: OutputValidator, output: Any) -> str | None:
     """Why ``output`` breaks the schema (one line), or None when it follows it."""
     try:
-        error = best_match(validator.iter_errors(output))
+        errors = list(validator.iter_errors(output))
+        if not errors:
+            return None
+        from jsonschema.exceptions import best_match
+
+        error = best_match(errors)
     except Exception as exc:  # an unresolvable $ref and the like: the schema cannot judge
         return f"the schema could not be applied ({type(exc).__name__}: {exc})"
     if error is None:
@@ -123,7 +180,7 @@ def synthesize(
     seed_material: str,
     *,
     words: tuple[str, ...] = (),
-    validator: Draft202012Validator | None = None,
+    validator: Judge | None = None,
     attempts: int = 8,
 ) -> Any:
     """A value that follows ``schema``, the same for the same ``seed_material``.

@@ -10,10 +10,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from ._knobs import SandboxConfig
-from ._outputs import compile_schema, estimate_tokens, output_error, prompt_words, synthesize
+from ._outputs import (
+    OutputValidator,
+    compile_schema,
+    estimate_tokens,
+    output_error,
+    prompt_words,
+    synthesize,
+)
 from ._records import unit
 
 __all__ = ["BadRequest", "ParsedRequest", "decide_outcome", "parse_run_request"]
@@ -80,7 +85,7 @@ class ParsedRequest:
     normalised: dict[str, Any]
     texts: list[str]
     schema: dict[str, Any]
-    validator: Draft202012Validator | None
+    validator: OutputValidator | None
     schema_problem: str | None
 
 
@@ -137,7 +142,7 @@ def parse_run_request(raw: bytes, config: SandboxConfig) -> ParsedRequest:
             + ", ".join(sorted(config.models))
         )
     compiled = compile_schema(schema)
-    validator: Draft202012Validator | None = None
+    validator: OutputValidator | None = None
     schema_problem: str | None = None
     if isinstance(compiled, str):
         schema_problem = (
