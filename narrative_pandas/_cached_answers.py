@@ -65,14 +65,7 @@ class CachedAnswers:
             raise ValueError("a stored output is not one JSON value")
         if not all(type(o) is dict for o in outputs):
             raise ValueError("a stored output is not a JSON object")
-        counts: list[list[int | None]] = [[], [], []]
-        for name, column in zip(
-            ("prompt_tokens", "completion_tokens", "total_tokens"), counts, strict=True
-        ):
-            column.extend(
-                None if u is None else _count(u.get(name, 0)) if type(u) is dict else _bad(u)
-                for u in usages
-            )
+        counts = [_counts(usages, name) for name in _COUNTS]
         return cls(
             position={row[0]: i for i, row in enumerate(rows)},
             outputs=outputs,
@@ -85,9 +78,11 @@ class CachedAnswers:
     def by_row(self, row_keys: Sequence[str | None]) -> RowAnswers:
         """The answers laid out per row (rows sharing a request share its answer)."""
         at = self.position
-        index = np.fromiter(
-            (-1 if k is None else at[k] for k in row_keys), dtype=np.intp, count=len(row_keys)
-        )
+        if None in row_keys:
+            found: Any = (-1 if k is None else at[k] for k in row_keys)
+        else:
+            found = map(at.__getitem__, row_keys)  # type: ignore[arg-type]
+        index = np.fromiter(found, dtype=np.intp, count=len(row_keys))
         return RowAnswers(
             outputs=_take(self.outputs, index),
             job_ids=_take(self.job_ids, index),
@@ -106,14 +101,20 @@ def _take(values: list[Any], index: np.ndarray) -> list[Any]:
     return taken
 
 
-def _count(value: Any) -> int:
-    if type(value) is not int:
-        raise ValueError(f"a stored token count is not an integer: {value!r}")
-    return value
+_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
-def _bad(value: Any) -> int:
-    raise ValueError(f"stored token counts are not a JSON object: {value!r}")
+def _counts(usages: list[Any], name: str) -> list[int | None]:
+    """One token count per stored usage (None where there is none)."""
+    try:  # what _encode_result writes: every usage has every count
+        counts = [None if u is None else u[name] for u in usages]
+    except (KeyError, TypeError):
+        if not all(u is None or type(u) is dict for u in usages):
+            raise ValueError("stored token counts are not a JSON object") from None
+        counts = [None if u is None else u.get(name, 0) for u in usages]
+    if not all(c is None or type(c) is int for c in counts):
+        raise ValueError(f"a stored {name} is not an integer")
+    return counts
 
 
 def read_cached(
