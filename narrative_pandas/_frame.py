@@ -270,12 +270,9 @@ def status_codes_column(codes: np.ndarray) -> pd.Categorical:
 def _to_array(values: list[Any], dtype: Dtype) -> Any:
     """``values`` as a pandas array of ``dtype``; a value that does not fit becomes NA."""
     if isinstance(dtype, pd.CategoricalDtype):
-        try:  # a value outside the categories becomes NA
-            return pd.Categorical(values, dtype=dtype)
-        except TypeError:  # an unhashable value (a list...): not one of the categories either
-            allowed = set(dtype.categories)
-            codes = [v if isinstance(v, str) and v in allowed else None for v in values]
-            return pd.Categorical(codes, dtype=dtype)
+        allowed = set(dtype.categories)
+        codes = [v if isinstance(v, str) and v in allowed else None for v in values]
+        return pd.Categorical(codes, dtype=dtype)
     if dtype == "object":
         array = np.empty(len(values), dtype=object)
         for i, value in enumerate(values):
