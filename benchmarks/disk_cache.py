@@ -16,7 +16,7 @@ its size after the first run.
 Each target prints a ``PASS`` or ``MISS`` line.
 
     .venv/bin/python benchmarks/disk_cache.py               # 100,000 rows, about 3 minutes
-    .venv/bin/python benchmarks/disk_cache.py --quick       # 2,000 rows: that it all works
+    .venv/bin/python benchmarks/disk_cache.py --quick       # 500 rows: that it all works
 """
 
 from __future__ import annotations
@@ -75,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reruns", type=int, default=3)
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument(
-        "--quick", action="store_true", help="2,000 rows (the targets are set for 100,000)"
+        "--quick", action="store_true", help="500 rows (the targets are set for 100,000)"
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.rows = min(args.rows, 2_000)
+        args.rows = min(args.rows, 500)
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "bench-cache.sqlite"
