@@ -238,8 +238,10 @@ class Engine:
         tracker: ProgressTracker,
         run_id: str,
         clock: Clock | None = None,
+        cached: Mapping[str, CachedResult] | None = None,
     ) -> None:
         self._client = client
+        self._cached = cached  # hits the caller already read (None: look them up here)
         self._requests = list(requests)
         self._spec = spec
         self._cache = cache
@@ -361,7 +363,9 @@ class Engine:
         pending = self._requests
         if self._cache is not None and not self._options.refresh and pending:
             keys = [r.key for r in pending]
-            if self._cache.persistent:  # a file may wait for its lock: never on the loop
+            if self._cached is not None:
+                hits = self._cached
+            elif self._cache.persistent:  # a file may wait for its lock: never on the loop
                 hits = await asyncio.to_thread(self._cache.get_many, keys)
             else:
                 hits = self._cache.get_many(keys)

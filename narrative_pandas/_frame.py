@@ -26,11 +26,14 @@ __all__ = [
     "METADATA_DTYPES",
     "STATUS_CATEGORIES",
     "STATUS_DTYPE",
+    "RowColumns",
     "RowOutcome",
     "build_frame",
+    "build_frame_from_columns",
     "check_collisions",
     "output_column_names",
     "row_status",
+    "status_codes_column",
 ]
 
 logger = logging.getLogger("narrative_pandas")
@@ -195,24 +198,56 @@ def build_frame(
     n = len(df)
     if len(outcomes) != n:
         raise ValueError(f"{len(outcomes)} outcomes for a frame of {n} rows; expected one per row")
-    outputs = [o.output for o in outcomes]
-    data: dict[str, Any] = {}
-    for column, values in spec.column_values(outputs, flatten=flatten):
-        data[prefix + column.name] = _to_array(values, column.dtype)
     usages = [o.usage for o in outcomes]
+    columns = RowColumns(
+        outputs=[o.output for o in outcomes],
+        errors=[o.error for o in outcomes],
+        job_ids=[o.job_id for o in outcomes],
+        prompt_tokens=[u.prompt_tokens if u is not None else None for u in usages],
+        completion_tokens=[u.completion_tokens if u is not None else None for u in usages],
+        total_tokens=[u.total_tokens if u is not None else None for u in usages],
+        status=status_column(outcomes),
+    )
+    return build_frame_from_columns(df, columns, spec, prefix=prefix, flatten=flatten)
+
+
+@dataclass(frozen=True, slots=True)
+class RowColumns:
+    """What the frame needs of each row, one list per field (position ``i`` is row ``i``)."""
+
+    outputs: Sequence[dict[str, Any] | None]
+    errors: list[str | None]
+    job_ids: list[str | None]
+    prompt_tokens: list[int | None]
+    completion_tokens: list[int | None]
+    total_tokens: list[int | None]
+    status: pd.Categorical
+
+
+def build_frame_from_columns(
+    df: pd.DataFrame,
+    columns: RowColumns,
+    spec: OutputSpec,
+    *,
+    prefix: str = "",
+    flatten: bool = True,
+) -> pd.DataFrame:
+    """:func:`build_frame` from per-row lists (the all-cached path builds these directly)."""
+    n = len(df)
+    data: dict[str, Any] = {}
+    for column, values in spec.column_values(columns.outputs, flatten=flatten):
+        data[prefix + column.name] = _to_array(values, column.dtype)
     meta: dict[str, list[Any]] = {
-        "narrative_error": [o.error for o in outcomes],
-        "narrative_job_id": [o.job_id for o in outcomes],
-        "narrative_prompt_tokens": [u.prompt_tokens if u is not None else None for u in usages],
-        "narrative_completion_tokens": [
-            u.completion_tokens if u is not None else None for u in usages
-        ],
-        "narrative_total_tokens": [u.total_tokens if u is not None else None for u in usages],
+        "narrative_error": columns.errors,
+        "narrative_job_id": columns.job_ids,
+        "narrative_prompt_tokens": columns.prompt_tokens,
+        "narrative_completion_tokens": columns.completion_tokens,
+        "narrative_total_tokens": columns.total_tokens,
     }
     for name, values in meta.items():
         data[prefix + name] = _to_array(values, METADATA_DTYPES[name])
         if name == "narrative_error":  # the status sits right beside the error
-            data[prefix + "narrative_status"] = status_column(outcomes)
+            data[prefix + "narrative_status"] = columns.status
     # Both sides on a fresh RangeIndex, so concat can only pair rows by position; the caller's
     # index (duplicates, MultiIndex, ...) is put back afterwards, exactly as it was.
     positions = pd.RangeIndex(n)
@@ -225,6 +260,11 @@ def build_frame(
         out.columns.name = df.columns.name
     out.attrs = copy.deepcopy(df.attrs)
     return out
+
+
+def status_codes_column(codes: np.ndarray) -> pd.Categorical:
+    """``narrative_status`` from category codes (positions in STATUS_CATEGORIES; -1 is NA)."""
+    return pd.Categorical.from_codes(codes.astype(np.int8, copy=False), dtype=STATUS_DTYPE)
 
 
 def _to_array(values: list[Any], dtype: Dtype) -> Any:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from . import _sync
+from ._cached_answers import CachedAnswers, cached_columns, read_cached
 from ._client import run_requests
 from ._engine import Engine, EngineReport, StopReason
 from ._exceptions import (
@@ -31,14 +32,14 @@ from ._exceptions import (
     RowsFailedWarning,
     RowsStoppedWarning,
 )
-from ._frame import RowOutcome, build_frame, row_status
+from ._frame import RowOutcome, build_frame, build_frame_from_columns, row_status
 from ._progress import ProgressTracker, make_progress
 from ._reasons import group_reasons, summarise_reasons
 from ._tracebacks import user_stacklevel
 from ._variant_progress import SKIPPED_KEY
 
 if TYPE_CHECKING:
-    from ._cache import Cache
+    from ._cache import Cache, CachedResult
     from ._client import Client
     from ._config import Settings
     from ._fold import Folding
@@ -97,6 +98,8 @@ class Run:
         self._on_finish = on_finish
         self._folding = folding  # samples/compare: every frame handed out is folded
         self._engine: Engine | None = None
+        self._answers: CachedAnswers | None = None  # set when every request was cached
+        self._cached_report: EngineReport | None = None
         self._started = time.monotonic()
         self._elapsed: float | None = None
         self._http: dict[str, int] = {}
@@ -131,23 +134,29 @@ class Run:
         return self
 
     async def _drive(self) -> None:
-        client = self._client or _sync.shared_client(self._settings)
         sent: Counter[tuple[str, str]] = Counter()
         run_requests.set(sent)  # this task's context: every request of this run is counted
-        engine = Engine(
-            client,
-            self._plan.requests,
-            self._plan.spec,
-            cache=self._cache,
-            options=self._plan.options,
-            tracker=self._tracker,
-            run_id=self.id,
-        )
-        self._engine = engine
-        if self._stop_reason is not None:
-            engine.stop(self._stop_reason)
         run_error: Exception | None = None
+        report: EngineReport | None = None
         try:
+            answers, hits = await self._read_cache()
+            if answers is not None:  # every request answered: no engine, no client, no request
+                report = self._serve_all_cached(answers)
+                return
+            engine = Engine(
+                self._client or _sync.shared_client(self._settings),
+                self._plan.requests,
+                self._plan.spec,
+                cache=self._cache,
+                options=self._plan.options,
+                tracker=self._tracker,
+                run_id=self.id,
+                cached=hits,
+            )
+            self._engine = engine
+            report = engine.report
+            if self._stop_reason is not None:
+                engine.stop(self._stop_reason)
             await engine.run()
         except AuthenticationError as exc:
             _name_key_source(exc, self._settings.key_source)
@@ -164,7 +173,11 @@ class Run:
                 "get_job": sent[("GET", "/jobs/{id}")],
                 "list_jobs": sent[("GET", "/jobs")],
             }
-            status = engine.report.status
+            if report is None:  # the cache could not be read: the run never started
+                report = self._cached_report = EngineReport(
+                    unique_requests=len(self._plan.requests), status="error"
+                )
+            status = report.status
             if run_error is not None:
                 self._run_error = run_error
                 self._tracker.finish("error", error=f"{type(run_error).__name__}: {run_error}")
@@ -172,7 +185,31 @@ class Run:
                 finish_status = status if status in ("interrupted", "cancelled") else "done"
                 self._tracker.finish(finish_status)  # type: ignore[arg-type]
             if self._cache is not None and self._cache.persistent:
-                await self._record_end(self._cache, status, engine.report)
+                await self._record_end(self._cache, status, report)
+
+    async def _read_cache(self) -> tuple[CachedAnswers | None, dict[str, CachedResult] | None]:
+        """Every request's cached answer (the all-hit path), else the hits for the engine.
+
+        ``(None, None)`` lets the engine look for itself (no cache, ``refresh=True``)."""
+        cache = self._cache
+        requests = self._plan.requests
+        if cache is None or self._plan.options.refresh or not requests:
+            return None, None
+        keys = [r.key for r in requests]
+        if cache.persistent:  # a file may wait for its lock: never on the loop
+            return await asyncio.to_thread(read_cached, cache, keys)
+        return read_cached(cache, keys)
+
+    def _serve_all_cached(self, answers: CachedAnswers) -> EngineReport:
+        """Finish the run from ``answers`` at once (what the engine would do, without a row
+        object or a progress event per row)."""
+        self._answers = answers
+        served = len(self._plan.row_keys) - len(self._plan.skipped)
+        self._tracker.transition(served, "queued", "cached")
+        report = EngineReport(unique_requests=len(self._plan.requests), cached=served)
+        report.status = self._stop_reason or "done"
+        self._cached_report = report
+        return report
 
     async def _record_end(self, cache: Cache, status: str, report: EngineReport) -> None:
         """Put the run's end in its record and wait until the run's writes are in the file.
@@ -191,6 +228,7 @@ class Run:
                     cached_rows=report.cached,
                 )
             cache.flush(END_FLUSH_S)
+            cache.checkpoint()
 
         try:
             await asyncio.to_thread(record)
@@ -258,16 +296,24 @@ class Run:
         >>> run.report["jobs_submitted"], run.report["http_requests"]       # doctest: +SKIP
         (300, {'total': 331, 'post': 300, 'get_job': 2, 'list_jobs': 29})
         """
-        engine_report = (
-            self._engine.report
-            if self._engine is not None
-            else EngineReport(unique_requests=len(self._plan.requests))
-        )
+        if self._engine is not None:
+            engine_report = self._engine.report
+        elif self._cached_report is not None:
+            engine_report = self._cached_report
+        else:
+            engine_report = EngineReport(unique_requests=len(self._plan.requests))
         plan = self._plan
-        statuses = Counter(row_status(o) for o in self._row_outcomes(pending_text=None) if o)
-        completed = statuses["completed"]
-        stopped = statuses["stopped"]
-        failed = sum(statuses.values()) - completed - stopped - statuses[None]
+        if self._answers is not None:  # every request cached: only skipped rows lack an answer
+            completed, stopped, failed = (
+                len(plan.row_keys) - len(plan.skipped),
+                0,
+                len(plan.skipped),
+            )
+        else:
+            statuses = Counter(row_status(o) for o in self._row_outcomes(pending_text=None) if o)
+            completed = statuses["completed"]
+            stopped = statuses["stopped"]
+            failed = sum(statuses.values()) - completed - stopped - statuses[None]
         elapsed = self._elapsed if self._elapsed is not None else time.monotonic() - self._started
         return {
             "run_id": self.id,
@@ -332,6 +378,8 @@ class Run:
         >>> run.partial()["narrative_error"].value_counts()                 # doctest: +SKIP
         pending    180
         """
+        if self._answers is not None:
+            return self._build(None)
         outcomes = [
             o or RowOutcome(error="pending", status="pending")
             for o in self._row_outcomes("pending")
@@ -339,14 +387,19 @@ class Run:
         frame = self._build(outcomes)
         return frame if self._folding is None else self._folding.fold(frame)
 
-    def _build(self, outcomes: list[RowOutcome]) -> pd.DataFrame:
-        frame = build_frame(
-            self._plan.df,
-            outcomes,
-            self._plan.spec,
-            prefix=self._plan.prefix,
-            flatten=self._plan.flatten,
-        )
+    def _build(self, outcomes: list[RowOutcome] | None) -> pd.DataFrame:
+        """The frame of ``outcomes`` (one per row), or of the cached answers when None."""
+        plan = self._plan
+        if outcomes is None:
+            assert self._answers is not None
+            columns = cached_columns(self._answers, plan.row_keys, plan.skipped)
+            frame = build_frame_from_columns(
+                plan.df, columns, plan.spec, prefix=plan.prefix, flatten=plan.flatten
+            )
+        else:
+            frame = build_frame(
+                plan.df, outcomes, plan.spec, prefix=plan.prefix, flatten=plan.flatten
+            )
         frame.attrs["narrative"] = self.report
         return frame
 
@@ -459,10 +512,14 @@ class Run:
                 raise exc
         if self._frame is None:
             reason = self._stop_reason or "cancelled"
-            outcomes = [
-                o or RowOutcome(error=f"not submitted ({reason})", status=reason)
-                for o in self._row_outcomes(None)
-            ]
+            outcomes = (
+                None
+                if self._answers is not None
+                else [
+                    o or RowOutcome(error=f"not submitted ({reason})", status=reason)
+                    for o in self._row_outcomes(None)
+                ]
+            )
             frame = self._build(outcomes)
             self._plain_frame = frame
             if self._folding is not None:

@@ -60,23 +60,19 @@ def record_run(
     commons: list[dict[str, Any]] = []
     by_text: dict[str, int] = {}
     by_object: dict[int, int] = {}  # requests share one RequestCommon object: encode it once
-    request_commons: list[int] = []
-    for request in plan.requests:
-        c = request.common
-        index = by_object.get(id(c))
-        if index is None:
-            text = _dumps([c.data_plane_id, c.model, c.inference_config, list(c.tags)])
-            index = by_object[id(c)] = by_text.setdefault(text, len(commons))
-            if index == len(commons):
-                commons.append(
-                    {
-                        "data_plane_id": c.data_plane_id,
-                        "model": c.model,
-                        "inference_config": c.inference_config,
-                        "tags": list(c.tags),
-                    }
-                )
-        request_commons.append(index)
+    for c in {id(r.common): r.common for r in plan.requests}.values():
+        text = _dumps([c.data_plane_id, c.model, c.inference_config, list(c.tags)])
+        index = by_object[id(c)] = by_text.setdefault(text, len(commons))
+        if index == len(commons):
+            commons.append(
+                {
+                    "data_plane_id": c.data_plane_id,
+                    "model": c.model,
+                    "inference_config": c.inference_config,
+                    "tags": list(c.tags),
+                }
+            )
+    request_commons = [by_object[id(r.common)] for r in plan.requests]
     keys_text = "\n".join(k or "" for k in plan.row_keys)
     skipped = {str(k): v for k, v in plan.skipped.items()}
     digest = hashlib.sha256(keys_text.encode())

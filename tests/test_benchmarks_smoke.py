@@ -134,3 +134,48 @@ class TestServicePace:
         assert pace.ramp_s == pytest.approx(0.5)
         assert pace.mean_gap_s == pytest.approx(0.0)  # each next job came as a slot freed
         assert pace.span_s == pytest.approx(4.5)
+
+
+@pytest.fixture(scope="module")
+def disk_cache_output() -> str:
+    """The stdout of one ``disk_cache.py --quick`` (run once for the module)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NARRATIVE_")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "disk_cache.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+class TestDiskCacheQuick:
+    """``python benchmarks/disk_cache.py --quick`` as a user runs it."""
+
+    def test_one_row_per_step(self, disk_cache_output: str) -> None:
+        """The table has the in-memory run, the first disk run and three re-runs."""
+        lines = disk_cache_output.splitlines()
+        for step in ("memory", "disk first", "re-run 1", "re-run 2", "re-run 3"):
+            assert sum(1 for line in lines if line.startswith(f"| {step} |")) == 1, step
+
+    def test_every_target_is_judged(self, disk_cache_output: str) -> None:
+        """Each of the five targets gets a PASS or MISS line, and the load average is printed."""
+        verdicts = [
+            line.split()[0]
+            for line in disk_cache_output.splitlines()
+            if line.startswith(("PASS ", "MISS "))
+        ]
+        assert len(verdicts) == 5
+        assert "load average" in disk_cache_output
+
+    def test_reruns_send_nothing_and_the_file_does_not_grow(self, disk_cache_output: str) -> None:
+        """The counts behind two targets: no request in a re-run, no growth of the file."""
+        lines = disk_cache_output.splitlines()
+        assert "PASS requests during the re-runs: 0 (0)" in lines
+        assert any(line.startswith("PASS file growth over 3 re-runs") for line in lines)
+        reruns = [line for line in lines if line.startswith("| re-run")]
+        assert [line.split("|")[5].strip() for line in reruns] == ["0", "0", "0"]
