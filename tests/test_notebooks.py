@@ -322,6 +322,22 @@ class TestScaleOutDask:
         assert 0 < probe["peak_unfinished_jobs"] <= 32
         assert (probe["second_jobs"], probe["second_cached"]) == (0, 300)
 
+    def test_rows_progress_however_computed(self, executed: dict[str, Executed]) -> None:
+        """out.narrative.compute(), persist() + progress() and dask.compute(out) each end as
+        one summary of all 300 rows in their cell, in both passes."""
+        run = executed["scale_out_dask.ipynb"]
+        for nb in (run.first, run.second):
+            for start in (
+                "labels = out.narrative.compute()",
+                "running = ddf.narrative.infer(",
+                "(plain,) = dask.compute(",
+            ):
+                (text,) = summaries(cell_with(nb, start))
+                assert "300/300 · 100%" in text and "done in" in text, (start, text)
+            stdout = stream_text(nb, "stdout")
+            assert "rows followed: 300" in stdout
+            assert "rows computed with dask.compute: 300" in stdout
+
     def test_key_not_in_the_task_graph(self, executed: dict[str, Executed]) -> None:
         """The printed check says the key is not visible in the graph, in both passes."""
         run = executed["scale_out_dask.ipynb"]
