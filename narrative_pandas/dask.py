@@ -12,8 +12,11 @@ through the cluster:
   the scheduler is not asked once per job. Without ``distributed`` (the threaded or synchronous
   scheduler) all partitions share one process and one in-process limit; with the multiprocessing
   scheduler the limit is per process.
-- progress: each partition publishes its counts as Dask events; :func:`compute` and
-  :func:`progress` show them summed over the cluster on the client (``_dask_progress``).
+- progress: each partition publishes its counts as Dask events on the run's topic (or hands
+  them over in-process with the threads scheduler); the run's monitor on the client, made by
+  :func:`infer`, shows them summed over the cluster whichever call computes the frame
+  (``dask.compute(out)``, ``out.compute()``, ``out.persist()``, :func:`compute`), and
+  :func:`progress` follows a persisted frame to its end (``_dask_progress``).
 - a 429 seen by one worker holds the others: the "rate limited until" wall time is shared
   through the scheduler's metadata store (``Client.set_metadata``), which every running
   partition reads and raises every ``RATE_SHARE_INTERVAL_S``.
@@ -626,11 +629,13 @@ def progress(frame: dd.DataFrame, progress: Any = True) -> None:
     """Show the live progress over all rows of a running :func:`infer` result, until it ends.
 
     ``running = out.persist()`` (or ``dask.persist(out)``) returns at once while the cluster
-    works; ``narrative_pandas.dask.progress(running)`` (or ``running.narrative.progress()``)
-    then shows, here, the same widget (or text line) as the pandas path for the whole
-    cluster's rows, and the final summary, and returns when every partition has ended. Called
-    after the run ended, it shows the final counts. ``progress=`` takes the values of
-    ``infer``'s (``True``, a callable, a sink); a callable runs here, on the client.
+    works, and the run's display appears as soon as the cluster starts its first partition
+    (in the cell running then). ``narrative_pandas.dask.progress(running)`` (or
+    ``running.narrative.progress()``) waits until every partition has ended, showing the same
+    widget (or text line) as the pandas path for the whole cluster's rows if none shows yet, and
+    the final summary. Called after the run ended, it shows the final counts. ``progress=``
+    takes the values of ``infer``'s (``True``, a callable, a sink); a callable runs here, on the
+    client, and always receives the events.
     """
     found = _run_of(frame)
     if found is None:
@@ -660,10 +665,11 @@ def compute(ddf: dd.DataFrame, progress: Any = None, **compute_kwargs: Any) -> p
     the wall time of this call, ``partition_reports`` each one). Like the pandas path, a warning
     summarises failed rows.
 
-    On a ``distributed`` cluster (and without ``compute_kwargs``), progress over every
-    partition's rows is shown while it runs: ``progress=None`` shows the widget in a notebook
-    and a text line in a terminal, ``True``/``False``/a callable/a sink as on the pandas path
-    (a callable here runs on the client, with the cluster's counts).
+    Progress over every partition's rows is shown while it runs (on a ``distributed`` cluster,
+    or with the threads or synchronous scheduler), and its final state is drawn before this
+    returns: ``progress=None`` goes where ``infer``'s ``progress=`` said (by default the widget
+    in a notebook, a text line in a terminal); ``True``/``False``/a callable/a sink override it
+    for this call (a callable runs on the client, with the cluster's counts).
     """
     frame: Any = ddf
     started = time.monotonic()
@@ -742,11 +748,11 @@ class DaskFrameNarrativeAccessor:
         return compute(self._obj, progress, **compute_kwargs)
 
     def persist(self, **persist_kwargs: Any) -> dd.DataFrame:
-        """Persist this frame so that :func:`progress` can follow it (see :func:`persist`)."""
+        """``frame.persist()`` (a plain ``.persist()`` is followed by :func:`progress` too)."""
         return persist(self._obj, **persist_kwargs)
 
     def progress(self, progress: Any = True) -> None:
-        """Show the live progress of this persisted frame (see :func:`progress`)."""
+        """Wait for this (persisted) frame's rows, showing their progress (see :func:`progress`)."""
         _progress_of(self._obj, progress)
 
 
