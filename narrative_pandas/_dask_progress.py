@@ -116,7 +116,7 @@ class PartitionRelay:
             "error": final and snap.status == "error",
             "total": snap.total,
             "tokens": snap.tokens,
-            "errors": list(snap.errors),
+            "reasons": [[text, int(rows)] for text, rows in snap.reasons],
             **{phase: int(getattr(snap, phase)) for phase in PHASES},
         }
         self._last = message
@@ -134,7 +134,7 @@ class PartitionRelay:
             error=True,
             total=int(message.get("total") or rows),
             tokens=int(message.get("tokens") or 0),
-            errors=list(message.get("errors") or []),
+            reasons=list(message.get("reasons") or []),
         )
         if not self._last:
             message["queued"] = message["total"]
@@ -172,22 +172,26 @@ class ClusterCounts:
         self._shown: dict[Phase, int] = {phase: 0 for phase in PHASES}
         self._shown["queued"] = tracker.total
         self._tokens = 0
-        self._errors: set[str] = set()
+        self._reasons: dict[str, int] = {}  # rows shown per reason
 
     def apply(self, latest: Mapping[Any, Mapping[str, Any]]) -> None:
         """Move the tracker's rows to where the partitions' latest counts say they are."""
         target: dict[Phase, int] = {phase: 0 for phase in PHASES}
         reported = 0
         tokens = 0
+        reasons: dict[str, int] = {}
         for message in latest.values():
             reported += int(message["total"])
             tokens += int(message["tokens"])
             for phase in PHASES:
                 target[phase] += int(message[phase])
-            for text in message.get("errors") or ():
-                if text not in self._errors:
-                    self._errors.add(text)
-                    self.tracker.error(text, rows=0)
+            for text, rows in message.get("reasons") or ():
+                reasons[text] = reasons.get(text, 0) + int(rows)
+        for text, rows in reasons.items():  # the cluster's rows per reason, grouped as one run's
+            shown = self._reasons.get(text, 0)
+            if rows > shown:
+                self.tracker.error(text, rows=rows - shown)
+                self._reasons[text] = rows
         target["queued"] += max(0, self.tracker.total - reported)
         if sum(target.values()) != self.tracker.total:
             return  # partitions disagree with the rows counted up front: keep what is shown

@@ -423,6 +423,23 @@ class TestProgressHoweverComputed:
         assert late[-1].kind == "finish" and late[-1].snapshot.completed == 60
         assert sandbox.stats.jobs_created == 60  # following never computes anything again
 
+    def test_failure_reasons_summed_over_partitions(
+        self, sandbox: Sandbox, frame: pd.DataFrame
+    ) -> None:
+        """Failed rows of 2 partitions: one reason counting all 6 rows, as on the pandas path."""
+        sandbox.configure(failure_rate=1.0)
+        ddf = dd.from_pandas(frame.head(6), npartitions=2)
+        events: list[ProgressEvent] = []
+        out = ddf.narrative.infer(
+            REVIEW_PROMPT, **_options(sandbox, cache=False, progress=events.append)
+        )
+        with pytest.warns(npd.RowsFailedWarning):
+            result = npd_dask.compute(out, scheduler="threads")
+        assert result["narrative_error"].notna().all()
+        last = events[-1].snapshot
+        assert last.failed == 6 and [rows for _, rows in last.reasons] == [6]
+        assert last.errors == (f"6 x {last.reasons[0][0]}",)
+
     def test_threads_scheduler(self, sandbox: Sandbox, frame: pd.DataFrame) -> None:
         """Without distributed, partitions in this process report to the same callable."""
         ddf = dd.from_pandas(frame.head(20), npartitions=4)
