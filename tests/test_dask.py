@@ -8,6 +8,7 @@ worker's leases come back quickly and a job longer than the timeout shows leases
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import threading
@@ -24,6 +25,8 @@ import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
 from helpers import wait_until
+from jupyter_client.kernelspec import KernelSpecManager
+from nbclient import NotebookClient
 
 import narrative_pandas as npd
 import narrative_pandas.dask as npd_dask
@@ -537,9 +540,20 @@ class TestEngineSlotsOnResume:
         assert slots.acquired == 2 and slots.released == 2
 
 
+def _kernel_dir(root: Path) -> Path:
+    spec_dir = root / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (narrative-pandas tests)",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
+    return root
+
+
 class TestNotebook:
-    """notebooks/scale_out_dask.ipynb is committed without outputs (tests/test_notebooks.py
-    executes it twice and checks its progress summaries)."""
+    """notebooks/scale_out_dask.ipynb runs top to bottom and is committed without outputs."""
 
     def test_committed_without_outputs(self) -> None:
         """No cell carries outputs or execution counts."""
@@ -547,3 +561,46 @@ class TestNotebook:
         for cell in nb.cells:
             if cell.cell_type == "code":
                 assert cell.outputs == [] and cell.execution_count is None
+
+    def test_runs_on_a_local_cluster(self, tmp_path: Path) -> None:
+        """Executed in a fresh kernel, every cell runs and the checks inside it pass."""
+        nb = nbformat.read(NOTEBOOK, as_version=4)
+        client = NotebookClient(
+            nb,
+            kernel_name="python3",
+            timeout=120,
+            resources={"metadata": {"path": str(tmp_path)}},
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NARRATIVE_")}
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("JUPYTER_PATH", str(_kernel_dir(tmp_path / "jupyter")))
+            assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
+            client.execute(env=env)
+        text = "".join(
+            output.get("text", "")
+            for cell in nb.cells
+            if cell.cell_type == "code"
+            for output in cell.outputs
+            if output.output_type == "stream"
+        )
+        assert "peak unfinished jobs: " in text
+        assert "second run: 0 new jobs" in text
+        rows = len(load_reviews())
+        assert f"rows followed: {rows}" in text
+        # Live progress over the cluster's rows (compute() and the persisted run's progress()):
+        # each display ends with all rows counted, as a widget's final state or as HTML.
+        state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+        bars = [
+            m["state"]
+            for m in state.get("state", {}).values()
+            if m.get("model_name") == "IntProgressModel"
+        ]
+        full_bars = [b for b in bars if b.get("value") == b.get("max") == rows]
+        html = [
+            str(output.get("data", {}).get("text/html", ""))
+            for cell in nb.cells
+            if cell.cell_type == "code"
+            for output in cell.outputs
+        ]
+        summaries = [h for h in html if "narrative" in h and f"{rows}" in h]
+        assert len(full_bars) + len(summaries) >= 2, (bars, summaries)

@@ -322,6 +322,16 @@ class TestScaleOutDask:
         assert 0 < probe["peak_unfinished_jobs"] <= 32
         assert (probe["second_jobs"], probe["second_cached"]) == (0, 300)
 
+    def test_key_not_in_the_task_graph(self, executed: dict[str, Executed]) -> None:
+        """The printed check says the key is not visible in the graph, in both passes."""
+        run = executed["scale_out_dask.ipynb"]
+        for nb in (run.first, run.second):
+            assert "key visible in the task graph: False" in stream_text(nb, "stdout")
+
+
+class TestScaleOutDaskProgress:
+    """The Dask notebook shows the cluster's rows whichever call computes the frame."""
+
     def test_rows_progress_however_computed(self, executed: dict[str, Executed]) -> None:
         """out.narrative.compute(), persist() + progress() and dask.compute(out) each end as
         one summary of all 300 rows in their cell, in both passes."""
@@ -337,12 +347,6 @@ class TestScaleOutDask:
             stdout = stream_text(nb, "stdout")
             assert "rows followed: 300" in stdout
             assert "rows computed with dask.compute: 300" in stdout
-
-    def test_key_not_in_the_task_graph(self, executed: dict[str, Executed]) -> None:
-        """The printed check says the key is not visible in the graph, in both passes."""
-        run = executed["scale_out_dask.ipynb"]
-        for nb in (run.first, run.second):
-            assert "key visible in the task graph: False" in stream_text(nb, "stdout")
 
 
 class TestLabelling:
