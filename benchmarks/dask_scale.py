@@ -4,8 +4,11 @@ Starts ``python -m narrative_pandas.sandbox --port 0`` in a separate process, th
 same frame twice with the same ``concurrency``: once with ``df.narrative.infer`` (one process) and
 once with ``ddf.narrative.infer`` on a ``distributed.LocalCluster`` of 2 worker processes. Prints,
 for each: makespan, rows/s, HTTP requests per row (from the run reports), and, from the sandbox's
-own job listing, the jobs created and the peak of unfinished jobs (which must stay within
-``concurrency`` for the cluster as a whole).
+own job listing, the jobs created, the peak of unfinished jobs (which must stay within
+``concurrency`` for the cluster as a whole) and the jobs paid twice; for Dask, the workers' CPU
+per row (also net of an idle cluster's own upkeep, measured first) and the scheduler's lease
+round trips. Then a second Dask run of 2,000 rows with a shared SQLite cache, where one worker
+process is killed mid-run: the jobs paid twice must be 0 (``--no-kill`` skips it).
 
     .venv/bin/python benchmarks/dask_scale.py [--rows 10000] [--concurrency 128] [--latency 0.2]
 """
@@ -13,9 +16,12 @@ own job listing, the jobs created and the peak of unfinished jobs (which must st
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
+import tempfile
+import threading
 import time
 from datetime import datetime
 from typing import Any
@@ -33,6 +39,8 @@ from narrative_pandas._demo import ReviewLabel
 from narrative_pandas.data import load_reviews
 
 PROMPT = "Review #{n}: {review}\nLabel its sentiment and topics."
+#: Seconds the idle cluster is watched for its own CPU use before the Dask run.
+IDLE_PROBE_S = 5.0
 
 
 def make_frame(rows: int) -> pd.DataFrame:
@@ -44,9 +52,11 @@ def make_frame(rows: int) -> pd.DataFrame:
 
 
 def job_stats(settings: dict[str, str], tag: str) -> dict[str, Any]:
-    """Jobs created under ``tag`` and the peak of them unfinished at once (sandbox's records)."""
+    """Jobs created under ``tag``, the peak of them unfinished at once, and the jobs whose
+    request was already submitted under ``tag`` (paid twice), from the sandbox's records."""
     headers = {"Authorization": f"Bearer {settings['NARRATIVE_API_KEY']}"}
     spans: list[tuple[datetime, datetime]] = []
+    requests: set[str] = set()
     with httpx.Client(base_url=settings["NARRATIVE_BASE_URL"], headers=headers) as http:
         offset = 0
         while True:
@@ -56,6 +66,7 @@ def job_stats(settings: dict[str, str], tag: str) -> dict[str, Any]:
             records = page.get("records", [])
             for job in records:
                 if tag in (job.get("input") or {}).get("tags", []):
+                    requests.add(json.dumps(job["input"], sort_keys=True))
                     ended = job.get("ended_at") or job["updated_at"]
                     spans.append(
                         (datetime.fromisoformat(job["created_at"]), datetime.fromisoformat(ended))
@@ -68,7 +79,7 @@ def job_stats(settings: dict[str, str], tag: str) -> dict[str, Any]:
     for _, step in events:
         level += step
         peak = max(peak, level)
-    return {"jobs": len(spans), "peak_unfinished": peak}
+    return {"jobs": len(spans), "peak_unfinished": peak, "duplicates": len(spans) - len(requests)}
 
 
 def client_cpu(sandbox_pid: int) -> tuple[float, float]:
@@ -100,6 +111,52 @@ def lease_counts(scheduler: Any) -> dict[str, int]:
     }
 
 
+class KillOnce:
+    """A progress callable (on the client): ends one busy worker's process once, mid-run."""
+
+    def __init__(self, client: Client, after_rows: int) -> None:
+        self.client = client
+        self.after_rows = after_rows
+        self.killed: str | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Any) -> None:
+        snap = event.snapshot
+        with self._lock:
+            if self.killed is not None or snap.completed < self.after_rows:
+                return
+            for address, keys in self.client.processing().items():
+                if any("narrative-infer-" in str(key) for key in keys):
+                    self.killed = address
+                    self.client.run(_exit_now, workers=[address], wait=False)
+                    return
+
+
+async def _exit_now() -> None:
+    os._exit(1)
+
+
+def killed_worker_run(
+    client: Client, df: pd.DataFrame, settings: dict[str, str], common: dict[str, Any]
+) -> None:
+    """A worker killed mid-run with a shared SQLite cache: every row once, none paid twice."""
+    rows = min(len(df), 2000)
+    kill = KillOnce(client, after_rows=rows // 4)
+    with tempfile.TemporaryDirectory() as tmp:
+        options = {**common, "cache": f"{tmp}/shared.sqlite", "progress": kill}
+        out = dd.from_pandas(df.head(rows), npartitions=4).narrative.infer(
+            PROMPT, tags=["bench-kill"], **options
+        )
+        result = npd_dask.compute(out)
+    jobs = job_stats(settings, "bench-kill")
+    failed = int(result["narrative_error"].notna().sum())
+    print(
+        f"killed worker: {kill.killed or 'none (the run ended first)'}; {rows} rows, "
+        f"{jobs['jobs']} jobs, duplicates {jobs['duplicates']} (must be 0), rows without a "
+        f"result {failed}, peak unfinished {jobs['peak_unfinished']}"
+    )
+
+
 def summary(
     name: str, report: dict[str, Any], makespan: float, cpu: float, jobs: dict[str, Any]
 ) -> str:
@@ -110,7 +167,8 @@ def summary(
         f"requests/row {http['total'] / rows:.3f} (post {http['post'] / rows:.3f}, "
         f"get_job {http['get_job'] / rows:.3f}, list {http['list_jobs'] / rows:.3f})  "
         f"client CPU {cpu / rows * 1000:.1f} ms/row  "
-        f"jobs {jobs['jobs']}  peak unfinished {jobs['peak_unfinished']}"
+        f"jobs {jobs['jobs']}  peak unfinished {jobs['peak_unfinished']}  "
+        f"duplicates {jobs['duplicates']}"
     )
 
 
@@ -121,7 +179,11 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.2, help="seconds a job runs")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--no-kill", dest="kill", action="store_false", help="skip the killed-worker run"
+    )
     args = parser.parse_args()
+    print(f"load average at start {os.getloadavg()[0]:.1f}")
     df = make_frame(args.rows)
     proc, settings = start_sandbox(args.latency)
     target = {
@@ -153,6 +215,11 @@ def main() -> int:
             client.run(__import__, "narrative_pandas.dask")  # warm the workers' imports
             ddf = dd.from_pandas(df, npartitions=args.partitions)
             out = ddf.narrative.infer(PROMPT, tags=["bench-dask"], **common)
+            # The cluster's own upkeep (heartbeats, system monitor, profiler) costs CPU per
+            # second, not per row: measured idle, to tell it apart from the rows' cost.
+            _, idle_before = client_cpu(proc.pid)
+            time.sleep(IDLE_PROBE_S)
+            idle_rate = (client_cpu(proc.pid)[1] - idle_before) / IDLE_PROBE_S
             main_cpu, workers_cpu = client_cpu(proc.pid)
             started = time.perf_counter()
             scaled = npd_dask.compute(out, progress=False)
@@ -161,6 +228,8 @@ def main() -> int:
             main_cpu, workers_cpu = main_after - main_cpu, workers_after - workers_cpu
             dask_cpu = main_cpu + workers_cpu
             leases = lease_counts(cluster.scheduler)
+            if args.kill:
+                killed_worker_run(client, df, settings, common)
         dask_jobs = job_stats(settings, "bench-dask")
         report = scaled.attrs["narrative"]
         print(summary("dask", report, dask_makespan, dask_cpu, dask_jobs))
@@ -176,6 +245,12 @@ def main() -> int:
             f"{leases['acquired']} acquired + {leases['released']} released "
             f"({(leases['acquired'] + leases['released']) / args.rows:.3f}/row)"
         )
+        upkeep = idle_rate * dask_makespan
+        print(
+            f"workers' CPU/row net of an idle cluster's upkeep ({idle_rate:.3f} CPU-s/s measured "
+            f"idle, x {dask_makespan:.1f} s): {(workers_cpu - upkeep) / args.rows * 1000:.2f} ms "
+            f"(target <= 1.5x the pandas path's {pandas_cpu / args.rows * 1000:.2f} ms)"
+        )
         ratio = dask_makespan / pandas_makespan
         print(f"makespan dask/pandas: {ratio:.2f} (target <= 1.2)")
         # Input columns come back as Dask converted them (text -> string[pyarrow]); compare
@@ -187,6 +262,7 @@ def main() -> int:
             same
             and dask_jobs["jobs"] == args.rows
             and dask_jobs["peak_unfinished"] <= args.concurrency
+            and dask_jobs["duplicates"] == 0
         )
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     finally:

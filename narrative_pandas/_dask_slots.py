@@ -55,8 +55,11 @@ logger = logging.getLogger("narrative_pandas")
 LEASE_REQUESTS_PER_PROCESS = 32
 #: Seconds one lease request waits at the scheduler before it is renewed (or dropped).
 ASK_TIMEOUT_S = 1.0
-#: Seconds a lease no job uses stays in the pool before it goes back to the scheduler.
-LEASE_LINGER_S = 0.25
+#: Seconds a lease no job uses stays in the pool before it goes back to the scheduler: long
+#: enough to carry a worker's leases from one partition to the next (a partition's last jobs
+#: free their leases while it waits for its slowest one). Under contention the demand board
+#: takes leases back sooner.
+LEASE_LINGER_S = 1.0
 #: Seconds between two publications of a pool's demand (and reads of the others').
 BOARD_INTERVAL_S = 0.5
 #: A demand not refreshed for this long is a gone worker's: ignored.

@@ -12,8 +12,11 @@ through the cluster:
   the scheduler is not asked once per job. Without ``distributed`` (the threaded or synchronous
   scheduler) all partitions share one process and one in-process limit; with the multiprocessing
   scheduler the limit is per process.
-- progress: each partition publishes its counts as Dask events; :func:`compute` and
-  :func:`progress` show them summed over the cluster on the client (``_dask_progress``).
+- progress: each partition publishes its counts as Dask events on the run's topic (or hands
+  them over in-process with the threads scheduler); the run's monitor on the client, made by
+  :func:`infer`, shows them summed over the cluster whichever call computes the frame
+  (``dask.compute(out)``, ``out.compute()``, ``out.persist()``, :func:`compute`), and
+  :func:`progress` follows a persisted frame to its end (``_dask_progress``).
 - a 429 seen by one worker holds the others: the "rate limited until" wall time is shared
   through the scheduler's metadata store (``Client.set_metadata``), which every running
   partition reads and raises every ``RATE_SHARE_INTERVAL_S``.
@@ -39,6 +42,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -58,7 +62,7 @@ from ._cache import Cache, SQLiteCache, resolve_cache
 from ._client import MAX_RETRY_AFTER
 from ._client import Client as _HTTPClient
 from ._config import Settings, resolve_settings
-from ._dask_progress import PartitionRelay, follow
+from ._dask_progress import PartitionRelay, RunMonitor, check_destination
 from ._dask_slots import LeasePool, ProcessSlots, on_loop, pool_for, process_slots_for
 from ._exceptions import ConfigurationError, RowsFailedError, RowsFailedWarning
 from ._frame import build_frame
@@ -130,7 +134,6 @@ class _PartitionTask:
     worker_settings: tuple[str | None, str | None]
     cache: bool | str
     concurrency: int
-    progress: Callable[..., Any] | None
     share_rate_limits: bool = True
 
     def __repr__(self) -> str:
@@ -179,23 +182,24 @@ def _infer_partition(
 ) -> pd.DataFrame:
     """Run one partition through the engine; the frame's attrs carry its run report."""
     number = int(partition_info["number"]) if partition_info else None
+    relay = PartitionRelay(task.token, number)  # the client sums every partition's counts
+    try:
+        return _run_partition(part, task, number, relay)
+    except BaseException:
+        relay.failed(len(part))
+        raise
+
+
+def _run_partition(
+    part: pd.DataFrame, task: _PartitionTask, number: int | None, relay: PartitionRelay
+) -> pd.DataFrame:
     settings = task.resolve_settings()
     cache = resolve_cache(task.cache)
     plan = build_plan(part, task.prompt, settings=settings, **task.plan_options)
     with _slots_for(task) as (slots, gate, kind):
         plan = dataclasses.replace(plan, options=dataclasses.replace(plan.options, slots=slots))
         run_id = f"{task.token}-p{number if number is not None else uuid.uuid4().hex[:6]}"
-        progress: Any = task.progress if task.progress is not None else False
-        if kind != "process":  # on a cluster: the client shows every partition's rows
-            progress = PartitionRelay(task.token, number, task.progress)
-        run = Run(
-            plan,
-            settings=settings,
-            cache=cache,
-            client=None,
-            progress=progress,
-            run_id=run_id,
-        )
+        run = Run(plan, settings=settings, cache=cache, client=None, progress=relay, run_id=run_id)
         with _rate_share(settings, gate) as share:
             run._launch()
             frame = _wait(run, raise_failed=plan.errors == "raise", partition=number)
@@ -389,9 +393,20 @@ def _resolve_cache_spec(cache: Any) -> bool | str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _check_progress(progress: Any) -> None:
+    """A ``progress=`` value the client can show the cluster's rows to, before anything runs."""
+    try:
+        check_destination(progress)
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"{exc}. On a Dask DataFrame it is where the cluster's progress shows on this client "
+            "whenever the result is computed (a callable runs here, not on the workers)."
+        ) from None
+
+
 def _task(
     ddf: dd.DataFrame, prompt: str | None, options: dict[str, Any]
-) -> tuple[_PartitionTask, RunPlan]:
+) -> tuple[_PartitionTask, RunPlan, Any]:
     """Check every option on the client (nothing computed) and pack what workers need."""
     check_options("infer", options)  # names and types, with the closest valid name
     for name, instead in _UNSUPPORTED.items():
@@ -404,11 +419,7 @@ def _task(
     progress = options.pop("progress", None)
     options.pop("client", None)
     options.pop("only_failed", None)
-    if progress is not None and not isinstance(progress, bool) and not callable(progress):
-        raise ConfigurationError(
-            "progress= on a Dask DataFrame is None/True/False (the Dask dashboard shows "
-            "partitions) or a picklable callable, called on the workers with each event."
-        )
+    _check_progress(progress)
     settings: Settings | None = resolve_settings(api_key, base_url, data_plane_id)
     assert settings is not None
     if settings.api_key is None:
@@ -436,9 +447,8 @@ def _task(
         worker_settings=(base_url, data_plane_id),
         cache=cache,
         concurrency=int(plan_options.get("concurrency", DEFAULT_CONCURRENCY)),
-        progress=progress if callable(progress) and not isinstance(progress, bool) else None,
     )
-    return task, probe
+    return task, probe, progress
 
 
 def infer(ddf: dd.DataFrame, prompt: str | None = None, **options: Any) -> dd.DataFrame:
@@ -465,7 +475,7 @@ def infer(ddf: dd.DataFrame, prompt: str | None = None, **options: Any) -> dd.Da
     """
     if not isinstance(ddf, dd.DataFrame):
         raise ConfigurationError(f"expected a Dask DataFrame, got {type(ddf).__name__}.")
-    task, probe = _task(ddf, prompt, dict(options))
+    task, probe, progress = _task(ddf, prompt, dict(options))
     meta = build_frame(ddf._meta, [], probe.spec, prefix=probe.prefix, flatten=probe.flatten)
     frame: Any = ddf
     out = frame.map_partitions(
@@ -474,8 +484,14 @@ def infer(ddf: dd.DataFrame, prompt: str | None = None, **options: Any) -> dd.Da
         meta=meta,
         transform_divisions=False,
         align_dataframes=False,
+        token=f"{_LAYER_PREFIX}{task.token}",  # the run's token in every key: survives persist
     )
-    _remember_run(out, task.token, ddf)
+    monitor = RunMonitor(task.token, int(out.npartitions), _row_counter(ddf), progress)
+    monitor.register()
+    client = _distributed_client()
+    if client is not None:
+        monitor.subscribe(client)
+    _remember_run(task.token, ddf, monitor)
     return cast(dd.DataFrame, out)
 
 
@@ -527,32 +543,74 @@ def merge_reports(
     return merged
 
 
-#: Frames returned by :func:`infer` (by their Dask name): the run's token and the input frame.
-_runs: dict[str, tuple[str, Any]] = {}
+#: The name of the layer :func:`infer` adds starts with this and the run's token.
+_LAYER_PREFIX = "narrative-infer-"
+_TOKEN_IN_NAME = re.compile(re.escape(_LAYER_PREFIX) + r"([0-9a-f]{16})")
+
+
+@dataclass(frozen=True)
+class _RunEntry:
+    """What the client keeps of one run made by :func:`infer`."""
+
+    token: str
+    source: Any  # the input Dask frame (its row count is the bar's total)
+    monitor: RunMonitor
+
+
+#: Runs made by :func:`infer`, by token (the newest ``_RUNS_KEPT``).
+_runs: dict[str, _RunEntry] = {}
 _RUNS_KEPT = 64
 
 
-def _remember_run(out: Any, token: str, source: Any) -> None:
-    _runs[str(out._name)] = (token, source)
+def _remember_run(token: str, source: Any, monitor: RunMonitor) -> None:
+    _runs[token] = _RunEntry(token, source, monitor)
     while len(_runs) > _RUNS_KEPT:
-        _runs.pop(next(iter(_runs)))
+        _runs.pop(next(iter(_runs))).monitor.close()
 
 
-def _run_of(frame: Any) -> tuple[str, Any] | None:
-    """The run behind ``frame`` (returned by :func:`infer` or :func:`persist`)."""
-    return _runs.get(str(frame._name))
+def _names_of(frame: Any) -> Iterator[str]:
+    """Names in ``frame``'s graph: its own, its futures' keys (persisted), its expressions'."""
+    yield str(getattr(frame, "_name", ""))
+    with contextlib.suppress(ImportError):
+        import distributed
+
+        for future in cast(Any, distributed).futures_of(frame):
+            key = future.key
+            yield str(key[0] if isinstance(key, tuple) else key)
+    expr = getattr(frame, "expr", None)
+    if expr is not None:
+        for node in expr.walk():
+            yield str(node._name)
+
+
+def _run_of(frame: Any) -> _RunEntry | None:
+    """The run behind ``frame``: returned by :func:`infer`, persisted, or derived from one."""
+    for name in _names_of(frame):
+        found = _TOKEN_IN_NAME.search(name)
+        if found and found.group(1) in _runs:
+            return _runs[found.group(1)]
+    return None
+
+
+def _row_counter(source: Any) -> Callable[[], int]:
+    """Count ``source``'s rows here (its partitions' lengths; the workers may all be busy)."""
+
+    def count() -> int:
+        lengths = [_dask.delayed(len)(d) for d in source.to_delayed()]
+        try:
+            return int(sum(_dask.compute(*lengths, scheduler="sync")))
+        except Exception:  # the input is not readable here (files only workers see)
+            client = _distributed_client()
+            if client is None:
+                raise
+            return int(sum(client.gather(client.compute(lengths, priority=100))))
+
+    return count
 
 
 def persist(frame: dd.DataFrame, **persist_kwargs: Any) -> dd.DataFrame:
-    """``frame.persist()`` for a frame returned by :func:`infer`, that :func:`progress` can follow.
-
-    (A plain ``.persist()`` renames the frame, and ``progress`` could not find its run.)
-    """
-    found = _run_of(frame)
-    persisted = cast(Any, frame).persist(**persist_kwargs)
-    if found is not None:
-        _remember_run(persisted, *found)
-    return cast(dd.DataFrame, persisted)
+    """``frame.persist()`` (kept for older code: a plain ``.persist()`` is followed as well)."""
+    return cast(dd.DataFrame, cast(Any, frame).persist(**persist_kwargs))
 
 
 def _distributed_client() -> Any:
@@ -568,30 +626,32 @@ def _distributed_client() -> Any:
 
 
 def progress(frame: dd.DataFrame, progress: Any = True) -> None:
-    """Show the live progress over all rows of a persisted :func:`infer` result, until it ends.
+    """Show the live progress over all rows of a running :func:`infer` result, until it ends.
 
-    ``out = ddf.narrative.infer(...).narrative.persist()`` returns at once while the cluster
-    works; then ``narrative_pandas.dask.progress(out)`` shows the same widget (or text line) as
-    the pandas path, for the whole cluster's rows, and the final summary. ``progress=`` takes
-    the values of ``infer``'s (``True``, a callable, a sink); a callable runs on the client.
+    ``running = out.persist()`` (or ``dask.persist(out)``) returns at once while the cluster
+    works, and the run's display appears as soon as the cluster starts its first partition
+    (in the cell running then). ``narrative_pandas.dask.progress(running)`` (or
+    ``running.narrative.progress()``) waits until every partition has ended, showing the same
+    widget (or text line) as the pandas path for the whole cluster's rows if none shows yet, and
+    the final summary. Called after the run ended, it shows the final counts. ``progress=``
+    takes the values of ``infer``'s (``True``, a callable, a sink); a callable runs here, on the
+    client, and always receives the events.
     """
-    import distributed
-
-    futures_of: Any = distributed.futures_of
-    client = _distributed_client()
     found = _run_of(frame)
-    if client is None or found is None:
+    if found is None:
         raise ConfigurationError(
-            "progress() needs a frame returned by ddf.narrative.infer(...) or persisted with "
-            "out.narrative.persist() (a plain .persist() renames it), and a distributed Client; "
-            "with other schedulers use out.narrative.compute()."
+            "progress() follows a frame returned by ddf.narrative.infer(...) (or persisted from "
+            "one); this frame has no narrative run in its graph."
         )
-    token, source = found
-    # The workers' threads are busy with the run: count the input's rows here.
-    total = sum(
-        _dask.compute(*[_dask.delayed(len)(d) for d in source.to_delayed()], scheduler="sync")
-    )
-    follow(client, token, futures_of(frame), int(total), progress, title="narrative (Dask)")
+    _check_progress(progress)
+    client = _distributed_client()
+    futures: list[Any] = []
+    if client is not None:
+        import distributed
+
+        found.monitor.subscribe(client)
+        futures = list(cast(Any, distributed).futures_of(frame))
+    found.monitor.follow(progress, futures)
 
 
 _progress_of = progress  # for the accessor's method of the same name
@@ -605,24 +665,35 @@ def compute(ddf: dd.DataFrame, progress: Any = None, **compute_kwargs: Any) -> p
     the wall time of this call, ``partition_reports`` each one). Like the pandas path, a warning
     summarises failed rows.
 
-    On a ``distributed`` cluster (and without ``compute_kwargs``), progress over every
-    partition's rows is shown while it runs: ``progress=None`` shows the widget in a notebook
-    and a text line in a terminal, ``True``/``False``/a callable/a sink as on the pandas path
-    (a callable here runs on the client, with the cluster's counts).
+    Progress over every partition's rows is shown while it runs (on a ``distributed`` cluster,
+    or with the threads or synchronous scheduler), and its final state is drawn before this
+    returns: ``progress=None`` goes where ``infer``'s ``progress=`` said (by default the widget
+    in a notebook, a text line in a terminal); ``True``/``False``/a callable/a sink override it
+    for this call (a callable runs on the client, with the cluster's counts).
     """
     frame: Any = ddf
     started = time.monotonic()
     client = _distributed_client()
     found = _run_of(frame)
-    if client is not None and found is not None and progress is not False and not compute_kwargs:
-        token, source = found
-        lengths = client.compute([_dask.delayed(len)(d) for d in source.to_delayed()])
-        total = sum(int(n) for n in client.gather(lengths))  # the bar's total, counted first
+    if progress is not None:
+        _check_progress(progress)
+    if client is not None and found is not None and not compute_kwargs:
+        monitor = found.monitor
+        monitor.subscribe(client)
+        total = None
+        if progress is not False and (progress is not None or monitor.progress is not False):
+            # The bar's total, counted first on the cluster (workers can read the input).
+            lengths = client.compute([_dask.delayed(len)(d) for d in found.source.to_delayed()])
+            total = sum(int(n) for n in client.gather(lengths))
+        generation = monitor.expect(progress, total)
         futures = client.compute(list(frame.to_delayed()))
-        follow(client, token, futures, total, progress, title="narrative (Dask)")
         parts: list[pd.DataFrame] = list(client.gather(futures))
+        monitor.wait_end(generation)  # the final counts drawn before the frame comes back
     else:
+        generation = found.monitor.expect(progress, None) if found is not None else 0
         parts = list(_dask.compute(*frame.to_delayed(), **compute_kwargs))
+        if found is not None and found.monitor.started_since(generation):
+            found.monitor.wait_end(generation)
     elapsed = time.monotonic() - started
     reports = [p.attrs["narrative"] for p in parts if isinstance(p.attrs.get("narrative"), dict)]
     filled = [p for p in parts if len(p)]
@@ -677,11 +748,11 @@ class DaskFrameNarrativeAccessor:
         return compute(self._obj, progress, **compute_kwargs)
 
     def persist(self, **persist_kwargs: Any) -> dd.DataFrame:
-        """Persist this frame so that :func:`progress` can follow it (see :func:`persist`)."""
+        """``frame.persist()`` (a plain ``.persist()`` is followed by :func:`progress` too)."""
         return persist(self._obj, **persist_kwargs)
 
     def progress(self, progress: Any = True) -> None:
-        """Show the live progress of this persisted frame (see :func:`progress`)."""
+        """Wait for this (persisted) frame's rows, showing their progress (see :func:`progress`)."""
         _progress_of(self._obj, progress)
 
 

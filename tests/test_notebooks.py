@@ -343,6 +343,26 @@ class TestScaleOutDask:
             assert "key visible in the task graph: False" in stream_text(nb, "stdout")
 
 
+class TestScaleOutDaskProgress:
+    """The Dask notebook shows the cluster's rows whichever call computes the frame."""
+
+    def test_rows_progress_however_computed(self, executed: dict[str, Executed]) -> None:
+        """out.narrative.compute(), persist() + progress() and dask.compute(out) each end as
+        one summary of all 300 rows in their cell, in both passes."""
+        run = executed["scale_out_dask.ipynb"]
+        for nb in (run.first, run.second):
+            for start in (
+                "labels = out.narrative.compute()",
+                "running = ddf.narrative.infer(",
+                "# Dask's own call",
+            ):
+                (text,) = summaries(cell_with(nb, start))
+                assert "300/300 · 100%" in text and "done in" in text, (start, text)
+            stdout = stream_text(nb, "stdout")
+            assert "rows followed: 300" in stdout
+            assert "rows computed with dask.compute: 300" in stdout
+
+
 class TestLabelling:
     """What the labelling notebook shows (its own checks belong with its re-runnable version)."""
 
