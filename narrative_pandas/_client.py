@@ -42,7 +42,14 @@ from ._exceptions import (
 )
 from ._http_errors import make_status_error, mask_secret
 from ._models import Job, JobsPage, ModelInferenceRunRequest
-from ._transport import AiohttpExchange, Answer, Exchange, HttpxExchange, MaskedHeaders
+from ._transport import (
+    AiohttpExchange,
+    Answer,
+    EncodedBody,
+    Exchange,
+    HttpxExchange,
+    MaskedHeaders,
+)
 
 __all__ = [
     "DEFAULT_MAX_RETRIES",
@@ -336,13 +343,14 @@ class Client:
     # --- endpoints ---
 
     async def run_model_inference(
-        self, request: ModelInferenceRunRequest | Mapping[str, Any]
+        self, request: ModelInferenceRunRequest | Mapping[str, Any] | EncodedBody
     ) -> Job:
         """Submit one inference job (``POST /model-inference/run``); the job is ``pending``.
 
         A mapping is sent as given (``None`` values at its top level and in
         ``inference_config`` left out), so shapes the model does not know still pass; a missing
-        ``data_plane_id`` is taken from the settings.
+        ``data_plane_id`` is taken from the settings. An :class:`EncodedBody` (what a run sends,
+        see ``_body``) is sent as its bytes.
 
         Raises APIUnknownOutcomeError when the job may or may not have been created (500/504,
         a timeout or a broken connection after sending): reconcile through :meth:`list_jobs`.
@@ -359,10 +367,15 @@ class Client:
         >>> job.state                                                        # doctest: +SKIP
         'pending'
         """
-        body = _request_body(request)
-        if not body.get("data_plane_id"):
-            body["data_plane_id"] = self.settings.require_data_plane()
-        data = await self._request("POST", ROUTE_RUN, ROUTE_RUN, json_body=body)
+        if isinstance(request, EncodedBody):  # a run's request, encoded once (``_body``)
+            data_plane_id = request.data_plane_id
+            data = await self._request("POST", ROUTE_RUN, ROUTE_RUN, content=request.content)
+        else:
+            body = _request_body(request)
+            if not body.get("data_plane_id"):
+                body["data_plane_id"] = self.settings.require_data_plane()
+            data_plane_id = body["data_plane_id"]
+            data = await self._request("POST", ROUTE_RUN, ROUTE_RUN, json_body=body)
         job_id = (data.get("job_id") or data.get("id")) if isinstance(data, Mapping) else None
         if not job_id:
             raise APIUnknownOutcomeError(
@@ -374,7 +387,7 @@ class Client:
         return Job(
             job_id=str(job_id),
             state="pending",
-            data_plane_id=body["data_plane_id"],
+            data_plane_id=data_plane_id,
             type="model_inference",
         )
 
@@ -516,6 +529,7 @@ class Client:
         *,
         params: Mapping[str, str] | None = None,
         json_body: Any = _MISSING,
+        content: bytes | None = None,
     ) -> Any:
         """Send one API request with the retry policy, and return its JSON answer.
 
@@ -524,7 +538,6 @@ class Client:
         transport error, so tracebacks rendered with their locals never show it.
         """
         key = self.settings.require_key()
-        content: bytes | None = None
         if json_body is not _MISSING:
             content = json.dumps(json_body, ensure_ascii=False, allow_nan=False).encode("utf-8")
         is_post = method == "POST"
@@ -693,7 +706,10 @@ def _request_body(request: ModelInferenceRunRequest | Mapping[str, Any]) -> dict
 
 
 def _with_job_id(record: Any) -> Any:
-    if isinstance(record, Mapping) and "job_id" not in record and "id" in record:
+    """The record with ``job_id`` (set in place: the dict was just parsed and is ours)."""
+    if isinstance(record, dict) and "job_id" not in record and "id" in record:
+        record["job_id"] = record["id"]
+    elif isinstance(record, Mapping) and "job_id" not in record and "id" in record:
         return {**record, "job_id": record["id"]}
     return record
 

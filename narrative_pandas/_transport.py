@@ -25,6 +25,7 @@ import yarl
 __all__ = [
     "AiohttpExchange",
     "Answer",
+    "EncodedBody",
     "Exchange",
     "HttpxExchange",
     "MaskedHeaders",
@@ -34,6 +35,14 @@ __all__ = [
 KEEPALIVE_EXPIRY_S = 5.0
 #: Headers that describe the bytes on the wire, not the (already decoded) body we hold.
 _WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedBody:
+    """The UTF-8 JSON of a ``POST /model-inference/run`` body, ready to send (``_body``)."""
+
+    content: bytes
+    data_plane_id: str
 
 
 class MaskedHeaders(dict[str, str]):
