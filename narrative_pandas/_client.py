@@ -384,7 +384,8 @@ class Client:
                 method="POST",
                 path=ROUTE_RUN,
             )
-        return Job(
+        # Built from values we hold (no validation to run): one per POST, so it is cheap.
+        return Job.model_construct(
             job_id=str(job_id),
             state="pending",
             data_plane_id=data_plane_id,
