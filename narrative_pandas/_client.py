@@ -384,8 +384,9 @@ class Client:
                 method="POST",
                 path=ROUTE_RUN,
             )
-        # Built from values we hold (no validation to run): one per POST, so it is cheap.
-        return Job.model_construct(
+        # Validated, not model_construct(): that calls inspect.signature() on the default
+        # factory of ``failures`` each time (a class and ~25 objects of cyclic garbage per POST).
+        return Job(
             job_id=str(job_id),
             state="pending",
             data_plane_id=data_plane_id,
