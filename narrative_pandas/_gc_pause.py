@@ -31,7 +31,7 @@ __all__ = ["YOUNG_CHECK_S", "YOUNG_LIMIT", "no_cyclic_gc", "run_without_cyclic_g
 
 #: While paused, a young collection (generations 0 and 1) runs once this many new containers
 #: are alive; it costs a few milliseconds and never walks the old generation.
-YOUNG_LIMIT = 200_000
+YOUNG_LIMIT = 50_000
 #: How often a paused run checks that count (on its event loop).
 YOUNG_CHECK_S = 0.5
 
