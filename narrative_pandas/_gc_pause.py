@@ -10,6 +10,11 @@ drives a run, automatic collection is paused:
 - during a run, a young collection still happens whenever many new containers have piled up
   (:data:`YOUNG_LIMIT`), checked every :data:`YOUNG_CHECK_S` on the run's loop, so reference
   cycles made while it runs (exceptions with tracebacks, futures) are still freed;
+- when the last section ends, what was built while paused is moved to the old generation
+  without a walk (``gc.freeze()`` immediately followed by ``gc.unfreeze()``: two list splices;
+  skipped if the process froze objects itself), instead of the first allocation after the
+  resume walking all of it: about 7% of ``preview``'s CPU at 100,000 rows. Those objects are
+  examined at the next full collection, like any long-lived object; nothing stays frozen;
 - the collector is re-enabled when the last paused section ends (sections nest and may overlap
   across threads: a counter, not a flag), and only if it was enabled when the first began, so a
   process that turned it off keeps it off. Nothing is frozen (``gc.freeze()`` would exempt
@@ -35,6 +40,9 @@ YOUNG_LIMIT = 50_000
 #: How often a paused run checks that count (on its event loop).
 YOUNG_CHECK_S = 0.5
 
+#: On resume, promote the objects built while paused to the old generation without a walk.
+PROMOTE_ON_RESUME = True
+
 _lock = threading.Lock()
 _depth = 0
 _paused_by_us = False
@@ -56,6 +64,13 @@ def _leave() -> None:
         _depth -= 1
         if _depth == 0 and _paused_by_us:
             _paused_by_us = False
+            if PROMOTE_ON_RESUME and gc.get_freeze_count() == 0:
+                # Move what was built into the old generation without walking it (two list
+                # splices); otherwise the first allocation after enable() walks every object
+                # built while paused. Skipped when the process froze objects itself: unfreeze()
+                # would thaw those too.
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 

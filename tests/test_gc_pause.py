@@ -78,6 +78,38 @@ class TestPauseCounting:
         assert seen_after_first == [False]
         assert gc.isenabled()
 
+    def test_what_was_built_is_promoted_without_a_walk(self) -> None:
+        """On resume, the objects built while paused leave the young generation (no collection
+        runs over them), and nothing stays frozen."""
+        walks: list[int] = []
+
+        def record(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                walks.append(info["generation"])
+
+        gc.callbacks.append(record)
+        try:
+            with no_cyclic_gc():
+                built = [[i] for i in range(50_000)]
+                assert gc.get_count()[0] >= 50_000
+        finally:
+            gc.callbacks.remove(record)
+        assert gc.get_count()[0] < 1_000
+        assert walks == []
+        assert gc.get_freeze_count() == 0
+        assert len(built) == 50_000
+
+    def test_a_freeze_of_the_user_is_left_alone(self) -> None:
+        """A process that froze objects itself keeps them frozen after a paused section."""
+        gc.freeze()
+        try:
+            frozen = gc.get_freeze_count()
+            with no_cyclic_gc():
+                _ = [[i] for i in range(1_000)]
+            assert gc.get_freeze_count() == frozen
+        finally:
+            gc.unfreeze()
+
     def test_an_error_still_restores(self) -> None:
         """A section that raises still gives the collector back."""
         with pytest.raises(RuntimeError), no_cyclic_gc():
