@@ -19,7 +19,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -556,7 +556,7 @@ class Client:
                     exchange = self._exchange.send(
                         method, path, params, content, _headers(key, content is not None)
                     )
-                    answer = await _within(exchange, self._deadline)
+                    answer = await asyncio.wait_for(exchange, self._deadline)
             except (httpx.RequestError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 _drop_transport_frames(exc)
                 conn_error = self._transport_error(exc, method, path, key)
@@ -734,18 +734,6 @@ def _headers(key: ApiKey | None, has_body: bool) -> MaskedHeaders:
     headers = MaskedHeaders(_BODY_HEADERS if has_body else _BASE_HEADERS)
     headers["Authorization"] = "Bearer " + key.reveal()
     return headers
-
-
-async def _within(exchange: Coroutine[Any, Any, Answer], seconds: float) -> Answer:
-    """``exchange``, or TimeoutError after ``seconds``: ``asyncio.timeout`` where it exists
-    (no extra task per request, unlike ``wait_for``)."""
-    if _timeout is None:  # pragma: no cover - Python 3.10
-        return await asyncio.wait_for(exchange, seconds)
-    async with _timeout(seconds):
-        return await exchange
-
-
-_timeout: Any = getattr(asyncio, "timeout", None)
 
 
 def _drop_transport_frames(exc: BaseException) -> None:
