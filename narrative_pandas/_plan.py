@@ -6,15 +6,13 @@ raises before anything is sent, and ``preview`` shows exactly the bodies ``infer
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import gc
 import hashlib
 import json
 import math
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -33,6 +31,7 @@ from ._engine import (
 from ._examples import example_turns, with_examples
 from ._exceptions import ConfigurationError, OptionTypeError, UnknownModelWarning
 from ._frame import check_collisions
+from ._gc_pause import no_cyclic_gc
 from ._models import KNOWN_MODELS, InferenceConfig
 from ._schema import OutputSpec
 from ._template import MessageTemplates
@@ -301,28 +300,6 @@ def _unencodable(
         f"row {label!r} renders to text that is not valid Unicode (a lone surrogate in the "
         "template or a formatted value); fix the template or the row's values."
     )
-
-
-@contextlib.contextmanager
-def no_cyclic_gc() -> Iterator[None]:
-    """Keep the cyclic garbage collector off a batch of row-sized objects being built.
-
-    Building 100,000 rows allocates millions of containers and none of them is garbage, yet
-    every allocation threshold crossed runs a collection over what was built so far (a third of
-    ``preview``'s time at that size). So the collector is paused while the batch is built;
-    reference counting still frees as usual. (``gc.freeze()`` at the end would also spare the
-    first collection after the batch, ~0.2 s per 100,000 rows, but it exempts everything alive
-    in the user's process from collection for good: not a library's call to make.)
-    Nested uses do nothing.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _key_parts(data_plane_id: str, config: Mapping[str, Any], model: str) -> tuple[str, str]:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ._body import encode_body
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -130,7 +131,7 @@ class Submitter:
     async def _post(self, request: JobRequest, *, since: float) -> SubmitResult:
         for _ in range(ABSENT_ROUNDS):
             try:
-                job = await self._client.run_model_inference(request.body)
+                job = await self._client.run_model_inference(encode_body(request))
             except (AuthenticationError, PermissionDeniedError, NotFoundError) as exc:
                 await self._release(request)
                 return SubmitResult("fatal", error=exc)
