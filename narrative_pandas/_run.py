@@ -140,25 +140,26 @@ class Run:
         run_error: Exception | None = None
         report: EngineReport | None = None
         try:
-            answers, hits = await self._read_cache()
-            if answers is not None:  # every request answered: no engine, no client, no request
-                report = self._serve_all_cached(answers)
-                return
-            engine = Engine(
-                self._client or _sync.shared_client(self._settings),
-                self._plan.requests,
-                self._plan.spec,
-                cache=self._cache,
-                options=self._plan.options,
-                tracker=self._tracker,
-                run_id=self.id,
-                cached=hits,
-            )
-            self._engine = engine
-            report = engine.report
-            if self._stop_reason is not None:
-                engine.stop(self._stop_reason)
-            async with run_without_cyclic_gc():  # see _gc_pause: a sixth of a run's CPU
+            # _gc_pause: the cyclic GC took a sixth of a run's CPU; cached re-runs build lists too
+            async with run_without_cyclic_gc():
+                answers, hits = await self._read_cache()
+                if answers is not None:  # every request answered: no engine, no client, no request
+                    report = self._serve_all_cached(answers)
+                    return
+                engine = Engine(
+                    self._client or _sync.shared_client(self._settings),
+                    self._plan.requests,
+                    self._plan.spec,
+                    cache=self._cache,
+                    options=self._plan.options,
+                    tracker=self._tracker,
+                    run_id=self.id,
+                    cached=hits,
+                )
+                self._engine = engine
+                report = engine.report
+                if self._stop_reason is not None:
+                    engine.stop(self._stop_reason)
                 await engine.run()
         except AuthenticationError as exc:
             _name_key_source(exc, self._settings.key_source)
