@@ -25,13 +25,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._budget import TokenBudget
 from ._claims import ClaimBook, live_run, owner_alive
 from ._clock import Clock, system_clock
+from ._decision_log import DecisionRecorder
 from ._frame import RowOutcome
 from ._models import Job, TokenCounts
 from ._poller import Poller
@@ -41,6 +42,7 @@ from ._submitter import SubmitResult, Submitter
 if TYPE_CHECKING:
     from ._cache import Cache, CachedResult, Claim, JournalEntry
     from ._client import Client
+    from ._decision_log import Verdict
     from ._progress import Phase, ProgressTracker
     from ._schema import OutputSpec
 
@@ -198,6 +200,8 @@ class EngineReport:
     listing_mode: str = "updated"
     tokens_estimated: bool = False
     status: str = "running"
+    #: Verdicts about jobs that answered 404 (``_decision_log``), by kind.
+    not_found_decisions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -218,6 +222,7 @@ class _Live:
     not_found_count: int = 0
     retry_get_at: float = 0.0
     fetched_at: float = 0.0
+    replaces: str | None = None
 
 
 class _Fatal(Exception):
@@ -263,6 +268,8 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._leases: set[str] = set()
         self._stopped = asyncio.Event()
+        self._decisions = DecisionRecorder(cache, run_id)
+        self.report.not_found_decisions = self._decisions.counts
         self._poller = Poller(
             client,
             self._clock,
@@ -270,6 +277,7 @@ class Engine:
             observe=self._observe,
             vanished=self._job_vanished,
             fatal=self._set_fatal,
+            decided=self._decided,
         )
         self._mean_latency = 0.0
         self._finished_jobs = 0
@@ -576,6 +584,15 @@ class Engine:
                     self.report.submitted += 1
                 else:
                     self.report.reconciled += 1
+            if live.replaces is not None:
+                how = "resubmitted as" if result.how == "posted" else f"{result.how}:"
+                self._decisions.record(
+                    request.key,
+                    "resubmitted",
+                    result.job_id,
+                    f"{how} job {result.job_id} (replacing job {live.replaces}, gone)",
+                )
+                live.replaces = None
             self._adopt(live, result.job_id, self._clock.now(), resumed=False, reserved=True)
             return
         self._budget.settle(request.key, None)
@@ -817,6 +834,12 @@ class Engine:
         if self._cache is not None:
             self._cache.journal_forget(key, job_id)
 
+    def _decided(self, job_id: str, verdict: Verdict, detail: str) -> None:
+        """The poller judged a 404 of ``job_id``: the journal keeps it beside the request."""
+        live = self._outstanding.get(job_id)
+        if live is not None:
+            self._decisions.record(live.request.key, verdict, job_id, detail)
+
     def _job_vanished(self, job_id: str) -> None:
         """404 on a job we know: expired or never kept. Resubmit it (it was never finished)."""
         live = self._outstanding.pop(job_id, None)
@@ -830,9 +853,21 @@ class Engine:
         live.job_id = None
         live.phase = "queued"
         live.rounds += 1
+        live.replaces = job_id
+        # The next job starts afresh: an old 404 streak or "seen before" would judge its first
+        # replica-lag 404 as retention (gone at once, paid again).
+        live.ever_seen = live.resumed = False
+        live.not_found_since, live.not_found_count, live.retry_get_at = None, 0, 0.0
+        live.created_at, live.state = None, "pending"
         if live.rounds < MAX_SUBMIT_ROUNDS:
             self._queue.appendleft(live)
         else:
+            self._decisions.record(
+                live.request.key,
+                "given_up",
+                job_id,
+                f"its job disappeared {live.rounds} times: not resubmitted again; the row fails",
+            )
             self._finish(
                 live.request,
                 RowOutcome(error="the job disappeared from the service", status="failed"),
