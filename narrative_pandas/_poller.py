@@ -122,12 +122,16 @@ class Poller:
         sweeps = 0
         if len(outstanding) > FEW_JOBS and self.sweeper.usable:
             sweeps += 1
-            result = await self._within_deadline(
+            # Each record is applied as its page is read: a completion frees its slot (and its
+            # next POST leaves) while the rest of the sweep is still being read.
+            await self._within_deadline(
                 self.sweeper.sweep(
-                    list(outstanding), ours=self._ours, oldest_created=_oldest_created(outstanding)
+                    list(outstanding),
+                    ours=self._ours,
+                    oldest_created=_oldest_created(outstanding),
+                    found=lambda job_id, record: self._apply_one(job_id, record, outstanding),
                 )
             )
-            self._apply(result, outstanding, verifying=False)
             if self.sweeper.mode == "updated":
                 overdue = self._overdue(outstanding, interval, mean_latency, everyone=watchdog)
                 if len(overdue) > 1:
@@ -186,15 +190,25 @@ class Poller:
         self, result: SweepResult, outstanding: Mapping[str, Watched], *, verifying: bool
     ) -> None:
         for job_id, record in result.records.items():
-            live = outstanding.get(job_id)
-            if live is None:
-                continue
-            try:
-                job = Job.model_validate(record)
-            except ValidationError:
-                logger.debug("skipping a job record of an unexpected shape")
-                continue
-            self._seen(live, job, missed=verifying)
+            self._apply_one(job_id, record, outstanding, verifying=verifying)
+
+    def _apply_one(
+        self,
+        job_id: str,
+        record: Mapping[str, Any],
+        outstanding: Mapping[str, Watched],
+        *,
+        verifying: bool = False,
+    ) -> None:
+        live = outstanding.get(job_id)
+        if live is None:
+            return
+        try:
+            job = Job.model_validate(record)
+        except ValidationError:
+            logger.debug("skipping a job record of an unexpected shape")
+            return
+        self._seen(live, job, missed=verifying)
 
     def _seen(self, live: Watched, job: Job, *, missed: bool) -> None:
         """A job's record was read: it exists, and it is observed now."""
