@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._budget import TokenBudget
+from ._cadence import MAX_POLL_INTERVAL_S, PollCadence
 from ._claims import ClaimBook, live_run, owner_alive
 from ._clock import Clock, system_clock
 from ._decision_log import DecisionRecorder
@@ -63,12 +64,6 @@ StopReason = Literal["cancelled", "interrupted"]
 
 #: Largest page the service serves.
 MAX_PER_PAGE = 500
-#: Adaptive poll interval: a fraction of the oldest outstanding job's age, within bounds.
-POLL_AGE_FRACTION = 0.1
-#: ... and at most the time in which about this many of the outstanding jobs should finish.
-JOBS_PER_POLL = 15
-MIN_POLL_INTERVAL_S = 0.05
-MAX_POLL_INTERVAL_S = 5.0
 #: Rows waiting on another run's claim re-read the journal and the cache this often.
 CLAIM_WAIT_POLL_S = 0.2
 #: Rounds of resubmission after the client's own retries gave up (429/502/503/connection).
@@ -279,8 +274,7 @@ class Engine:
             fatal=self._set_fatal,
             decided=self._decided,
         )
-        self._mean_latency = 0.0
-        self._finished_jobs = 0
+        self._cadence = PollCadence(options.poll_interval)
         self._largest_page = 0
         self._release_tasks: set[asyncio.Task[None]] = set()
         self._lease_tasks: set[asyncio.Task[None]] = set()
@@ -483,7 +477,9 @@ class Engine:
                     return
                 self._expire_timeouts()
                 self._tracker.tick()
-                next_poll = self._clock.now() + self._poll_interval()
+                next_poll = self._cadence.next_poll(
+                    self._clock.now(), [live.submitted_at for live in self._outstanding.values()]
+                )
                 continue
             wait_for = next_poll - now if self._outstanding else MAX_POLL_INTERVAL_S
             if self._waiting:
@@ -697,32 +693,19 @@ class Engine:
     # ------------------------------------------------------------------ poll
 
     def _poll_interval(self) -> float:
-        if self._options.poll_interval is not None:
-            return self._options.poll_interval
-        if not self._outstanding:
-            return MIN_POLL_INTERVAL_S
         now = self._clock.now()
-        oldest_age = now - min(live.submitted_at for live in self._outstanding.values())
-        by_age = POLL_AGE_FRACTION * oldest_age
-        # Many jobs in flight finish often: poll about every JOBS_PER_POLL / outstanding of a
-        # job's life, so a listing request pays for several finishes
-        # while the next submission waits little.
-        latency = self._mean_latency or oldest_age
-        by_throughput = JOBS_PER_POLL * latency / len(self._outstanding)
-        interval = min(by_age, max(by_throughput, MIN_POLL_INTERVAL_S))
-        return min(MAX_POLL_INTERVAL_S, max(MIN_POLL_INTERVAL_S, interval))
+        submitted = [live.submitted_at for live in self._outstanding.values()]
+        return self._cadence.interval(now, submitted, len(submitted))
 
     def _record_latency(self, live: _Live) -> None:
-        latency = self._clock.now() - live.submitted_at
-        self._finished_jobs += 1
-        self._mean_latency += (latency - self._mean_latency) / self._finished_jobs
+        self._cadence.record(self._clock.now() - live.submitted_at)
 
     async def _poll(self) -> None:
         self.report.polls += 1
         self.report.listing_sweeps += await self._poller.poll(
             self._outstanding,
             interval=self._poll_interval(),
-            mean_latency=self._mean_latency,
+            mean_latency=self._cadence.mean_latency,
         )
         self.report.direct_gets = self._poller.direct_gets
         self.report.listing_mode = self._poller.sweeper.mode
