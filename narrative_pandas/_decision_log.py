@@ -147,3 +147,19 @@ class DecisionRecorder:
         logger.info("request %s, job %s: %s", key[:12], job_id, detail)
         if self._cache is not None:
             self._cache.journal_decide(key, verdict, job_id, detail, self._run_id)
+
+    def replaced(self, key: str, job_id: str, old_job_id: str, how: str) -> None:
+        """The request of a job that was gone has a new job (``how``: posted, reconciled...)."""
+        said = "resubmitted as" if how == "posted" else f"{how}:"
+        self.record(
+            key, "resubmitted", job_id, f"{said} job {job_id} (replacing job {old_job_id}, gone)"
+        )
+
+    def given_up(self, key: str, job_id: str, rounds: int) -> None:
+        """The request's jobs disappeared too often: the row fails instead."""
+        self.record(
+            key,
+            "given_up",
+            job_id,
+            f"its job disappeared {rounds} times: not resubmitted again; the row fails",
+        )

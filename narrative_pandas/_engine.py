@@ -581,13 +581,7 @@ class Engine:
                 else:
                     self.report.reconciled += 1
             if live.replaces is not None:
-                how = "resubmitted as" if result.how == "posted" else f"{result.how}:"
-                self._decisions.record(
-                    request.key,
-                    "resubmitted",
-                    result.job_id,
-                    f"{how} job {result.job_id} (replacing job {live.replaces}, gone)",
-                )
+                self._decisions.replaced(request.key, result.job_id, live.replaces, result.how)
                 live.replaces = None
             self._adopt(live, result.job_id, self._clock.now(), resumed=False, reserved=True)
             return
@@ -845,12 +839,7 @@ class Engine:
         if live.rounds < MAX_SUBMIT_ROUNDS:
             self._queue.appendleft(live)
         else:
-            self._decisions.record(
-                live.request.key,
-                "given_up",
-                job_id,
-                f"its job disappeared {live.rounds} times: not resubmitted again; the row fails",
-            )
+            self._decisions.given_up(live.request.key, job_id, live.rounds)
             self._finish(
                 live.request,
                 RowOutcome(error="the job disappeared from the service", status="failed"),

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 import narrative_pandas as npd
 from narrative_pandas._cache import JournalDecision, MemoryCache, SQLiteCache
 from narrative_pandas._clock import FakeClock
+from narrative_pandas._decision_log import DecisionRecorder
 from narrative_pandas._exceptions import NotFoundError
 from narrative_pandas._observation import LAG_BOUND_S, NOT_FOUND_MAX_RETRY_S
 from narrative_pandas._poller import Poller
@@ -287,3 +288,28 @@ class TestDecisionStore:
             cache.journal_decide("k1", "replica_lag", "job-a", "first", None)
         with SQLiteCache(path) as cache:
             assert [d.verdict for d in cache.journal_decisions()] == ["replica_lag"]
+
+
+class TestRecorder:
+    """A run's recorder counts verdicts for the report and writes them to its cache."""
+
+    def test_replaced_and_given_up(self) -> None:
+        """'resubmitted as job B (replacing job A, gone)', then 'given up' after 5 losses."""
+        cache = MemoryCache()
+        recorder = DecisionRecorder(cache, "run-1")
+        recorder.replaced("k1", "job-b", "job-a", "posted")
+        recorder.replaced("k1", "job-c", "job-b", "reconciled")
+        recorder.given_up("k1", "job-c", 5)
+        assert [d.detail for d in cache.journal_decisions(["k1"])] == [
+            "resubmitted as job job-b (replacing job job-a, gone)",
+            "reconciled: job job-c (replacing job job-b, gone)",
+            "its job disappeared 5 times: not resubmitted again; the row fails",
+        ]
+        assert dict(recorder.counts) == {"resubmitted": 2, "given_up": 1}
+        assert {d.run_id for d in cache.journal_decisions()} == {"run-1"}
+
+    def test_without_a_cache(self) -> None:
+        """cache=False: the decisions are counted (and logged), nothing is stored."""
+        recorder = DecisionRecorder(None, "run-1")
+        recorder.record("k1", "replica_lag", "job-a", "404 treated as replica lag")
+        assert dict(recorder.counts) == {"replica_lag": 1}
