@@ -13,16 +13,10 @@ For each request the engine hands over, :class:`Submitter` answers with one
    marked ``unknown``, and the listing is searched (``_reconcile``) until it says "found" or
    "absent"; while it cannot be read the row waits (bounded by the run's ``timeout``) and is
    never resubmitted.
-
-**POSTs leave room for reads.** At most the client's connections less :data:`READ_RESERVE` POSTs
-are on the wire at once: a wave of C completions queues C POSTs, and without this gate the next
-listing sweep (and the GETs that find the next completions) would wait behind all of them at the
-client's connection limit, so the run would alternate between "submit a wave" and "look".
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -56,8 +50,6 @@ ABSENT_ROUNDS = 5
 #: Waits between searches of a listing that cannot be read: doubling from the first to the max.
 UNREACHABLE_FIRST_WAIT_S = 1.0
 UNREACHABLE_MAX_WAIT_S = 15.0
-#: Connections of the client kept free of POSTs for listing sweeps and GETs (see module doc).
-READ_RESERVE = 4
 
 SubmitKind = Literal["job", "cached", "wait", "retry", "failed", "fatal", "unknown"]
 
@@ -104,10 +96,6 @@ class Submitter:
         self._refresh = refresh
         self._stopping = stopping
         self._trusted = trusted  # True once a POST of this run succeeded
-        connections = int(getattr(client, "max_connections", 32))
-        self._post_gate = asyncio.Semaphore(
-            max(1, connections - min(READ_RESERVE, connections // 4))
-        )
 
     async def submit(self, request: JobRequest, claim: Claim | None = None) -> SubmitResult:
         """Claim (unless ``claim`` was taken already), then POST or reconcile ``request``."""
@@ -142,8 +130,7 @@ class Submitter:
     async def _post(self, request: JobRequest, *, since: float) -> SubmitResult:
         for _ in range(ABSENT_ROUNDS):
             try:
-                async with self._post_gate:
-                    job = await self._client.run_model_inference(request.body)
+                job = await self._client.run_model_inference(request.body)
             except (AuthenticationError, PermissionDeniedError, NotFoundError) as exc:
                 await self._release(request)
                 return SubmitResult("fatal", error=exc)
