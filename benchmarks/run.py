@@ -89,7 +89,7 @@ _NO_FAULTS: dict[str, Any] = {"foreign_jobs": 0, "executor_skew": 0.0}
 
 
 def scenarios(quick: bool) -> list[Scenario]:
-    """Scenarios (a)-(f) of the issue; ``quick`` shrinks each to a few seconds."""
+    """Scenarios (a)-(i) of the issues; ``quick`` shrinks each to a few seconds."""
     if quick:
         return [
             Scenario("a", "(a) steady", 200, 50, 0.3),
@@ -100,6 +100,8 @@ def scenarios(quick: bool) -> list[Scenario]:
             Scenario("f0", "(f) SDK-guide loop", 10, 5, 0.5, mode="baseline"),
             Scenario("f1", "(f) ours, same rows", 10, 32, 0.5),
             Scenario("g", "(g) foreign + skew", 100, 32, 0.3, faults=_G_FAULTS),
+            Scenario("h", "(h) waves, C=500", 600, 200, 0.3),
+            Scenario("i", "(i) waves, 0.2 s", 400, 100, 0.1),
         ]
     return [
         Scenario("a", "(a) steady", 1000, 100, 1.0),
@@ -110,6 +112,8 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("f0", "(f) SDK-guide loop", 100, 5, 1.0, mode="baseline"),
         Scenario("f1", "(f) ours, same rows", 100, 32, 1.0),
         Scenario("g", "(g) foreign + skew", 300, 32, 1.0, faults=_G_FAULTS),
+        Scenario("h", "(h) waves, C=500", 5000, 500, 1.0),
+        Scenario("i", "(i) waves, 0.2 s", 2000, 100, 0.2),
     ]
 
 
@@ -560,6 +564,25 @@ def targets(outcomes: dict[str, Outcome], throughput: float | None) -> list[tupl
             )
         per_row = (o.get_jobs + o.list_jobs) / o.scenario.rows
         add(per_row <= gets, f"({key}) GET requests/row <= {gets}", f"{per_row:.3f}")
+    # (h), (i): back-to-back waves of one fixed latency (issue 17): a freed slot must get its
+    # next job at once, or every wave adds the gap to the makespan.
+    for key, bound in (("h", 1.15), ("i", 1.2)):
+        o = outcomes.get(key)
+        if o is None or o.error or o.pace is None:
+            continue
+        makespan = float(o.client["makespan_s"])
+        add(
+            makespan / o.pace.limit_s <= bound,
+            f"({key}) makespan/limit <= {bound}",
+            f"{makespan / o.pace.limit_s:.3f}",
+        )
+        per_row = (o.get_jobs + o.list_jobs) / o.scenario.rows
+        add(per_row <= 0.1, f"({key}) GET requests/row <= 0.1", f"{per_row:.3f}")
+        gap_ms = o.pace.mean_gap_s * 1000
+        if key == "h":
+            add(gap_ms <= 50, "(h) mean slot gap <= 50 ms", f"{gap_ms:.0f} ms")
+        else:
+            found.append(("INFO", f"({key}) mean slot gap", f"{gap_ms:.0f} ms"))
     o = outcomes.get("c")
     if o is not None and not o.error:
         check = o.checks["retry_after"]

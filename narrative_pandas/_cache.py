@@ -34,6 +34,9 @@ journal   ``key``, ``job_id`` (or NULL for a claim), ``tag`` (the label sent wit
           ``owner_pid``, ``owner_nonce`` and ``heartbeat_at`` (epoch seconds)
 runs      ``run_id``, the caller's record as JSON text (options, input rows, requests),
           ``status``, ``rows``, ``created_at``, ``updated_at``
+decisions what the engine decided after a job answered 404 (``_decision_log``): ``key``,
+          ``at``, ``verdict``, ``job_id``, ``detail``, ``run_id``; at most a few rows per 404
+          streak, kept after the journal entry is gone
 meta      ``schema_version``
 ========  ===================================================================================
 
@@ -63,6 +66,7 @@ import abc
 import asyncio
 import atexit
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -80,6 +84,15 @@ from typing import Any, Literal, TypeVar
 import pydantic_core
 
 from . import _config
+from ._decision_log import (
+    INSERT_DECISION,
+    JournalDecision,
+    Verdict,
+    decision_row,
+    ensure_table,
+    ordered,
+    read_decisions,
+)
 from ._exceptions import CacheLockedError, ConfigurationError
 from ._models import InferenceUsage
 from ._sqlite_writer import (
@@ -96,6 +109,7 @@ __all__ = [
     "CachedResult",
     "Claim",
     "ClaimOwner",
+    "JournalDecision",
     "JournalEntry",
     "MemoryCache",
     "ResultRow",
@@ -166,6 +180,7 @@ class JournalEntry:
     ``state`` is ``posting`` (claimed, the POST about to be or being sent), ``unknown`` (its
     outcome was never learned: reconcile through the listing before any POST) or ``submitted``.
     ``owner`` is None for entries written without a claim (``journal_intent``, older files).
+    ``decisions``: what the engine decided about its jobs' 404s (filled by ``journal_entries``).
     """
 
     key: str
@@ -176,6 +191,7 @@ class JournalEntry:
     state: str = field(default="", compare=False)
     owner: ClaimOwner | None = field(default=None, compare=False)
     heartbeat_at: float = field(default=0.0, compare=False)
+    decisions: tuple[JournalDecision, ...] = field(default=(), compare=False)
 
     def owned_by(self, owner: ClaimOwner) -> bool:
         """True when ``owner`` (this very run of this very process) holds the entry."""
@@ -515,7 +531,39 @@ class Cache(abc.ABC):
 
     @abc.abstractmethod
     def journal_entries(self, run_id: str | None = None) -> list[JournalEntry]:
-        """All entries, oldest first; only those of ``run_id`` when it is given."""
+        """All entries, oldest first; only those of ``run_id`` when it is given. Each carries
+        the ``decisions`` recorded for its key."""
+
+    def journal_decide(
+        self, key: str, verdict: Verdict, job_id: str | None, detail: str, run_id: str | None
+    ) -> None:
+        """Record a decision about ``key``'s job after a 404 (see ``_decision_log``); queued,
+        never waited for."""
+        self._store_decisions(
+            [decision_row(key, self._clock_now(), verdict, job_id, detail, run_id)]
+        )
+
+    def journal_decisions(self, keys: Iterable[str] | None = None) -> list[JournalDecision]:
+        """The decisions recorded for ``keys`` (every key when None), oldest first. They stay
+        after the journal entry is gone, so a resubmission can be explained later."""
+        return self._load_decisions(None if keys is None else _unique(keys))
+
+    @abc.abstractmethod
+    def _store_decisions(self, rows: list[Any]) -> None: ...
+
+    @abc.abstractmethod
+    def _load_decisions(self, keys: list[str] | None) -> list[JournalDecision]: ...
+
+    def _with_decisions(self, entries: list[JournalEntry]) -> list[JournalEntry]:
+        if not entries:
+            return entries
+        by_key: dict[str, list[JournalDecision]] = {}
+        for decision in self._load_decisions([e.key for e in entries]):
+            by_key.setdefault(decision.key, []).append(decision)
+        return [
+            dataclasses.replace(e, decisions=tuple(by_key[e.key])) if e.key in by_key else e
+            for e in entries
+        ]
 
     # runs ------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -683,6 +731,7 @@ class MemoryCache(Cache):
         self._runs: dict[str, tuple[str, float, float, str, int | None]] = {}
         self._blobs: dict[str, bytes] = {}
         self._run_blobs: dict[str, frozenset[str]] = {}
+        self._decisions: list[Any] = []
         _live_caches.add(self)
 
     def __repr__(self) -> str:
@@ -810,7 +859,17 @@ class MemoryCache(Cache):
         with self._lock:
             rows = list(self._journal.values())
         entries = [_decode_journal(r) for r in rows if run_id is None or r[3] == run_id]
-        return sorted(entries, key=lambda e: (e.submitted_at, e.key))
+        return self._with_decisions(sorted(entries, key=lambda e: (e.submitted_at, e.key)))
+
+    def _store_decisions(self, rows: list[Any]) -> None:
+        with self._lock:
+            self._decisions.extend(rows)
+
+    def _load_decisions(self, keys: list[str] | None) -> list[JournalDecision]:
+        wanted = None if keys is None else set(keys)
+        with self._lock:
+            rows = [r for r in self._decisions if wanted is None or r[0] in wanted]
+        return ordered(rows)
 
     def save_run(
         self,
@@ -1344,7 +1403,17 @@ class SQLiteCache(Cache):
             params = (run_id,)
         sql += " ORDER BY submitted_at, key"
         rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
-        return [_decode_journal(row) for row in rows]
+        return self._with_decisions([_decode_journal(row) for row in rows])
+
+    def _store_decisions(self, rows: list[Any]) -> None:
+        def store(conn: sqlite3.Connection) -> None:
+            ensure_table(conn)  # created on the first decision: older files stay as they were
+            conn.executemany(INSERT_DECISION, rows)
+
+        self._write_soon(store, ("decisions",), "journal decision")
+
+    def _load_decisions(self, keys: list[str] | None) -> list[JournalDecision]:
+        return self._read(lambda conn: read_decisions(conn, keys), ("decisions",))
 
     # runs ------------------------------------------------------------------------------------
     def save_run(

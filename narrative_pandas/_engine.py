@@ -25,13 +25,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._budget import TokenBudget
+from ._cadence import MAX_POLL_INTERVAL_S, PollCadence
 from ._claims import ClaimBook, live_run, owner_alive
 from ._clock import Clock, system_clock
+from ._decision_log import DecisionRecorder
 from ._frame import RowOutcome
 from ._models import Job, TokenCounts
 from ._poller import Poller
@@ -41,6 +43,7 @@ from ._submitter import SubmitResult, Submitter
 if TYPE_CHECKING:
     from ._cache import Cache, CachedResult, Claim, JournalEntry
     from ._client import Client
+    from ._decision_log import Verdict
     from ._progress import Phase, ProgressTracker
     from ._schema import OutputSpec
 
@@ -61,12 +64,6 @@ StopReason = Literal["cancelled", "interrupted"]
 
 #: Largest page the service serves.
 MAX_PER_PAGE = 500
-#: Adaptive poll interval: a fraction of the oldest outstanding job's age, within bounds.
-POLL_AGE_FRACTION = 0.1
-#: ... and at most the time in which about this many of the outstanding jobs should finish.
-JOBS_PER_POLL = 15
-MIN_POLL_INTERVAL_S = 0.05
-MAX_POLL_INTERVAL_S = 5.0
 #: Rows waiting on another run's claim re-read the journal and the cache this often.
 CLAIM_WAIT_POLL_S = 0.2
 #: Rounds of resubmission after the client's own retries gave up (429/502/503/connection).
@@ -198,6 +195,8 @@ class EngineReport:
     listing_mode: str = "updated"
     tokens_estimated: bool = False
     status: str = "running"
+    #: Verdicts about jobs that answered 404 (``_decision_log``), by kind.
+    not_found_decisions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -218,6 +217,7 @@ class _Live:
     not_found_count: int = 0
     retry_get_at: float = 0.0
     fetched_at: float = 0.0
+    replaces: str | None = None
 
 
 class _Fatal(Exception):
@@ -265,6 +265,8 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._leases: set[str] = set()
         self._stopped = asyncio.Event()
+        self._decisions = DecisionRecorder(cache, run_id)
+        self.report.not_found_decisions = self._decisions.counts
         self._poller = Poller(
             client,
             self._clock,
@@ -272,9 +274,9 @@ class Engine:
             observe=self._observe,
             vanished=self._job_vanished,
             fatal=self._set_fatal,
+            decided=self._decided,
         )
-        self._mean_latency = 0.0
-        self._finished_jobs = 0
+        self._cadence = PollCadence(options.poll_interval)
         self._largest_page = 0
         self._release_tasks: set[asyncio.Task[None]] = set()
         self._lease_tasks: set[asyncio.Task[None]] = set()
@@ -479,7 +481,9 @@ class Engine:
                     return
                 self._expire_timeouts()
                 self._tracker.tick()
-                next_poll = self._clock.now() + self._poll_interval()
+                next_poll = self._cadence.next_poll(
+                    self._clock.now(), [live.submitted_at for live in self._outstanding.values()]
+                )
                 continue
             wait_for = next_poll - now if self._outstanding else MAX_POLL_INTERVAL_S
             if self._waiting:
@@ -580,6 +584,9 @@ class Engine:
                     self.report.submitted += 1
                 else:
                     self.report.reconciled += 1
+            if live.replaces is not None:
+                self._decisions.replaced(request.key, result.job_id, live.replaces, result.how)
+                live.replaces = None
             self._adopt(live, result.job_id, self._clock.now(), resumed=False, reserved=True)
             return
         self._budget.settle(request.key, None)
@@ -684,32 +691,19 @@ class Engine:
     # ------------------------------------------------------------------ poll
 
     def _poll_interval(self) -> float:
-        if self._options.poll_interval is not None:
-            return self._options.poll_interval
-        if not self._outstanding:
-            return MIN_POLL_INTERVAL_S
         now = self._clock.now()
-        oldest_age = now - min(live.submitted_at for live in self._outstanding.values())
-        by_age = POLL_AGE_FRACTION * oldest_age
-        # Many jobs in flight finish often: poll about every JOBS_PER_POLL / outstanding of a
-        # job's life, so a listing request pays for several finishes
-        # while the next submission waits little.
-        latency = self._mean_latency or oldest_age
-        by_throughput = JOBS_PER_POLL * latency / len(self._outstanding)
-        interval = min(by_age, max(by_throughput, MIN_POLL_INTERVAL_S))
-        return min(MAX_POLL_INTERVAL_S, max(MIN_POLL_INTERVAL_S, interval))
+        submitted = [live.submitted_at for live in self._outstanding.values()]
+        return self._cadence.interval(now, submitted, len(submitted))
 
     def _record_latency(self, live: _Live) -> None:
-        latency = self._clock.now() - live.submitted_at
-        self._finished_jobs += 1
-        self._mean_latency += (latency - self._mean_latency) / self._finished_jobs
+        self._cadence.record(self._clock.now() - live.submitted_at)
 
     async def _poll(self) -> None:
         self.report.polls += 1
         self.report.listing_sweeps += await self._poller.poll(
             self._outstanding,
             interval=self._poll_interval(),
-            mean_latency=self._mean_latency,
+            mean_latency=self._cadence.mean_latency,
         )
         self.report.direct_gets = self._poller.direct_gets
         self.report.listing_mode = self._poller.sweeper.mode
@@ -821,6 +815,12 @@ class Engine:
         if self._cache is not None:
             self._cache.journal_forget(key, job_id)
 
+    def _decided(self, job_id: str, verdict: Verdict, detail: str) -> None:
+        """The poller judged a 404 of ``job_id``: the journal keeps it beside the request."""
+        live = self._outstanding.get(job_id)
+        if live is not None:
+            self._decisions.record(live.request.key, verdict, job_id, detail)
+
     def _job_vanished(self, job_id: str) -> None:
         """404 on a job we know: expired or never kept. Resubmit it (it was never finished)."""
         live = self._outstanding.pop(job_id, None)
@@ -834,9 +834,16 @@ class Engine:
         live.job_id = None
         live.phase = "queued"
         live.rounds += 1
+        live.replaces = job_id
+        # The next job starts afresh: an old 404 streak or "seen before" would judge its first
+        # replica-lag 404 as retention (gone at once, paid again).
+        live.ever_seen = live.resumed = False
+        live.not_found_since, live.not_found_count, live.retry_get_at = None, 0, 0.0
+        live.created_at, live.state = None, "pending"
         if live.rounds < MAX_SUBMIT_ROUNDS:
             self._queue.appendleft(live)
         else:
+            self._decisions.given_up(live.request.key, job_id, live.rounds)
             self._finish(
                 live.request,
                 RowOutcome(error="the job disappeared from the service", status="failed"),

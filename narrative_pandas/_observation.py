@@ -20,18 +20,24 @@ outstanding job counts as overdue for the next poll, whatever the sweeps claimed
 again with backoff (0.25 s doubling to 4 s) for up to :data:`LAG_BOUND_S` after its submission,
 and looked for in every sweep meanwhile. A 404 for a job seen before (or resumed from an earlier
 run) is retention only if it persists for :data:`GONE_CONFIRM_S`. Only then is the request
-resubmitted (through the engine's requeue path).
+resubmitted (through the engine's requeue path). Each streak's first verdict and its final one
+(found again, or gone) are recorded in the journal with the texts built here (``_decision_log``).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+from ._decision_log import Verdict
+
 __all__ = [
     "GONE_CONFIRM_S",
     "LAG_BOUND_S",
     "MAX_DIRECT_GETS",
     "WATCHDOG_POLLS",
+    "first_404_decision",
+    "found_decision",
+    "gone_decision",
     "not_found_verdict",
     "observation_bound",
 ]
@@ -77,3 +83,38 @@ def not_found_verdict(
         return "gone", 0.0
     delay = min(NOT_FOUND_MAX_RETRY_S, NOT_FOUND_FIRST_RETRY_S * 2.0 ** max(0, attempts - 1))
     return "wait", delay
+
+
+def first_404_decision(*, ever_seen: bool) -> tuple[Verdict, str]:
+    """The decision recorded at the first 404 of a streak."""
+    if ever_seen:
+        return "retention_check", (
+            f"404 for a job seen before: confirming for {GONE_CONFIRM_S:g} s before it counts "
+            "as gone (retention)"
+        )
+    return "replica_lag", (
+        f"404 treated as replica lag: asking again for up to {LAG_BOUND_S:g} s after "
+        "submission, and looking for it in the listing meanwhile"
+    )
+
+
+def found_decision(*, not_found_for: float, attempts: int) -> tuple[Verdict, str]:
+    """The decision recorded when a job that answered 404 is read again."""
+    return "found_after_404", (
+        f"found again after {attempts} x 404 over {not_found_for:.1f} s: nothing resubmitted"
+    )
+
+
+def gone_decision(
+    *, ever_seen: bool, age: float, not_found_for: float, attempts: int
+) -> tuple[Verdict, str]:
+    """The decision recorded when a job counts as gone (its request is resubmitted)."""
+    if ever_seen:
+        return "gone_after_retention", (
+            f"gone after retention: 404 for {not_found_for:.1f} s ({attempts} times) after "
+            "being seen; resubmitting its request"
+        )
+    return "lag_bound_exceeded", (
+        f"lag bound exceeded: 404 for {age:.1f} s since submission ({attempts} times), never "
+        "seen; resubmitting its request"
+    )

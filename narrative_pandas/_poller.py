@@ -1,8 +1,9 @@
 """One poll of a run's outstanding jobs: listing sweeps, then direct GETs for what is overdue.
 
 The engine owns the jobs and their outcomes; the poller only *looks* and reports what it saw
-through three callbacks: a job record (``observe``), a job that is gone for good (``vanished``),
-and a run-level error (``fatal``). Per poll:
+through callbacks: a job record (``observe``), a job that is gone for good (``vanished``), a
+run-level error (``fatal``), and what it decided about a 404 (``decided``, for the journal).
+Per poll:
 
 1. with more than :data:`FEW_JOBS` outstanding and a usable listing, one sweep
    (:class:`~._sweep.ListingSweeper`, by update or by creation);
@@ -30,6 +31,9 @@ from ._models import Job
 from ._observation import (
     MAX_DIRECT_GETS,
     WATCHDOG_POLLS,
+    first_404_decision,
+    found_decision,
+    gone_decision,
     not_found_verdict,
     observation_bound,
 )
@@ -38,6 +42,7 @@ from ._sweep import ListingSweeper, SweepResult
 if TYPE_CHECKING:
     from ._client import Client
     from ._clock import Clock
+    from ._decision_log import Verdict
 
 __all__ = ["FEW_JOBS", "Poller", "Watched"]
 
@@ -78,6 +83,7 @@ class Poller:
         observe: Callable[[Job], None],
         vanished: Callable[[str], None],
         fatal: Callable[[BaseException], None],
+        decided: Callable[[str, Verdict, str], None] | None = None,
     ) -> None:
         self._client = client
         self._clock = clock
@@ -85,6 +91,7 @@ class Poller:
         self._observe = observe
         self._vanished = vanished
         self._fatal = fatal
+        self._decided = decided or (lambda job_id, verdict, detail: None)
         self._ours: set[str] = set()
         self._quiet_polls = 0
         self._stalls = 0
@@ -115,12 +122,16 @@ class Poller:
         sweeps = 0
         if len(outstanding) > FEW_JOBS and self.sweeper.usable:
             sweeps += 1
-            result = await self._within_deadline(
+            # Each record is applied as its page is read: a completion frees its slot (and its
+            # next POST leaves) while the rest of the sweep is still being read.
+            await self._within_deadline(
                 self.sweeper.sweep(
-                    list(outstanding), ours=self._ours, oldest_created=_oldest_created(outstanding)
+                    list(outstanding),
+                    ours=self._ours,
+                    oldest_created=_oldest_created(outstanding),
+                    found=lambda job_id, record: self._apply_one(job_id, record, outstanding),
                 )
             )
-            self._apply(result, outstanding, verifying=False)
             if self.sweeper.mode == "updated":
                 overdue = self._overdue(outstanding, interval, mean_latency, everyone=watchdog)
                 if len(overdue) > 1:
@@ -179,18 +190,36 @@ class Poller:
         self, result: SweepResult, outstanding: Mapping[str, Watched], *, verifying: bool
     ) -> None:
         for job_id, record in result.records.items():
-            live = outstanding.get(job_id)
-            if live is None:
-                continue
-            try:
-                job = Job.model_validate(record)
-            except ValidationError:
-                logger.debug("skipping a job record of an unexpected shape")
-                continue
-            self._seen(live, job, missed=verifying)
+            self._apply_one(job_id, record, outstanding, verifying=verifying)
+
+    def _apply_one(
+        self,
+        job_id: str,
+        record: Mapping[str, Any],
+        outstanding: Mapping[str, Watched],
+        *,
+        verifying: bool = False,
+    ) -> None:
+        live = outstanding.get(job_id)
+        if live is None:
+            return
+        try:
+            job = Job.model_validate(record)
+        except ValidationError:
+            logger.debug("skipping a job record of an unexpected shape")
+            return
+        self._seen(live, job, missed=verifying)
 
     def _seen(self, live: Watched, job: Job, *, missed: bool) -> None:
         """A job's record was read: it exists, and it is observed now."""
+        if live.not_found_since is not None:  # the end of a 404 streak: it was not gone
+            self._decided(
+                job.job_id,
+                *found_decision(
+                    not_found_for=self._clock.now() - live.not_found_since,
+                    attempts=live.not_found_count,
+                ),
+            )
         live.confirmed_at = self._clock.now()
         live.ever_seen = True
         live.not_found_since = None
@@ -229,12 +258,14 @@ class Poller:
     def _not_found(self, job_id: str, live: Watched) -> None:
         """A 404: replica lag while it may be, else the job is gone (retention)."""
         now = self._clock.now()
+        ever_seen = live.ever_seen or live.resumed
         if live.not_found_since is None:
             live.not_found_since = now
             live.not_found_count = 0
+            self._decided(job_id, *first_404_decision(ever_seen=ever_seen))
         live.not_found_count += 1
         verdict, retry_in = not_found_verdict(
-            ever_seen=live.ever_seen or live.resumed,
+            ever_seen=ever_seen,
             age=now - live.submitted_at,
             not_found_for=now - live.not_found_since,
             attempts=live.not_found_count,
@@ -243,6 +274,15 @@ class Poller:
             live.retry_get_at = now + retry_in
             logger.debug("a job answered 404 (replica lag?); asking again in %.2f s", retry_in)
             return
+        self._decided(
+            job_id,
+            *gone_decision(
+                ever_seen=ever_seen,
+                age=now - live.submitted_at,
+                not_found_for=now - live.not_found_since,
+                attempts=live.not_found_count,
+            ),
+        )
         logger.info(
             "a job %s answered 404 for %.1f s (%d times): it is gone; resubmitting its request",
             "seen before" if live.ever_seen or live.resumed else "never seen",

@@ -343,6 +343,7 @@ class Run:
             "polls": engine_report.polls,
             "listing_sweeps": engine_report.listing_sweeps,
             "listing_mode": engine_report.listing_mode,
+            "not_found_decisions": dict(engine_report.not_found_decisions),
             "http_requests": dict(self._http)
             or {"total": 0, "post": 0, "get_job": 0, "list_jobs": 0},
             "elapsed_s": round(elapsed, 3),

@@ -24,7 +24,7 @@ page. Whatever a sweep misses, the engine's observation bound (``_observation.py
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -56,6 +56,10 @@ MAX_LEARNED_MARGIN_S = 10.0
 FOREIGN_SWEEPS_TO_SWITCH = 1
 #: ... "most" being this share of the records read.
 FOREIGN_SHARE = 0.75
+#: Records beyond the learned depth asked for in a sweep by update (updates keep coming).
+PAGE_HEADROOM = 20
+#: Called with each wanted job's record as soon as its page is read.
+Found = Callable[[str, Mapping[str, Any]], None]
 #: Statuses meaning "this order_by is not supported here".
 REFUSED_ORDER_STATUSES = frozenset({400, 422})
 
@@ -110,6 +114,9 @@ class ListingSweeper:
         self._largest_page = 0
         self._foreign_sweeps = 0
         self._created_per_page = MIN_PER_PAGE
+        #: Records the last sweep by update read down to its stop line: the next page's size, so
+        #: one request usually covers a sweep (sequential pages would delay every completion).
+        self._updated_depth: int | None = None
         self._said: set[str] = set()
         self._creation_refused = False
 
@@ -169,20 +176,23 @@ class ListingSweeper:
         *,
         ours: Collection[str],
         oldest_created: datetime | None = None,
+        found: Found | None = None,
     ) -> SweepResult:
         """One sweep for the ``wanted`` job ids (``ours``: every job id of this run).
 
-        Authentication and permission errors are raised; other failures give an empty,
-        ``failed`` result (the engine's observation bound covers the jobs meanwhile).
+        ``found(job_id, record)`` is called for each wanted job as soon as its page is read
+        (a completion on page 1 frees its slot before page 2 is asked for); the records are in
+        the result too. Authentication and permission errors are raised; other failures give
+        an empty, ``failed`` result (the engine's observation bound covers the jobs meanwhile).
         """
         if self.mode == "off" or not wanted:
             return SweepResult(failed=self.mode == "off")
         self.sweeps += 1
         try:
             if self.mode == "updated":
-                return await self._by_update(wanted, ours)
+                return await self._by_update(wanted, ours, found)
             order = "created_at_desc" if self.mode == "created" else None
-            return await self._by_creation(wanted, oldest_created, order=order)
+            return await self._by_creation(wanted, oldest_created, order=order, found=found)
         except (AuthenticationError, PermissionDeniedError):
             raise
         except APIStatusError as exc:
@@ -247,15 +257,23 @@ class ListingSweeper:
             offset=offset,
         )
 
-    async def _by_update(self, wanted: Collection[str], ours: Collection[str]) -> SweepResult:
+    async def _by_update(
+        self, wanted: Collection[str], ours: Collection[str], found: Found | None
+    ) -> SweepResult:
         result = SweepResult()
         unseen = set(wanted)
         newest: datetime | None = None
-        per_page = min(MAX_PER_PAGE, max(MIN_PER_PAGE, len(wanted)))
-        consumed = foreign = 0
         stop_below = (
             None if self._watermark is None else self._watermark.timestamp() - self._depth()
         )
+        expected = (
+            len(wanted)
+            if stop_below is None or self._updated_depth is None
+            else (self._updated_depth + self._updated_depth // 4 + PAGE_HEADROOM)
+        )
+        per_page = min(MAX_PER_PAGE, max(MIN_PER_PAGE, expected))
+        consumed = foreign = 0
+        depth: int | None = None
         for _ in range(MAX_SWEEP_PAGES):
             listing = await self._page("updated_at_desc", per_page, consumed)
             result.pages += 1
@@ -263,11 +281,13 @@ class ListingSweeper:
             consumed += len(records)
             self._largest_page = max(self._largest_page, len(records))
             lowest: float | None = None
-            for record in records:
+            for index, record in enumerate(records):
                 job_id = record.get("job_id")
                 if job_id in unseen:
                     unseen.discard(job_id)
                     result.records[job_id] = record
+                    if found is not None:
+                        found(job_id, record)
                 elif job_id not in ours:
                     foreign += 1
                 # A job without a stamp (another client's, often) says nothing about the order.
@@ -275,6 +295,8 @@ class ListingSweeper:
                 if stamp is None:
                     continue
                 seconds = stamp.timestamp()
+                if depth is None and stop_below is not None and seconds < stop_below:
+                    depth = consumed - len(records) + index
                 if lowest is not None and seconds > lowest + 0.001:
                     self._switch(
                         "created",
@@ -296,6 +318,8 @@ class ListingSweeper:
                 break
         if newest is not None and (self._watermark is None or newest > self._watermark):
             self._watermark = newest
+        if stop_below is not None:
+            self._updated_depth = consumed if depth is None else depth
         self._note_foreign(result.pages, foreign, consumed)
         return result
 
@@ -320,6 +344,7 @@ class ListingSweeper:
         oldest_created: datetime | None,
         *,
         order: str | None,
+        found: Found | None = None,
     ) -> SweepResult:
         """Page down by creation until every wanted job is found, or deeper is not worth it."""
         result = SweepResult()
@@ -340,6 +365,8 @@ class ListingSweeper:
                     unseen.discard(job_id)
                     result.records[job_id] = record
                     deepest = consumed + index + 1
+                    if found is not None:
+                        found(job_id, record)
                 stamp = parse_timestamp(record.get("created_at"))
                 if stamp is not None:
                     seconds = stamp.timestamp()

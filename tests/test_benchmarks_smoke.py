@@ -43,6 +43,8 @@ SCENARIOS = (
     "(f) SDK-guide loop",
     "(f) ours, same rows",
     "(g) foreign + skew",
+    "(h) waves, C=500",
+    "(i) waves, 0.2 s",
     "sandbox throughput",
 )
 

@@ -1,0 +1,83 @@
+"""When to poll next: an interval that adapts to the jobs in flight, and the due time of the
+oldest job learned from the latencies seen.
+
+The interval is a fraction of the oldest outstanding job's age (a long job is not polled every
+50 ms) and, with many jobs in flight, about the time in which :data:`JOBS_PER_POLL` of them
+should finish (one listing request pays for several finishes), within
+[:data:`MIN_POLL_INTERVAL_S`, :data:`MAX_POLL_INTERVAL_S`].
+
+**Due time.** Jobs of one kind take about as long as each other. Once a few have finished, the
+shortest latency seen says when the oldest outstanding job may be done at the earliest. While
+that moment is still ahead, the next poll is *at* it (no sooner than
+:data:`MIN_POLL_INTERVAL_S`, no later than :data:`MAX_POLL_INTERVAL_S`): with waves of equally
+long jobs a poll lands as the first jobs of a wave end, not up to one interval later, and the
+polls that could only find "still running" in between are not made. Once the oldest job is due,
+the interval applies. The observation bound (3 x the mean latency and more) is never reached by
+this wait, since it is at most the shortest latency.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+__all__ = [
+    "JOBS_PER_POLL",
+    "MAX_POLL_INTERVAL_S",
+    "MIN_POLL_INTERVAL_S",
+    "POLL_AGE_FRACTION",
+    "PollCadence",
+]
+
+#: Adaptive poll interval: a fraction of the oldest outstanding job's age, within bounds.
+POLL_AGE_FRACTION = 0.1
+#: ... and at most the time in which about this many of the outstanding jobs should finish.
+JOBS_PER_POLL = 15
+MIN_POLL_INTERVAL_S = 0.05
+MAX_POLL_INTERVAL_S = 5.0
+#: Finished jobs needed before their shortest latency is trusted as a due time.
+DUE_AFTER_JOBS = 3
+
+
+class PollCadence:
+    """The poll timing of one run (see module doc); ``fixed`` is the user's ``poll_interval``."""
+
+    def __init__(self, fixed: float | None = None) -> None:
+        self.fixed = fixed
+        self.mean_latency = 0.0
+        self.min_latency = math.inf
+        self.finished = 0
+        self.due_polls = 0
+
+    def record(self, latency: float) -> None:
+        """A job submitted by this run ended ``latency`` seconds after its submission."""
+        self.finished += 1
+        self.mean_latency += (latency - self.mean_latency) / self.finished
+        self.min_latency = min(self.min_latency, latency)
+
+    def interval(self, now: float, submitted: Iterable[float], count: int) -> float:
+        """Seconds between polls with ``count`` jobs outstanding, submitted at ``submitted``."""
+        if self.fixed is not None:
+            return self.fixed
+        if not count:
+            return MIN_POLL_INTERVAL_S
+        oldest_age = now - min(submitted)
+        by_age = POLL_AGE_FRACTION * oldest_age
+        # Many jobs in flight finish often: poll about every JOBS_PER_POLL / outstanding of a
+        # job's life, so a listing request pays for several finishes while the next
+        # submission waits little.
+        latency = self.mean_latency or oldest_age
+        by_throughput = JOBS_PER_POLL * latency / count
+        interval = min(by_age, max(by_throughput, MIN_POLL_INTERVAL_S))
+        return min(MAX_POLL_INTERVAL_S, max(MIN_POLL_INTERVAL_S, interval))
+
+    def next_poll(self, now: float, submitted: list[float]) -> float:
+        """When to poll next (clock time): after the interval, or when the oldest job is due."""
+        at = now + self.interval(now, submitted, len(submitted))
+        if self.fixed is not None or self.finished < DUE_AFTER_JOBS or not submitted:
+            return at
+        due = min(submitted) + self.min_latency
+        if due < now + MIN_POLL_INTERVAL_S:  # the oldest may be done already: the interval
+            return at
+        self.due_polls += 1
+        return min(due, now + MAX_POLL_INTERVAL_S)
