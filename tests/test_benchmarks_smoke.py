@@ -43,6 +43,7 @@ SCENARIOS = (
     "(f) SDK-guide loop",
     "(f) ours, same rows",
     "(g) foreign + skew",
+    "(g0) = (g), just made",
     "(h) waves, C=500",
     "(i) waves, 0.2 s",
     "sandbox throughput",
