@@ -382,13 +382,14 @@ class Run:
         >>> run.partial()["narrative_error"].value_counts()                 # doctest: +SKIP
         pending    180
         """
-        if self._answers is not None:
-            return self._build(None)
-        outcomes = [
-            o or RowOutcome(error="pending", status="pending")
-            for o in self._row_outcomes("pending")
-        ]
-        frame = self._build(outcomes)
+        if self._answers is not None:  # every row came from the cache: nothing is pending
+            frame = self._build(None)
+        else:
+            outcomes = [
+                o or RowOutcome(error="pending", status="pending")
+                for o in self._row_outcomes("pending")
+            ]
+            frame = self._build(outcomes)
         return frame if self._folding is None else self._folding.fold(frame)
 
     def _build(self, outcomes: list[RowOutcome] | None) -> pd.DataFrame:

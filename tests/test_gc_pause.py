@@ -106,7 +106,9 @@ class TestPauseCounting:
             frozen = gc.get_freeze_count()
             with no_cyclic_gc():
                 _ = [[i] for i in range(1_000)]
-            assert gc.get_freeze_count() == frozen
+            # Frozen objects another thread lets go of leave the permanent generation, so the
+            # count may fall a little; an unfreeze by the library would take it to 0.
+            assert frozen // 2 < gc.get_freeze_count() <= frozen
         finally:
             gc.unfreeze()
 
