@@ -14,9 +14,9 @@ Both raise the transport's own exceptions (aiohttp's or httpx's); the client cla
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 import httpx
@@ -80,6 +80,26 @@ class Answer:
         )
 
 
+_U = TypeVar("_U")
+
+
+class _Urls(Generic[_U]):
+    """The parsed URL of each path, parsed once (job paths are not kept: the memo stays small)."""
+
+    def __init__(self, base_url: str, parse: Callable[[str], _U]) -> None:
+        self._base_url = base_url
+        self._parse = parse
+        self._urls: dict[str, _U] = {}
+
+    def __call__(self, path: str) -> _U:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._parse(self._base_url + path)
+            if not path.startswith("/jobs/"):
+                self._urls[path] = url
+        return url
+
+
 class Exchange(Protocol):
     """Sends one request and reads its whole answer; the caller bounds it with a deadline."""
 
@@ -99,24 +119,13 @@ class AiohttpExchange:
     """The default: an aiohttp session (made on first use, on the loop that uses it)."""
 
     def __init__(self, base_url: str, *, max_connections: int, timeout: float) -> None:
-        self._base_url = base_url
+        self._url = _Urls(base_url, yarl.URL)
         self._max_connections = max_connections
         self._timeout = aiohttp.ClientTimeout(
             sock_connect=timeout, sock_read=timeout, connect=timeout
         )
         self._session: aiohttp.ClientSession | None = None
-        self._urls: dict[str, yarl.URL] = {}
         self.closed = False
-
-    def _url(self, path: str) -> yarl.URL:
-        """The URL of ``path``, parsed once per path (job paths are not kept: the memo stays
-        small)."""
-        url = self._urls.get(path)
-        if url is None:
-            url = yarl.URL(self._base_url + path)
-            if not path.startswith("/jobs/"):
-                self._urls[path] = url
-        return url
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -180,7 +189,7 @@ class HttpxExchange:
         transport: httpx.AsyncBaseTransport | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        self._base_url = base_url
+        self._url = _Urls(base_url, httpx.URL)
         self._timeout: dict[str, Any] = httpx.Timeout(timeout).as_dict()
         self._transport = transport if http_client is None else None
         self.owns_client = http_client is None
@@ -190,15 +199,6 @@ class HttpxExchange:
             # request object each time) is about a tenth of the client's CPU per request.
             http_client._cookies = _NoCookies()
         self.http = http_client
-        self._urls: dict[str, httpx.URL] = {}
-
-    def _url(self, path: str) -> httpx.URL:
-        url = self._urls.get(path)
-        if url is None:
-            url = httpx.URL(self._base_url + path)
-            if not path.startswith("/jobs/"):
-                self._urls[path] = url
-        return url
 
     async def send(
         self,
