@@ -89,3 +89,20 @@ def jupyter_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
     return root
+
+
+@pytest.fixture
+def make_sandbox() -> Iterator[Any]:
+    """A private sandbox with the given knobs (fault knobs must not leak to other tests)."""
+    started: list[Sandbox] = []
+
+    def make(**knobs: Any) -> Sandbox:
+        knobs.setdefault("queue_latency", 0.05)
+        knobs.setdefault("run_latency", 0.3)
+        sb = Sandbox(**knobs).start()
+        started.append(sb)
+        return sb
+
+    yield make
+    for sb in started:
+        sb.stop()

@@ -41,23 +41,6 @@ def frame(n: int) -> pd.DataFrame:
     return pd.DataFrame({"text": [f"row {i}" for i in range(n)]})
 
 
-@pytest.fixture
-def make_sandbox() -> Iterator[Any]:
-    """A private sandbox with the given knobs (fault knobs must not leak to other tests)."""
-    started: list[Sandbox] = []
-
-    def make(**knobs: Any) -> Sandbox:
-        knobs.setdefault("queue_latency", 0.05)
-        knobs.setdefault("run_latency", 0.3)
-        sb = Sandbox(**knobs).start()
-        started.append(sb)
-        return sb
-
-    yield make
-    for sb in started:
-        sb.stop()
-
-
 def target(sb: Sandbox) -> dict[str, Any]:
     return {"api_key": sb.api_key, "base_url": sb.base_url, "data_plane_id": sb.data_plane_id}
 

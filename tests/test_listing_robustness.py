@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +42,6 @@ PROMPT = "Text: {text}"
 
 def frame(n: int, prefix: str = "row") -> pd.DataFrame:
     return pd.DataFrame({"text": [f"{prefix} {i}" for i in range(n)]})
-
-
-@pytest.fixture
-def make_sandbox() -> Iterator[Any]:
-    """Start a private sandbox with the given knobs (fault knobs must not leak to other tests)."""
-    started: list[Sandbox] = []
-
-    def make(**knobs: Any) -> Sandbox:
-        knobs.setdefault("queue_latency", 0.05)
-        knobs.setdefault("run_latency", 0.3)
-        sb = Sandbox(**knobs).start()
-        started.append(sb)
-        return sb
-
-    yield make
-    for sb in started:
-        sb.stop()
 
 
 def run(sb: Sandbox, n: int, *, concurrency: int = 32, **options: Any) -> pd.DataFrame:
