@@ -17,6 +17,29 @@ from narrative_pandas.sandbox import Sandbox
 
 ENV_VARS = ("NARRATIVE_API_KEY", "NARRATIVE_BASE_URL", "NARRATIVE_DATA_PLANE_ID")
 
+#: Test files that read the same notebook passes (``test_notebooks.execute_twice`` runs each
+#: notebook once a session): on pytest-xdist they must share a worker, or each worker pays again.
+SHARED_NOTEBOOK_PASSES = frozenset(
+    {"test_notebooks.py", "test_labelling_notebook.py", "test_dask.py"}
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``pytest -n 2 --dist loadfile``: each file whole on one worker (its module fixtures, a
+    Dask cluster or a JupyterLab server, start once), and the files that share notebook passes
+    together on one worker."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesSharingNotebookPasses(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "notebook-passes" if Path(path).name in SHARED_NOTEBOOK_PASSES else path
+
+    return FilesSharingNotebookPasses(config, log)
+
 
 @pytest.fixture(autouse=True)
 def isolated_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

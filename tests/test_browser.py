@@ -753,7 +753,7 @@ class TestNotebookWidgetInBrowser:
             assert lab.page.evaluate(WAIT_FOR_NOTEBOOK_JS, NOTEBOOK_NAME) is True
             assert lab.page.evaluate(TAG_CELLS_JS)[:4] == ["setup", "run1", "run2", "collect"]
             summary1 = lab.cell("run1").locator(".narrative-summary")
-            expect(summary1).to_be_visible(timeout=30_000)
+            expect(summary1).to_be_visible(timeout=60_000)
             expect(summary1.locator(".narrative-count-completed b")).to_have_text(str(RUN1_ROWS))
             summary2 = lab.cell("run2").locator(".narrative-summary")
             expect(summary2.locator(".narrative-state-cancelled")).to_be_visible()

@@ -81,7 +81,7 @@ def _options(sandbox: Sandbox, **extra: Any) -> dict[str, Any]:
 
 def _kill_a_busy_worker(client: Client, sandbox: Sandbox, killed: list[str]) -> None:
     """Once jobs are under way, end the process of a worker running a partition of the run."""
-    wait_until(lambda: sandbox.stats.jobs_created >= 6, what="jobs under way")
+    wait_until(lambda: sandbox.stats.jobs_created >= 6, timeout=60.0, what="jobs under way")
     for address, keys in client.processing().items():
         if any("narrative-infer-" in str(key) for key in keys):
             killed.append(address)

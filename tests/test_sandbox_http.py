@@ -354,7 +354,7 @@ class TestGetJob:
         assert first == pytest.approx((now - 0.25, now + 0.75, now + 2.75))  # queue 1, run 2
         assert second == pytest.approx((now, now + 1.0, now + 3.0))
 
-    @pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid"])
+    @pytest.mark.parametrize("job_id", ["5f0c6a2e-8d1b-4c3a-9e7f-2b4d6a8c0e1f", "not-a-uuid"])
     def test_404_for_unknown_ids(self, http: httpx.Client, job_id: str) -> None:
         """Unknown job ids are answered 404 with a problem body."""
         assert_problem(http.get(f"/jobs/{job_id}"), 404, f"/jobs/{job_id}")
