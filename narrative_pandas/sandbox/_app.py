@@ -3,7 +3,7 @@
 Same paths, bodies, states, status codes and RFC 7807-like error bodies as the real service, plus
 the faults a client must survive (rate limits, 5xx, lost POST answers, slow answers, failed jobs),
 each behind a knob of :class:`SandboxConfig`. All state lives in one :class:`SandboxCore`, shared
-by the uvicorn server and any in-process ``httpx.ASGITransport``.
+by the HTTP server (``_http11``) and any in-process ``httpx.ASGITransport``.
 """
 
 from __future__ import annotations
