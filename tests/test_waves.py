@@ -6,10 +6,14 @@ Counts only (requests, the order they reached the server), never wall time.
 
 from __future__ import annotations
 
+import asyncio
+
 import pandas as pd
 from pydantic import BaseModel
 
 from narrative_pandas._cadence import MIN_POLL_INTERVAL_S, PollCadence
+from narrative_pandas._client import Client
+from narrative_pandas._request_slots import RequestSlots
 from narrative_pandas.sandbox import Sandbox
 
 
@@ -112,3 +116,102 @@ class TestFewerPollsPerWave:
         # About 35 polls by interval alone (the cadence then shrinks with each young wave);
         # by due time ~24: one as each wave comes due, then the interval while it drains.
         assert out.attrs["narrative"]["polls"] <= 3 * 10
+
+
+class TestRequestSlots:
+    """The client's connection slots: a waiting read goes before every waiting write."""
+
+    async def test_a_read_overtakes_waiting_writes(self) -> None:
+        """One slot, three writes waiting, then a read: the read gets the slot next."""
+        slots = RequestSlots(1)
+        order: list[str] = []
+        gate = asyncio.Event()
+
+        async def use(name: str, *, read: bool) -> None:
+            async with slots.hold(read=read):
+                order.append(name)
+                await gate.wait()
+
+        tasks = [asyncio.create_task(use("w0", read=False))]
+        await asyncio.sleep(0)
+        tasks += [asyncio.create_task(use(f"w{i}", read=False)) for i in (1, 2, 3)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(use("r", read=True)))
+        await asyncio.sleep(0)
+        assert slots.waiting == (1, 3)
+        gate.set()
+        await asyncio.gather(*tasks)
+        assert order == ["w0", "r", "w1", "w2", "w3"]
+        assert slots.in_use == 0
+
+    async def test_never_more_than_size(self) -> None:
+        """Forty mixed requests on four slots: at most four hold one at any moment."""
+        slots = RequestSlots(4)
+        held = peak = 0
+
+        async def use(read: bool) -> None:
+            nonlocal held, peak
+            async with slots.hold(read=read):
+                held += 1
+                peak = max(peak, held)
+                await asyncio.sleep(0)
+                held -= 1
+
+        await asyncio.gather(*(use(i % 3 == 0) for i in range(40)))
+        assert peak == 4 and slots.in_use == 0 and slots.waiting == (0, 0)
+
+    async def test_a_cancelled_waiter_gives_its_turn_on(self) -> None:
+        """A waiting write cancelled before its turn loses nothing: the next one runs."""
+        slots = RequestSlots(1)
+        gate = asyncio.Event()
+        done: list[str] = []
+
+        async def use(name: str) -> None:
+            async with slots.hold(read=False):
+                await gate.wait()
+                done.append(name)
+
+        first = asyncio.create_task(use("a"))
+        await asyncio.sleep(0)
+        doomed = asyncio.create_task(use("b"))
+        last = asyncio.create_task(use("c"))
+        await asyncio.sleep(0)
+        doomed.cancel()
+        gate.set()
+        await asyncio.gather(first, last)
+        assert done == ["a", "c"] and slots.in_use == 0
+
+    async def test_a_listing_read_is_not_queued_behind_posts(self, sandbox: Sandbox) -> None:
+        """Through the sandbox, 2 connections and 10 POSTs waiting: the listing read issued
+        after them is answered third, not eleventh."""
+        sandbox.configure(response_delay=0.05)
+        finished: list[str] = []
+        async with Client(
+            sandbox.api_key,
+            sandbox.base_url,
+            data_plane_id=sandbox.data_plane_id,
+            max_connections=2,
+        ) as client:
+
+            async def post(i: int) -> None:
+                await client.run_model_inference(
+                    {
+                        "data_plane_id": sandbox.data_plane_id,
+                        "model": "anthropic.claude-haiku-4.5",
+                        "messages": [{"role": "user", "text": f"row {i}"}],
+                        "inference_config": {"output_format_schema": {"type": "object"}},
+                    }
+                )
+                finished.append("POST")
+
+            async def listing() -> None:
+                await client.list_jobs_raw(per_page=10)
+                finished.append("GET /jobs")
+
+            posts = [asyncio.create_task(post(i)) for i in range(10)]
+            await asyncio.sleep(0.01)
+            read = asyncio.create_task(listing())
+            await asyncio.gather(*posts, read)
+        assert finished.index("GET /jobs") <= 2
+        assert sandbox.stats.count("POST", "/model-inference/run", 200) == 10
+        assert sandbox.stats.count("GET", "/jobs", 200) == 1
