@@ -71,9 +71,20 @@ class PollCadence:
         interval = min(by_age, max(by_throughput, MIN_POLL_INTERVAL_S))
         return min(MAX_POLL_INTERVAL_S, max(MIN_POLL_INTERVAL_S, interval))
 
-    def next_poll(self, now: float, submitted: list[float]) -> float:
-        """When to poll next (clock time): after the interval, or when the oldest job is due."""
-        at = now + self.interval(now, submitted, len(submitted))
+    def next_poll(
+        self, now: float, submitted: list[float], *, started: float | None = None
+    ) -> float:
+        """When to poll next (clock time): after the interval, or when the oldest job is due.
+
+        ``started``: when the poll that just ended began. The adaptive interval counts from
+        there, not from its end: a sweep that read for 100 ms at C=500 (its completions' POSTs
+        going out meanwhile) is followed by the next one 50 ms after it began, not 50 ms after it
+        ended, so the completions of a wave are seen at the interval the cadence chose. A
+        user's fixed ``poll_interval`` still counts from the end.
+        """
+        interval = self.interval(now, submitted, len(submitted))
+        begun = now if started is None or self.fixed is not None else min(started, now)
+        at = max(now, begun + interval)
         if self.fixed is not None or self.finished < DUE_AFTER_JOBS or not submitted:
             return at
         due = min(submitted) + self.min_latency

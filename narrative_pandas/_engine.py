@@ -482,7 +482,9 @@ class Engine:
                 self._expire_timeouts()
                 self._tracker.tick()
                 next_poll = self._cadence.next_poll(
-                    self._clock.now(), [live.submitted_at for live in self._outstanding.values()]
+                    self._clock.now(),
+                    [live.submitted_at for live in self._outstanding.values()],
+                    started=now,
                 )
                 continue
             wait_for = next_poll - now if self._outstanding else MAX_POLL_INTERVAL_S

@@ -86,6 +86,18 @@ class TestCadence:
             fixed.record(1.0)
         assert fixed.next_poll(10.05, [10.0] * 100) == 10.05 + 0.3
 
+    def test_interval_counts_from_the_start_of_the_last_poll(self) -> None:
+        """A poll that began at 10.00 and ended at 10.01 is followed at 10.00 + interval; one
+        that took longer than the interval is followed at once; a fixed interval counts from
+        the end."""
+        cadence = PollCadence()
+        submitted = [9.0] * 500  # every job past its due time: the interval applies
+        interval = cadence.interval(10.01, submitted, 500)
+        assert cadence.next_poll(10.01, submitted, started=10.0) == 10.0 + interval
+        assert cadence.next_poll(10.3, submitted, started=10.0) == 10.3
+        fixed = PollCadence(fixed=0.3)
+        assert fixed.next_poll(10.01, submitted, started=10.0) == 10.01 + 0.3
+
     def test_waits_at_most_the_longest_interval(self) -> None:
         """Jobs of 60 s: the poll after a new wave is 5 s away, not 60."""
         cadence = PollCadence()
