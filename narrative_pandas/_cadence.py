@@ -37,6 +37,8 @@ MIN_POLL_INTERVAL_S = 0.05
 MAX_POLL_INTERVAL_S = 5.0
 #: Finished jobs needed before their shortest latency is trusted as a due time.
 DUE_AFTER_JOBS = 3
+#: Longest the first wave's polls wait for its POSTs to go out (see ``holds_for_ramp``).
+RAMP_HOLD_MAX_S = 2.0
 
 
 class PollCadence:
@@ -70,6 +72,21 @@ class PollCadence:
         by_throughput = JOBS_PER_POLL * latency / count
         interval = min(by_age, max(by_throughput, MIN_POLL_INTERVAL_S))
         return min(MAX_POLL_INTERVAL_S, max(MIN_POLL_INTERVAL_S, interval))
+
+    def holds_for_ramp(self, now: float, *, posting: int, oldest_submitted: float) -> bool:
+        """True while the first wave is still being submitted: no job of the run has ended
+        yet, POSTs are in flight, and the oldest job is younger than :data:`RAMP_HOLD_MAX_S`.
+
+        Reads go before waiting POSTs (``_request_slots``), so a poll during the ramp would
+        overtake it: at C=500 the polls of the first second (each reading every update so far)
+        took the CPU and the server's time the first 500 POSTs needed, and the ramp took 2.5 s
+        instead of 0.6. Holding them costs nothing a poll could have found, save for jobs
+        shorter than the ramp (seen once it ends, or after the cap). A user's fixed
+        ``poll_interval`` is never held.
+        """
+        if self.fixed is not None or self.finished or not posting:
+            return False
+        return now - oldest_submitted < RAMP_HOLD_MAX_S
 
     def next_poll(
         self, now: float, submitted: list[float], *, started: float | None = None

@@ -7,10 +7,13 @@ Counts only (requests, the order they reached the server), never wall time.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pandas as pd
+import pytest
 from pydantic import BaseModel
 
+from narrative_pandas import _cadence
 from narrative_pandas._cadence import MIN_POLL_INTERVAL_S, PollCadence
 from narrative_pandas._client import Client
 from narrative_pandas._request_slots import RequestSlots
@@ -227,3 +230,41 @@ class TestRequestSlots:
         assert finished.index("GET /jobs") <= 2
         assert sandbox.stats.count("POST", "/model-inference/run", 200) == 10
         assert sandbox.stats.count("GET", "/jobs", 200) == 1
+
+
+class TestRampFirst:
+    """The first wave's POSTs are not overtaken by listing reads that could find nothing."""
+
+    def test_no_listing_read_before_the_first_wave_is_submitted(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """300 rows, 200 in flight: the first GET /jobs reaches the server after the 200th
+        POST (reads go before waiting POSTs, so only the hold keeps them out of the ramp)."""
+        monkeypatch.setattr(_cadence, "RAMP_HOLD_MAX_S", 60.0)  # a loaded machine's slow ramp
+        sandbox = Sandbox(queue_latency=0.0, run_latency=0.3)
+        arrivals: list[tuple[str, str]] = []
+        served = sandbox.app
+
+        async def logged(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                arrivals.append((scope["method"], scope["path"]))
+            await served(scope, receive, send)
+
+        sandbox.app = logged  # type: ignore[assignment]
+        with sandbox:
+            out = frame(300).narrative.infer(
+                PROMPT,
+                output=Label,
+                concurrency=200,
+                progress=False,
+                cache=False,
+                api_key=sandbox.api_key,
+                base_url=sandbox.base_url,
+                data_plane_id=sandbox.data_plane_id,
+            )
+        assert out["narrative_error"].isna().all()
+        assert sandbox.stats.jobs_created == 300 and sandbox.stats.duplicates == 0
+        posts = [i for i, (method, _) in enumerate(arrivals) if method == "POST"]
+        first_read = next(i for i, (method, _) in enumerate(arrivals) if method == "GET")
+        assert len(posts) == 300
+        assert first_read > posts[199]
