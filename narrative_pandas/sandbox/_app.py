@@ -228,7 +228,7 @@ def create_app(core: SandboxCore) -> Starlette:
 
     async def run_inference(request: Request) -> Response:
         config = core.config
-        path = request.url.path
+        path = request.scope["path"]  # not request.url: it builds a whole URL
         owner: str = request.scope[_OWNER_KEY]
         now = core.clock.now()
         if config.max_unfinished_jobs is not None:
@@ -279,13 +279,13 @@ def create_app(core: SandboxCore) -> Starlette:
         config = core.config
         fragment = core.store.get(job_id, core.clock.now(), config.ttl)
         if fragment is None:
-            return problem(404, f"Job {job_id!r} was not found", request.url.path)
+            return problem(404, f"Job {job_id!r} was not found", request.scope["path"])
         return _json(fragment)
 
     async def list_jobs(request: Request) -> Response:
         config = core.config
         query = request.query_params
-        path = request.url.path
+        path = request.scope["path"]
         try:
             per_page = _int_param(query.get("per_page"), "per_page", DEFAULT_PER_PAGE, 1)
             offset = _int_param(query.get("offset"), "offset", 0, 0)
