@@ -75,7 +75,9 @@ class PollCadence:
 
     def holds_for_ramp(self, now: float, *, posting: int, oldest_submitted: float) -> bool:
         """True while the first wave is still being submitted: no job of the run has ended
-        yet, POSTs are in flight, and the oldest job is younger than :data:`RAMP_HOLD_MAX_S`.
+        yet, ``posting`` POSTs are in flight or queued for a connection (the engine asks only
+        while more are queued than the client has connections), and the oldest job is younger
+        than :data:`RAMP_HOLD_MAX_S`.
 
         Reads go before waiting POSTs (``_request_slots``), so a poll during the ramp would
         overtake it: at C=500 the polls of the first second (each reading every update so far)

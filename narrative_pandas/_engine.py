@@ -496,9 +496,12 @@ class Engine:
             await self._clock.wait(self._wake, max(0.0, wait_for))
 
     def _ramp_holds(self, now: float) -> bool:
-        """The first wave's polls wait for its POSTs (``PollCadence.holds_for_ramp``); not with
-        a cluster's leases, whose waits only a finished job ends."""
-        if self._options.slots is not None or not self._posting or self._cadence.finished:
+        """The first wave's polls wait while its POSTs queue for connections
+        (``PollCadence.holds_for_ramp``); not with a cluster's leases, whose waits only a
+        finished job ends."""
+        if self._options.slots is not None or self._cadence.finished:
+            return False
+        if len(self._posting) <= self._client.max_connections:  # no queue a read could overtake
             return False
         oldest = min(live.submitted_at for live in self._outstanding.values())
         return self._cadence.holds_for_ramp(

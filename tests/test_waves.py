@@ -238,8 +238,9 @@ class TestRampFirst:
     def test_no_listing_read_before_the_first_wave_is_submitted(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """300 rows, 200 in flight: the first GET /jobs reaches the server after the 200th
-        POST (reads go before waiting POSTs, so only the hold keeps them out of the ramp)."""
+        """300 rows, 200 in flight, 32 connections: no GET reaches the server before the
+        first 168 POSTs (reads go before waiting POSTs, so only the hold keeps them out of the
+        ramp while more POSTs wait than there are connections; without it: the 5th request)."""
         monkeypatch.setattr(_cadence, "RAMP_HOLD_MAX_S", 60.0)  # a loaded machine's slow ramp
         sandbox = Sandbox(queue_latency=0.0, run_latency=0.3)
         arrivals: list[tuple[str, str]] = []
@@ -267,4 +268,4 @@ class TestRampFirst:
         posts = [i for i, (method, _) in enumerate(arrivals) if method == "POST"]
         first_read = next(i for i, (method, _) in enumerate(arrivals) if method == "GET")
         assert len(posts) == 300
-        assert first_read > posts[199]
+        assert first_read > posts[200 - 32 - 1]
