@@ -3,8 +3,8 @@
 ``python -m narrative_pandas.sandbox`` has no way to read its counters from another process, to
 swap knobs between scenarios, or to answer a fraction of requests 429 *with* ``Retry-After``
 (its ``error_rate`` knob sends no ``Retry-After``). This launcher serves the same
-``narrative_pandas.sandbox.Sandbox`` (uvicorn, 127.0.0.1, its own process, so client and server do
-not share a GIL) behind a thin ASGI wrapper that adds:
+``narrative_pandas.sandbox.Sandbox`` (its own HTTP/1.1 server, 127.0.0.1, its own process, so
+client and server do not share a GIL) behind a thin ASGI wrapper that adds:
 
 - ``POST /_bench/setup`` ``{"knobs": {...}, "inject_429": 0.2, "retry_after": 1, "log": true}``:
   ``sandbox.configure(**knobs)`` then ``sandbox.reset()`` (jobs, counters and rules forgotten);

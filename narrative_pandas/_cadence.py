@@ -37,6 +37,8 @@ MIN_POLL_INTERVAL_S = 0.05
 MAX_POLL_INTERVAL_S = 5.0
 #: Finished jobs needed before their shortest latency is trusted as a due time.
 DUE_AFTER_JOBS = 3
+#: Longest the first wave's polls wait for its POSTs to go out (see ``holds_for_ramp``).
+RAMP_HOLD_MAX_S = 2.0
 
 
 class PollCadence:
@@ -71,9 +73,37 @@ class PollCadence:
         interval = min(by_age, max(by_throughput, MIN_POLL_INTERVAL_S))
         return min(MAX_POLL_INTERVAL_S, max(MIN_POLL_INTERVAL_S, interval))
 
-    def next_poll(self, now: float, submitted: list[float]) -> float:
-        """When to poll next (clock time): after the interval, or when the oldest job is due."""
-        at = now + self.interval(now, submitted, len(submitted))
+    def holds_for_ramp(self, now: float, *, posting: int, oldest_submitted: float) -> bool:
+        """True while the first wave is still being submitted: no job of the run has ended
+        yet, ``posting`` POSTs are in flight or queued for a connection (the engine asks only
+        while more are queued than the client has connections), and the oldest job is younger
+        than :data:`RAMP_HOLD_MAX_S`.
+
+        Reads go before waiting POSTs (``_request_slots``), so a poll during the ramp would
+        overtake it: at C=500 the polls of the first second (each reading every update so far)
+        took the CPU and the server's time the first 500 POSTs needed, and the ramp took 2.5 s
+        instead of 0.6. Holding them costs nothing a poll could have found, save for jobs
+        shorter than the ramp (seen once it ends, or after the cap). A user's fixed
+        ``poll_interval`` is never held.
+        """
+        if self.fixed is not None or self.finished or not posting:
+            return False
+        return now - oldest_submitted < RAMP_HOLD_MAX_S
+
+    def next_poll(
+        self, now: float, submitted: list[float], *, started: float | None = None
+    ) -> float:
+        """When to poll next (clock time): after the interval, or when the oldest job is due.
+
+        ``started``: when the poll that just ended began. The adaptive interval counts from
+        there, not from its end: a sweep that read for 100 ms at C=500 (its completions' POSTs
+        going out meanwhile) is followed by the next one 50 ms after it began, not 50 ms after it
+        ended, so the completions of a wave are seen at the interval the cadence chose. A
+        user's fixed ``poll_interval`` still counts from the end.
+        """
+        interval = self.interval(now, submitted, len(submitted))
+        begun = now if started is None or self.fixed is not None else min(started, now)
+        at = max(now, begun + interval)
         if self.fixed is not None or self.finished < DUE_AFTER_JOBS or not submitted:
             return at
         due = min(submitted) + self.min_latency

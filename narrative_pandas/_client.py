@@ -42,6 +42,7 @@ from ._exceptions import (
 )
 from ._http_errors import make_status_error, mask_secret
 from ._models import Job, JobsPage, ModelInferenceRunRequest
+from ._request_slots import RequestSlots
 from ._transport import (
     AiohttpExchange,
     Answer,
@@ -281,7 +282,7 @@ class Client:
         self._clock: Clock = clock if clock is not None else system_clock
         self._rng = rng if rng is not None else random.Random()
         self._rate_limited_until = 0.0
-        self._semaphore = asyncio.Semaphore(max_connections)
+        self._slots = RequestSlots(max_connections)  # reads before writes (_request_slots)
         #: Overall deadline of one exchange (connect + whole body): a server that trickles
         #: bytes cannot hold a request longer than this (a read timeout restarts per byte).
         self._deadline = deadline if deadline is not None else DEADLINE_FACTOR * timeout
@@ -546,7 +547,7 @@ class Client:
         retry = 0
         while True:
             try:
-                async with self._semaphore:
+                async with self._slots.hold(read=not is_post):
                     await self._wait_for_gate()
                     self.stats.requests += 1
                     self.stats.by_route[(method, route)] += 1

@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._budget import TokenBudget
-from ._cadence import MAX_POLL_INTERVAL_S, PollCadence
+from ._cadence import MAX_POLL_INTERVAL_S, RAMP_HOLD_MAX_S, PollCadence
 from ._claims import ClaimBook, live_run, owner_alive
 from ._clock import Clock, system_clock
 from ._decision_log import DecisionRecorder
@@ -475,21 +475,38 @@ class Engine:
                 await self._check_waiting()
                 self._next_claim_check = self._clock.now() + CLAIM_WAIT_POLL_S
                 continue
-            if self._outstanding and now >= next_poll:
+            if self._outstanding and now >= next_poll and not self._ramp_holds(now):
                 await self._until_stopped(self._poll())
                 if self.stopping:
                     return
                 self._expire_timeouts()
                 self._tracker.tick()
                 next_poll = self._cadence.next_poll(
-                    self._clock.now(), [live.submitted_at for live in self._outstanding.values()]
+                    self._clock.now(),
+                    [live.submitted_at for live in self._outstanding.values()],
+                    started=now,
                 )
                 continue
             wait_for = next_poll - now if self._outstanding else MAX_POLL_INTERVAL_S
+            if wait_for <= 0:  # held for the ramp: a POST ending wakes the loop, or the cap
+                wait_for = RAMP_HOLD_MAX_S / 10
             if self._waiting:
                 wait_for = min(wait_for, self._next_claim_check - now)
             self._wake.clear()
             await self._clock.wait(self._wake, max(0.0, wait_for))
+
+    def _ramp_holds(self, now: float) -> bool:
+        """The first wave's polls wait while its POSTs queue for connections
+        (``PollCadence.holds_for_ramp``); not with a cluster's leases, whose waits only a
+        finished job ends."""
+        if self._options.slots is not None or self._cadence.finished:
+            return False
+        if len(self._posting) <= self._client.max_connections:  # no queue a read could overtake
+            return False
+        oldest = min(live.submitted_at for live in self._outstanding.values())
+        return self._cadence.holds_for_ramp(
+            now, posting=len(self._posting), oldest_submitted=oldest
+        )
 
     def _fill(self) -> None:
         """Submit from the queue while slots are free and the budget allows."""

@@ -6,10 +6,17 @@ Counts only (requests, the order they reached the server), never wall time.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pandas as pd
+import pytest
 from pydantic import BaseModel
 
+from narrative_pandas import _cadence
 from narrative_pandas._cadence import MIN_POLL_INTERVAL_S, PollCadence
+from narrative_pandas._client import Client
+from narrative_pandas._request_slots import RequestSlots
 from narrative_pandas.sandbox import Sandbox
 
 
@@ -82,6 +89,18 @@ class TestCadence:
             fixed.record(1.0)
         assert fixed.next_poll(10.05, [10.0] * 100) == 10.05 + 0.3
 
+    def test_interval_counts_from_the_start_of_the_last_poll(self) -> None:
+        """A poll that began at 10.00 and ended at 10.01 is followed at 10.00 + interval; one
+        that took longer than the interval is followed at once; a fixed interval counts from
+        the end."""
+        cadence = PollCadence()
+        submitted = [9.0] * 500  # every job past its due time: the interval applies
+        interval = cadence.interval(10.01, submitted, 500)
+        assert cadence.next_poll(10.01, submitted, started=10.0) == 10.0 + interval
+        assert cadence.next_poll(10.3, submitted, started=10.0) == 10.3
+        fixed = PollCadence(fixed=0.3)
+        assert fixed.next_poll(10.01, submitted, started=10.0) == 10.01 + 0.3
+
     def test_waits_at_most_the_longest_interval(self) -> None:
         """Jobs of 60 s: the poll after a new wave is 5 s away, not 60."""
         cadence = PollCadence()
@@ -112,3 +131,141 @@ class TestFewerPollsPerWave:
         # About 35 polls by interval alone (the cadence then shrinks with each young wave);
         # by due time ~24: one as each wave comes due, then the interval while it drains.
         assert out.attrs["narrative"]["polls"] <= 3 * 10
+
+
+class TestRequestSlots:
+    """The client's connection slots: a waiting read goes before every waiting write."""
+
+    async def test_a_read_overtakes_waiting_writes(self) -> None:
+        """One slot, three writes waiting, then a read: the read gets the slot next."""
+        slots = RequestSlots(1)
+        order: list[str] = []
+        gate = asyncio.Event()
+
+        async def use(name: str, *, read: bool) -> None:
+            async with slots.hold(read=read):
+                order.append(name)
+                await gate.wait()
+
+        tasks = [asyncio.create_task(use("w0", read=False))]
+        await asyncio.sleep(0)
+        tasks += [asyncio.create_task(use(f"w{i}", read=False)) for i in (1, 2, 3)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(use("r", read=True)))
+        await asyncio.sleep(0)
+        assert slots.waiting == (1, 3)
+        gate.set()
+        await asyncio.gather(*tasks)
+        assert order == ["w0", "r", "w1", "w2", "w3"]
+        assert slots.in_use == 0
+
+    async def test_never_more_than_size(self) -> None:
+        """Forty mixed requests on four slots: at most four hold one at any moment."""
+        slots = RequestSlots(4)
+        held = peak = 0
+
+        async def use(read: bool) -> None:
+            nonlocal held, peak
+            async with slots.hold(read=read):
+                held += 1
+                peak = max(peak, held)
+                await asyncio.sleep(0)
+                held -= 1
+
+        await asyncio.gather(*(use(i % 3 == 0) for i in range(40)))
+        assert peak == 4 and slots.in_use == 0 and slots.waiting == (0, 0)
+
+    async def test_a_cancelled_waiter_gives_its_turn_on(self) -> None:
+        """A waiting write cancelled before its turn loses nothing: the next one runs."""
+        slots = RequestSlots(1)
+        gate = asyncio.Event()
+        done: list[str] = []
+
+        async def use(name: str) -> None:
+            async with slots.hold(read=False):
+                await gate.wait()
+                done.append(name)
+
+        first = asyncio.create_task(use("a"))
+        await asyncio.sleep(0)
+        doomed = asyncio.create_task(use("b"))
+        last = asyncio.create_task(use("c"))
+        await asyncio.sleep(0)
+        doomed.cancel()
+        gate.set()
+        await asyncio.gather(first, last)
+        assert done == ["a", "c"] and slots.in_use == 0
+
+    async def test_a_listing_read_is_not_queued_behind_posts(self, sandbox: Sandbox) -> None:
+        """Through the sandbox, 2 connections and 10 POSTs waiting: the listing read issued
+        after them is answered third, not eleventh."""
+        sandbox.configure(response_delay=0.05)
+        finished: list[str] = []
+        async with Client(
+            sandbox.api_key,
+            sandbox.base_url,
+            data_plane_id=sandbox.data_plane_id,
+            max_connections=2,
+        ) as client:
+
+            async def post(i: int) -> None:
+                await client.run_model_inference(
+                    {
+                        "data_plane_id": sandbox.data_plane_id,
+                        "model": "anthropic.claude-haiku-4.5",
+                        "messages": [{"role": "user", "text": f"row {i}"}],
+                        "inference_config": {"output_format_schema": {"type": "object"}},
+                    }
+                )
+                finished.append("POST")
+
+            async def listing() -> None:
+                await client.list_jobs_raw(per_page=10)
+                finished.append("GET /jobs")
+
+            posts = [asyncio.create_task(post(i)) for i in range(10)]
+            await asyncio.sleep(0.01)
+            read = asyncio.create_task(listing())
+            await asyncio.gather(*posts, read)
+        assert finished.index("GET /jobs") <= 2
+        assert sandbox.stats.count("POST", "/model-inference/run", 200) == 10
+        assert sandbox.stats.count("GET", "/jobs", 200) == 1
+
+
+class TestRampFirst:
+    """The first wave's POSTs are not overtaken by listing reads that could find nothing."""
+
+    def test_no_listing_read_before_the_first_wave_is_submitted(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """300 rows, 200 in flight, 32 connections: no GET reaches the server before the
+        first 168 POSTs (reads go before waiting POSTs, so only the hold keeps them out of the
+        ramp while more POSTs wait than there are connections; without it: the 5th request)."""
+        monkeypatch.setattr(_cadence, "RAMP_HOLD_MAX_S", 60.0)  # a loaded machine's slow ramp
+        sandbox = Sandbox(queue_latency=0.0, run_latency=0.3)
+        arrivals: list[tuple[str, str]] = []
+        served = sandbox.app
+
+        async def logged(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                arrivals.append((scope["method"], scope["path"]))
+            await served(scope, receive, send)
+
+        sandbox.app = logged  # type: ignore[assignment]
+        with sandbox:
+            out = frame(300).narrative.infer(
+                PROMPT,
+                output=Label,
+                concurrency=200,
+                progress=False,
+                cache=False,
+                api_key=sandbox.api_key,
+                base_url=sandbox.base_url,
+                data_plane_id=sandbox.data_plane_id,
+            )
+        assert out["narrative_error"].isna().all()
+        assert sandbox.stats.jobs_created == 300 and sandbox.stats.duplicates == 0
+        posts = [i for i, (method, _) in enumerate(arrivals) if method == "POST"]
+        first_read = next(i for i, (method, _) in enumerate(arrivals) if method == "GET")
+        assert len(posts) == 300
+        assert first_read > posts[200 - 32 - 1]

@@ -5,7 +5,7 @@ bodies) and answers inference jobs with synthetic outputs that follow the reques
 
 Three ways to run it::
 
-    with Sandbox(run_latency=0.2) as sandbox:       # uvicorn on 127.0.0.1, background thread
+    with Sandbox(run_latency=0.2) as sandbox:       # HTTP on 127.0.0.1, background thread
         ...sandbox.base_url, sandbox.api_key, sandbox.data_plane_id...
     httpx.AsyncClient(transport=Sandbox().transport(), base_url="http://sandbox.localhost")
     python -m narrative_pandas.sandbox --port 8765 --latency 0.5-2

@@ -3,7 +3,7 @@
 Same paths, bodies, states, status codes and RFC 7807-like error bodies as the real service, plus
 the faults a client must survive (rate limits, 5xx, lost POST answers, slow answers, failed jobs),
 each behind a knob of :class:`SandboxConfig`. All state lives in one :class:`SandboxCore`, shared
-by the uvicorn server and any in-process ``httpx.ASGITransport``.
+by the HTTP server (``_http11``) and any in-process ``httpx.ASGITransport``.
 """
 
 from __future__ import annotations
@@ -194,6 +194,43 @@ async def _reset_connection(core: SandboxCore, scope: Scope) -> None:
         await asyncio.sleep(0)
 
 
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _HotRoutes:
+    """Pure ASGI: the three routes every run hammers, dispatched without Starlette's router.
+
+    Starlette's routing and exception layers cost about an eighth of the sandbox's CPU per
+    request (a wave's burst of POSTs queues on it). Exactly ``POST /model-inference/run``,
+    ``GET /jobs`` and ``GET /jobs/{job_id}`` are answered here by the same handlers; anything
+    else (other methods, HEAD, trailing slashes, unknown paths) goes on to the router, which
+    answers it as before. An exception still reaches Starlette's error middleware (500).
+    """
+
+    def __init__(self, app: ASGIApp, *, run: Handler, listing: Handler, job: Handler) -> None:
+        self.app = app
+        self.run = run
+        self.listing = listing
+        self.job = job
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler: Handler | None = None
+        if scope["type"] == "http":
+            method, path = scope["method"], scope["path"]
+            if path == "/model-inference/run" and method == "POST":
+                handler = self.run
+            elif method == "GET" and path == "/jobs":
+                handler = self.listing
+            elif method == "GET" and len(path) > 6 and path[:6] == "/jobs/" and "/" not in path[6:]:
+                scope["path_params"] = {"job_id": path[6:]}
+                handler = self.job
+        if handler is None:
+            await self.app(scope, receive, send)
+            return
+        response = await handler(Request(scope, receive))
+        await response(scope, receive, send)
+
+
 def _dripped(body: bytes, rate: float) -> StreamingResponse:
     """``body`` sent at ``rate`` bytes per second (headers at once), as a stalling proxy does."""
     interval = max(1.0 / rate, _DRIP_TICK)
@@ -228,7 +265,7 @@ def create_app(core: SandboxCore) -> Starlette:
 
     async def run_inference(request: Request) -> Response:
         config = core.config
-        path = request.url.path
+        path = request.scope["path"]  # not request.url: it builds a whole URL
         owner: str = request.scope[_OWNER_KEY]
         now = core.clock.now()
         if config.max_unfinished_jobs is not None:
@@ -279,13 +316,13 @@ def create_app(core: SandboxCore) -> Starlette:
         config = core.config
         fragment = core.store.get(job_id, core.clock.now(), config.ttl)
         if fragment is None:
-            return problem(404, f"Job {job_id!r} was not found", request.url.path)
+            return problem(404, f"Job {job_id!r} was not found", request.scope["path"])
         return _json(fragment)
 
     async def list_jobs(request: Request) -> Response:
         config = core.config
         query = request.query_params
-        path = request.url.path
+        path = request.scope["path"]
         try:
             per_page = _int_param(query.get("per_page"), "per_page", DEFAULT_PER_PAGE, 1)
             offset = _int_param(query.get("offset"), "offset", 0, 0)
@@ -335,7 +372,10 @@ def create_app(core: SandboxCore) -> Starlette:
             Route("/jobs", list_jobs, methods=["GET"]),
             Route("/jobs/{job_id}", get_job, methods=["GET"]),
         ],
-        middleware=[Middleware(_FrontDoor, core=core)],
+        middleware=[
+            Middleware(_FrontDoor, core=core),
+            Middleware(_HotRoutes, run=run_inference, listing=list_jobs, job=get_job),
+        ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
 
