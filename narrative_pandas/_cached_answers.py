@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,7 +67,7 @@ class CachedAnswers:
             raise ValueError("a stored output is not one JSON value")
         if not all(type(o) is dict for o in outputs):
             raise ValueError("a stored output is not a JSON object")
-        counts = [_counts(usages, name) for name in _COUNTS]
+        counts = _all_counts(usages)
         return cls(
             position={row[0]: i for i, row in enumerate(rows)},
             outputs=outputs,
@@ -111,6 +112,20 @@ def _take(values: list[Any], index: np.ndarray) -> list[Any]:
 
 
 _COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def _all_counts(usages: list[Any]) -> list[list[int | None]]:
+    """The three token counts of every stored usage, one list per count."""
+    if None not in usages:  # what _encode_result writes: every usage has every count
+        try:
+            columns = [list(c) for c in zip(*map(itemgetter(*_COUNTS), usages), strict=True)]
+        except (KeyError, TypeError):
+            columns = []
+        if len(columns) == len(_COUNTS) and all(
+            type(c) is int for column in columns for c in column
+        ):
+            return columns
+    return [_counts(usages, name) for name in _COUNTS]
 
 
 def _counts(usages: list[Any], name: str) -> list[int | None]:

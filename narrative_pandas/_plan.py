@@ -98,7 +98,7 @@ class RunPlan:
     @property
     def deduplicated(self) -> int:
         """Rows that share another row's job."""
-        return sum(1 for k in self.row_keys if k is not None) - len(self.requests)
+        return len(self.row_keys) - len(self.skipped) - len(self.requests)
 
 
 def _choice(name: str, value: Any, allowed: Sequence[str]) -> Any:

@@ -148,11 +148,22 @@ def request_keys(requests: Sequence[JobRequest]) -> list[str]:
     return [r.key for r in requests]
 
 
-def request_commons(requests: Sequence[JobRequest]) -> list[RequestCommon]:
-    """The shared parts of each request (without building request objects from a table)."""
+def request_commons(requests: Sequence[JobRequest]) -> tuple[list[RequestCommon], list[int]]:
+    """The distinct shared parts of the requests (by object), and which one each request has
+    (without building request objects from a table)."""
     if isinstance(requests, RequestTable):
-        return [requests.common] * len(requests)
-    return [r.common for r in requests]
+        return [requests.common], [0] * len(requests)
+    found: dict[int, int] = {}
+    distinct: list[RequestCommon] = []
+    which: list[int] = []
+    for request in requests:
+        common = request.common
+        index = found.get(id(common))
+        if index is None:
+            index = found[id(common)] = len(distinct)
+            distinct.append(common)
+        which.append(index)
+    return distinct, which
 
 
 def plan_requests(

@@ -61,8 +61,8 @@ def record_run(
     commons: list[dict[str, Any]] = []
     by_text: dict[str, int] = {}
     by_object: dict[int, int] = {}  # requests share one RequestCommon object: encode it once
-    shared_parts = commons_of(plan.requests)  # no request object built for this
-    for c in {id(c): c for c in shared_parts}.values():
+    distinct, which = commons_of(plan.requests)  # no request object built for this
+    for c in distinct:
         text = _dumps([c.data_plane_id, c.model, c.inference_config, list(c.tags)])
         index = by_object[id(c)] = by_text.setdefault(text, len(commons))
         if index == len(commons):
@@ -74,7 +74,10 @@ def record_run(
                     "tags": list(c.tags),
                 }
             )
-    request_commons = [by_object[id(c)] for c in shared_parts]
+    index_of = [by_object[id(c)] for c in distinct]
+    request_commons = (
+        which if index_of == list(range(len(distinct))) else [index_of[i] for i in which]
+    )
     keys_text = "\n".join(k or "" for k in plan.row_keys)
     skipped = {str(k): v for k, v in plan.skipped.items()}
     digest = hashlib.sha256(keys_text.encode())
