@@ -50,16 +50,21 @@ class RenderedColumns:
             for role, text in zip(self.roles, self.texts, strict=True)
         )
 
+    def rows_at(self, positions: Sequence[int]) -> list[Turns]:
+        """The turns of the rows at ``positions``, in one pass per turn."""
+        roles = self.roles
+        columns = [
+            [text] * len(positions) if isinstance(text, str) else [text[p] for p in positions]
+            for text in self.texts
+        ]
+        if len(columns) == 1:
+            role = roles[0]
+            return [((role, text),) for text in columns[0]]
+        return [tuple(zip(roles, row, strict=True)) for row in zip(*columns, strict=True)]
+
     def turns(self) -> list[Turns | str]:
         """One entry per row: its turns, or the reason it was skipped."""
-        columns = [[t] * self.rows if isinstance(t, str) else t for t in self.texts]
-        turns: list[Turns | str]
-        if len(columns) == 1:
-            role = self.roles[0]
-            turns = [((role, text),) for text in columns[0]]
-        else:
-            roles = self.roles
-            turns = [tuple(zip(roles, row, strict=True)) for row in zip(*columns, strict=True)]
+        turns: list[Turns | str] = list(self.rows_at(range(self.rows)))
         for position, reason in self.skipped.items():
             turns[position] = reason
         return turns

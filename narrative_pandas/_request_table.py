@@ -100,7 +100,14 @@ class RequestTable(Sequence[JobRequest]):
     def _objects(self) -> list[JobRequest]:
         """Every request as an object, built once (what the engine and the run record use)."""
         if self._built is None:
-            self._built = [self._make(i) for i in range(len(self.keys))]
+            common, positions = self.common, self.positions
+            estimates = self.estimates.tolist()
+            self._built = [
+                JobRequest(key, turns, common, rows, estimates[position])
+                for key, turns, rows, position in zip(
+                    self.keys, self.rendered.rows_at(positions), self.rows, positions, strict=True
+                )
+            ]
         return self._built
 
     def row_bodies(self, row_keys: Sequence[str | None]) -> list[dict[str, Any] | None]:
