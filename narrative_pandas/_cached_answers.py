@@ -61,17 +61,20 @@ class CachedAnswers:
         """
         # Each stored output is one JSON object, so joining them makes one JSON array; parsed by
         # pydantic-core's parser (what wrote them), which takes 40% less time than json's here.
-        outputs = _parse("[" + ",".join([row[1] for row in rows]) + "]")
-        usages = _parse("[" + ",".join([row[2] or "null" for row in rows]) + "]")
+        outputs = _parse("[" + ",".join(map(_OUTPUT, rows)) + "]")
+        stored_usages = list(map(_USAGE, rows))
+        if None in stored_usages:
+            stored_usages = [u or "null" for u in stored_usages]
+        usages = _parse("[" + ",".join(stored_usages) + "]")
         if len(outputs) != len(rows) or len(usages) != len(rows):
             raise ValueError("a stored output is not one JSON value")
         if not all(type(o) is dict for o in outputs):
             raise ValueError("a stored output is not a JSON object")
         counts = _all_counts(usages)
         return cls(
-            position={row[0]: i for i, row in enumerate(rows)},
+            position=dict(zip(map(_KEY, rows), range(len(rows)), strict=True)),
             outputs=outputs,
-            job_ids=[row[3] for row in rows],
+            job_ids=list(map(_JOB_ID, rows)),
             prompt_tokens=counts[0],
             completion_tokens=counts[1],
             total_tokens=counts[2],
@@ -112,6 +115,8 @@ def _take(values: list[Any], index: np.ndarray) -> list[Any]:
 
 
 _COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+# The fields of a stored row (``ResultRow``) the all-cached path reads.
+_KEY, _OUTPUT, _USAGE, _JOB_ID = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(3)
 
 
 def _all_counts(usages: list[Any]) -> list[list[int | None]]:

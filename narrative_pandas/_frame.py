@@ -278,6 +278,9 @@ def _to_array(values: list[Any], dtype: Dtype) -> Any:
         for i, value in enumerate(values):
             array[i] = value
         return array
+    if values.count(None) == len(values):  # e.g. no row failed: NA by one take, not a scan
+        empty = _array([], dtype=dtype)
+        return empty.take(np.full(len(values), -1, dtype=np.intp), allow_fill=True)
     try:
         return _array(values, dtype=dtype)
     except (TypeError, ValueError, OverflowError):
