@@ -68,7 +68,7 @@ class CachedAnswers:
         usages = _parse("[" + ",".join(stored_usages) + "]")
         if len(outputs) != len(rows) or len(usages) != len(rows):
             raise ValueError("a stored output is not one JSON value")
-        if not all(type(o) is dict for o in outputs):
+        if outputs and set(map(type, outputs)) != {dict}:
             raise ValueError("a stored output is not a JSON object")
         counts = _all_counts(usages)
         return cls(
@@ -126,9 +126,7 @@ def _all_counts(usages: list[Any]) -> list[list[int | None]]:
             columns = [list(c) for c in zip(*map(itemgetter(*_COUNTS), usages), strict=True)]
         except (KeyError, TypeError):
             columns = []
-        if len(columns) == len(_COUNTS) and all(
-            type(c) is int for column in columns for c in column
-        ):
+        if len(columns) == len(_COUNTS) and all(set(map(type, c)) == {int} for c in columns):
             return columns
     return [_counts(usages, name) for name in _COUNTS]
 
