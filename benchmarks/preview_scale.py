@@ -3,7 +3,8 @@
 Builds 100,000 numbered reviews (each row its own request), then times ``preview`` in this
 process: the median of ``--repeat`` calls (a full garbage collection before each, so a call does
 not pay for the previous one's objects), and the stages inside it (template render, keys and
-requests, bodies). Target: under 1 s on a quiet machine; the load average is printed.
+the request table, bodies). Target: under 1 s on a quiet machine; the load average is printed
+(wall time on a loaded machine is inflated, CPU time much less so).
 
     .venv/bin/python benchmarks/preview_scale.py [--rows 100000] [--repeat 5]
 """
@@ -73,7 +74,7 @@ def main() -> int:
 
     def render() -> Any:
         with no_cyclic_gc():
-            return bound.render_turns(df)
+            return bound.render_columns(df)
 
     def plan() -> Any:
         return build_plan(
@@ -82,14 +83,14 @@ def main() -> int:
 
     built = plan()
     stages = {
-        "template render": render,
-        "render + keys + requests (build_plan)": plan,
+        "template render (column-wise)": render,
+        "render + keys + request table (build_plan)": plan,
         "bodies (RunPlan.row_bodies)": built.row_bodies,
     }
     for name, call in stages.items():
         stage_wall, stage_cpu = timed(call, args.repeat)
-        print(f"  {name:<40} {stage_wall:.3f} s wall, {stage_cpu:.3f} s CPU")
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        print(f"  {name:<44} {stage_wall:.3f} s wall, {stage_cpu:.3f} s CPU")
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     return 0
 
 

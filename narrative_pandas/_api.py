@@ -376,9 +376,8 @@ def preview(df: pd.DataFrame, prompt: str | None = None, **options: Any) -> pd.D
             df, prompt, settings=settings, data_plane_placeholder="<data_plane_id>", **kwargs
         )
         bodies = plan.row_bodies()
-        estimates = {r.key: r.prompt_tokens_estimate for r in plan.requests}
         message_lists = [None if body is None else body["messages"] for body in bodies]
-        tokens = [pd.NA if key is None else estimates[key] for key in plan.row_keys]
+        tokens = plan.row_token_estimates()
         view: pd.DataFrame = pd.DataFrame(
             {
                 "messages": pd.Series(message_lists, index=df.index, dtype=object),

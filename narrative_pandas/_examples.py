@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from ._models import InferenceMessage
 from ._schema import OutputSpec
 from ._template import BoundTemplates
 
-__all__ = ["example_turns", "plain", "with_examples"]
+__all__ = ["example_turns", "plain"]
 
 _MAX_SHOWN = 5
 
@@ -116,24 +116,3 @@ def example_turns(examples: Any, bound: BoundTemplates, spec: OutputSpec) -> lis
             "Fix or drop those rows of examples=."
         )
     return turns
-
-
-Turns = tuple[tuple[str, str], ...]
-"""A row's rendered messages as ``(role, text)`` pairs (what ``render_turns`` gives)."""
-
-
-def with_examples(
-    rendered: Sequence[Turns | str], turns: Sequence[InferenceMessage]
-) -> list[Turns | str]:
-    """Each row's messages with the example turns after its leading system turns."""
-    pairs = tuple((turn.role, turn.text) for turn in turns)
-    result: list[Turns | str] = []
-    for row in rendered:
-        if isinstance(row, str):
-            result.append(row)
-            continue
-        head = 0
-        while head < len(row) and row[head][0] == "system":
-            head += 1
-        result.append((*row[:head], *pairs, *row[head:]))
-    return result

@@ -269,15 +269,18 @@ def status_codes_column(codes: np.ndarray) -> pd.Categorical:
 
 def _to_array(values: list[Any], dtype: Dtype) -> Any:
     """``values`` as a pandas array of ``dtype``; a value that does not fit becomes NA."""
-    if isinstance(dtype, pd.CategoricalDtype):
-        allowed = set(dtype.categories)
-        codes = [v if isinstance(v, str) and v in allowed else None for v in values]
-        return pd.Categorical(codes, dtype=dtype)
+    if isinstance(dtype, pd.CategoricalDtype):  # a str among the categories, else NA
+        code = {c: i for i, c in enumerate(dtype.categories) if isinstance(c, str)}.get
+        codes = [code(v, -1) if type(v) is str else -1 for v in values]
+        return pd.Categorical.from_codes(np.array(codes, dtype=np.int32), dtype=dtype)
     if dtype == "object":
         array = np.empty(len(values), dtype=object)
         for i, value in enumerate(values):
             array[i] = value
         return array
+    if values.count(None) == len(values):  # e.g. no row failed: NA by one take, not a scan
+        empty = _array([], dtype=dtype)
+        return empty.take(np.full(len(values), -1, dtype=np.intp), allow_fill=True)
     try:
         return _array(values, dtype=dtype)
     except (TypeError, ValueError, OverflowError):

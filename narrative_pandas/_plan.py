@@ -7,32 +7,22 @@ raises before anything is sent, and ``preview`` shows exactly the bodies ``infer
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
-import math
 import warnings
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
 from ._config import Settings
-from ._engine import (
-    LIBRARY_TAG,
-    TAG_PREFIX,
-    EngineOptions,
-    JobRequest,
-    RequestCommon,
-    request_tag,
-)
-from ._examples import example_turns, with_examples
+from ._engine import EngineOptions, JobRequest, RequestCommon, request_tag
+from ._examples import example_turns
 from ._exceptions import ConfigurationError, OptionTypeError, UnknownModelWarning
 from ._frame import check_collisions
 from ._gc_pause import no_cyclic_gc
 from ._models import KNOWN_MODELS, InferenceConfig
+from ._request_table import RequestTable, key_parts, plan_requests, request_keys
 from ._schema import OutputSpec
 from ._template import MessageTemplates
 from ._tracebacks import user_stacklevel
@@ -55,13 +45,18 @@ InterruptMode = Literal["raise", "return"]
 
 @dataclass
 class RunPlan:
-    """A run, fully decided: the frame, what each row asks, and how the run behaves."""
+    """A run, fully decided: the frame, what each row asks, and how the run behaves.
+
+    ``requests`` is usually a :class:`~narrative_pandas._request_table.RequestTable`, which
+    builds request objects only when they are iterated (the engine does; ``preview`` and a
+    fully cached re-run do not).
+    """
 
     df: pd.DataFrame
     spec: OutputSpec
     row_keys: list[str | None]
     skipped: dict[int, str]
-    requests: list[JobRequest]
+    requests: Sequence[JobRequest]
     options: EngineOptions
     prefix: str = ""
     flatten: bool = True
@@ -76,37 +71,34 @@ class RunPlan:
             self._by_key = {r.key: r for r in self.requests}
         return self._by_key[key]
 
+    @property
+    def request_keys(self) -> list[str]:
+        """The key of each unique request, in order (no request object is built)."""
+        return request_keys(self.requests)
+
     def row_bodies(self) -> list[dict[str, Any] | None]:
         """Each row's request body (a new dict per row, None for a skipped row), equal to its
         request's :attr:`JobRequest.body`; built in one pass for ``preview`` of large frames."""
         with no_cyclic_gc():
-            return self._row_bodies()
+            if isinstance(self.requests, RequestTable):
+                return self.requests.row_bodies(self.row_keys)
+            by_key = {r.key: r for r in self.requests}
+            return [None if key is None else by_key[key].body for key in self.row_keys]
 
-    def _row_bodies(self) -> list[dict[str, Any] | None]:
-        by_key = {r.key: r for r in self.requests}
-        bodies: list[dict[str, Any] | None] = []
-        append = bodies.append
-        for key in self.row_keys:
-            if key is None:
-                append(None)
-                continue
-            request = by_key[key]
-            common = request.common
-            append(
-                {
-                    "data_plane_id": common.data_plane_id,
-                    "model": common.model,
-                    "messages": [{"role": role, "text": text} for role, text in request.messages],
-                    "inference_config": common.inference_config,
-                    "tags": [*common.tags, LIBRARY_TAG, TAG_PREFIX + key[:32]],
-                }
-            )
-        return bodies
+    def row_token_estimates(self) -> list[int | None]:
+        """Each row's prompt-token estimate (None for a skipped row)."""
+        if isinstance(self.requests, RequestTable):
+            estimates: list[int | None] = self.requests.estimates.tolist()
+            for position in self.skipped:
+                estimates[position] = None
+            return estimates
+        by_key = {r.key: r.prompt_tokens_estimate for r in self.requests}
+        return [None if key is None else by_key[key] for key in self.row_keys]
 
     @property
     def deduplicated(self) -> int:
         """Rows that share another row's job."""
-        return sum(1 for k in self.row_keys if k is not None) - len(self.requests)
+        return len(self.row_keys) - len(self.skipped) - len(self.requests)
 
 
 def _choice(name: str, value: Any, allowed: Sequence[str]) -> Any:
@@ -248,11 +240,12 @@ def build_plan(
         tags=tuple(tags or ()),
     )
     with no_cyclic_gc():
-        rendered = bound.render_turns(df, missing=missing_mode)
+        rendered = bound.render_columns(df, missing=missing_mode)
         if examples is not None:  # few-shot turns from labelled rows (see _examples)
-            rendered = with_examples(rendered, example_turns(examples, bound, spec))
-        parts = _key_parts(data_plane_id, config, model)
-        row_keys, skipped, requests = _requests(
+            shots = example_turns(examples, bound, spec)
+            rendered = rendered.with_turns(tuple((turn.role, turn.text) for turn in shots))
+        parts = key_parts(data_plane_id, config, model)
+        row_keys, requests = plan_requests(
             rendered, common, parts, lambda position: _unencodable(df, position, bound.positions)
         )
     options = EngineOptions(
@@ -267,7 +260,7 @@ def build_plan(
         df=df,
         spec=spec,
         row_keys=row_keys,
-        skipped=skipped,
+        skipped=dict(rendered.skipped),
         requests=requests,
         options=options,
         prefix=prefix,
@@ -300,108 +293,3 @@ def _unencodable(
         f"row {label!r} renders to text that is not valid Unicode (a lone surrogate in the "
         "template or a formatted value); fix the template or the row's values."
     )
-
-
-def _key_parts(data_plane_id: str, config: Mapping[str, Any], model: str) -> tuple[str, str]:
-    """The canonical JSON every row's key text shares, before and after its messages."""
-    head = (
-        '{"data_plane_id":'
-        + _canonical(data_plane_id)
-        + ',"inference_config":'
-        + _canonical(config)
-        + ',"messages":'
-    )
-    return head, ',"model":' + _canonical(model) + "}"
-
-
-def _requests(
-    rendered: list[tuple[tuple[str, str], ...] | str],
-    common: RequestCommon,
-    parts: tuple[str, str],
-    unencodable: Callable[[int], Exception],
-) -> tuple[list[str | None], dict[int, str], list[JobRequest]]:
-    """Each row's key (None when skipped), the skip reasons, and one request per unique key.
-
-    A key is the SHA-256 of the canonical JSON of the request's content (what
-    :func:`~narrative_pandas._models.request_fingerprint` computes from a body). The shared head
-    (with the whole output schema) is hashed once; each row's hash continues from a copy of that
-    state with the row's messages, written directly as ``_canonical`` would write them. Each
-    step runs over all rows at once (comprehensions), which is what makes 100,000 rows cheap.
-    """
-    head, tail = parts
-    skipped = {i: row for i, row in enumerate(rendered) if isinstance(row, str)}
-    rows = cast(
-        list[tuple[tuple[str, str], ...]],
-        [row for row in rendered if not isinstance(row, str)] if skipped else rendered,
-    )
-    started = hashlib.sha256((head + "[").encode())
-    closing = ("]" + tail).encode()
-
-    def key_of(content: str) -> str:
-        digest = started.copy()
-        digest.update(content.encode())
-        digest.update(closing)
-        return digest.hexdigest()
-
-    contents = _contents(rows)
-    try:
-        keys = list(map(key_of, contents))
-    except UnicodeEncodeError:  # a lone surrogate: name its row (and the caller, its column)
-        bad = next(i for i, text in enumerate(contents) if not _encodable(text))
-        positions = [i for i in range(len(rendered)) if i not in skipped]
-        raise unencodable(positions[bad]) from None
-    row_keys: list[str | None]
-    if skipped:
-        found = iter(keys)
-        row_keys = [None if i in skipped else next(found) for i in range(len(rendered))]
-    else:
-        row_keys = list(keys)
-    counts = Counter(keys)
-    unique = dict(zip(keys, rows, strict=True))  # identical keys have identical messages
-    requests = [
-        JobRequest(key, row, common, counts[key], _tokens_estimate(row))
-        for key, row in unique.items()
-    ]
-    return row_keys, skipped, requests
-
-
-def _contents(rows: list[tuple[tuple[str, str], ...]]) -> list[str]:
-    """Each row's messages as canonical JSON, without the enclosing brackets."""
-    encode = _encode_string
-    openers: dict[str, str] = {}
-
-    def opener(role: str) -> str:
-        found = openers.get(role)
-        if found is None:
-            found = openers[role] = '{"role":' + encode(role) + ',"text":'
-        return found
-
-    role = rows[0][0][0] if rows and rows[0] else None
-    if role is not None and all(len(row) == 1 and row[0][0] == role for row in rows):
-        start = opener(role)  # one turn of one role (one template): the common case
-        return [start + encode(row[0][1]) + "}" for row in rows]
-    return [",".join([opener(role) + encode(text) + "}" for role, text in row]) for row in rows]
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _tokens_estimate(row: tuple[tuple[str, str], ...]) -> int:
-    """About four characters per token, at least one."""
-    length = len(row[0][1]) if len(row) == 1 else sum(len(text) for _, text in row)
-    return max(1, math.ceil(length / 4))
-
-
-#: ``json.dumps(text, ensure_ascii=False)`` for a str, without the encoder's per-call set-up.
-_encode_string: Any = getattr(json.encoder, "c_encode_basestring", None) or (
-    json.encoder.py_encode_basestring
-)
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -198,7 +198,7 @@ class Run:
         requests = self._plan.requests
         if cache is None or self._plan.options.refresh or not requests:
             return None, None
-        keys = [r.key for r in requests]
+        keys = self._plan.request_keys
         if cache.persistent:  # a file may wait for its lock: never on the loop
             return await asyncio.to_thread(read_cached, cache, keys)
         return read_cached(cache, keys)

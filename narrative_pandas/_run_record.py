@@ -32,6 +32,7 @@ import pandas as pd
 
 from ._exceptions import ConfigurationError
 from ._frame_codec import UnsupportedFrame, decode_frame, encode_frame
+from ._request_table import request_commons as commons_of
 
 if TYPE_CHECKING:
     from ._cache import Cache
@@ -60,7 +61,8 @@ def record_run(
     commons: list[dict[str, Any]] = []
     by_text: dict[str, int] = {}
     by_object: dict[int, int] = {}  # requests share one RequestCommon object: encode it once
-    for c in {id(r.common): r.common for r in plan.requests}.values():
+    distinct, which = commons_of(plan.requests)  # no request object built for this
+    for c in distinct:
         text = _dumps([c.data_plane_id, c.model, c.inference_config, list(c.tags)])
         index = by_object[id(c)] = by_text.setdefault(text, len(commons))
         if index == len(commons):
@@ -72,7 +74,10 @@ def record_run(
                     "tags": list(c.tags),
                 }
             )
-    request_commons = [by_object[id(r.common)] for r in plan.requests]
+    index_of = [by_object[id(c)] for c in distinct]
+    request_commons = (
+        which if index_of == list(range(len(distinct))) else [index_of[i] for i in which]
+    )
     keys_text = "\n".join(k or "" for k in plan.row_keys)
     skipped = {str(k): v for k, v in plan.skipped.items()}
     digest = hashlib.sha256(keys_text.encode())

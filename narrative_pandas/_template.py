@@ -38,14 +38,15 @@ format spec (``{x:{width}}``) are not supported.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import pandas as pd
 
 from ._exceptions import ConfigurationError, TemplateError
 from ._models import InferenceMessage
+from ._render import CONVERSIONS, RenderedColumns, render_columns
 
 __all__ = [
     "MISSING_POLICIES",
@@ -64,7 +65,7 @@ ROLES: tuple[Role, ...] = ("system", "user", "assistant")
 MissingPolicy = Literal["empty", "skip"]
 MISSING_POLICIES: tuple[str, ...] = ("empty", "skip")
 
-_CONVERSIONS: dict[str, Callable[[Any], str]] = {"r": repr, "s": str, "a": ascii}
+_CONVERSIONS = CONVERSIONS
 _MAX_LISTED_COLUMNS = 30
 
 
@@ -476,57 +477,20 @@ class BoundTemplates:
     ) -> list[tuple[tuple[str, str], ...] | str]:
         """:meth:`render` as plain ``(role, text)`` pairs: what a run needs, without building a
         validated message object per turn (roles were checked when the templates were built)."""
+        return self.render_columns(df, missing=missing).turns()
+
+    def render_columns(
+        self, df: pd.DataFrame, *, missing: MissingPolicy = "empty"
+    ) -> RenderedColumns:
+        """:meth:`render_turns` held column-wise (one list of texts per turn): what a plan of
+        many rows is built from without a tuple per row."""
         if missing not in MISSING_POLICIES:
             raise ConfigurationError(
                 f"missing={missing!r} is not an option; use 'empty' (render missing values as "
                 "'') or 'skip' (skip rows with a missing value)"
             )
         bound = self if self._matches(df) else self.templates.bind(list(df.columns))
-        return bound._render(df, missing)
-
-    def _render(self, df: pd.DataFrame, missing: str) -> list[tuple[tuple[str, str], ...] | str]:
-        n = len(df)
-        masks: dict[int, list[bool]] = {}
-        values: dict[int, list[Any]] = {}
-        for turn_positions in self.positions:
-            for pos in turn_positions:
-                if pos not in masks:
-                    column = df.iloc[:, pos]
-                    masks[pos] = column.isna().tolist()
-                    values[pos] = column.tolist()
-        texts: list[list[str]] = []
-        strings: dict[tuple[int, str, str | None], list[str]] = {}
-        for (_, template), bound, turn_positions in zip(
-            self.templates.turns, self.placeholders, self.positions, strict=True
-        ):
-            static = template.static_text
-            if static is not None:
-                texts.append([static] * n)
-                continue
-            lists: list[list[str]] = []
-            for ref, ph, pos in zip(template.fields, bound, turn_positions, strict=True):
-                key = (pos, ph.spec, ph.conversion)
-                if key not in strings:
-                    strings[key] = _format_column(
-                        values[pos], masks[pos], ph, ref, template, df.index
-                    )
-                lists.append(strings[key])
-            fmt = "{}".join(lit.replace("{", "{{").replace("}", "}}") for lit in template.literals)
-            texts.append([fmt.format(*row) for row in zip(*lists, strict=True)])
-        roles = [role for role, _ in self.templates.turns]
-        rendered: list[tuple[tuple[str, str], ...] | str]
-        if len(roles) == 1:  # the common case: one user turn
-            role = roles[0]
-            rendered = [((role, text),) for text in texts[0]]
-        else:
-            rendered = [tuple(zip(roles, row, strict=True)) for row in zip(*texts, strict=True)]
-        if missing == "skip" and masks:
-            used = [(pos, masks[pos]) for pos in masks]
-            for i in range(n):
-                gaps = [pos for pos, mask in used if mask[i]]
-                if gaps:
-                    rendered[i] = _skip_reason([self.columns[p] for p in gaps])
-        return rendered
+        return render_columns(bound, df, missing)
 
     def render_row(
         self, df: pd.DataFrame, position: int, *, missing: MissingPolicy = "empty"
@@ -545,64 +509,3 @@ class BoundTemplates:
 
 def _same_label(a: Hashable, b: Hashable) -> bool:
     return a is b or (type(a) is type(b) and bool(a == b))
-
-
-def _skip_reason(columns: list[Hashable]) -> str:
-    if len(columns) == 1:
-        return f"skipped: missing value in column {columns[0]!r}"
-    return "skipped: missing values in columns " + ", ".join(repr(c) for c in columns)
-
-
-def _format_column(
-    values: list[Any],
-    mask: list[bool],
-    ph: Placeholder,
-    ref: FieldRef,
-    template: Template,
-    index: pd.Index,
-) -> list[str]:
-    """Every row's value of one column as text, per the placeholder's conversion and spec."""
-    spec = ph.spec
-    convert = _CONVERSIONS[ph.conversion] if ph.conversion else None
-    if convert is None and not spec:
-        return [
-            "" if m else (v if type(v) is str else str(v))
-            for v, m in zip(values, mask, strict=True)
-        ]
-    try:
-        if convert is None:
-            return ["" if m else format(v, spec) for v, m in zip(values, mask, strict=True)]
-        return ["" if m else format(convert(v), spec) for v, m in zip(values, mask, strict=True)]
-    except (ValueError, TypeError):
-        _raise_format_error(values, mask, ph, ref, template, index)
-        raise  # pragma: no cover - the failing row is always found above
-
-
-def _raise_format_error(
-    values: list[Any],
-    mask: list[bool],
-    ph: Placeholder,
-    ref: FieldRef,
-    template: Template,
-    index: pd.Index,
-) -> None:
-    """Find the first row whose value the spec cannot format and raise a TemplateError for it."""
-    convert = _CONVERSIONS[ph.conversion] if ph.conversion else None
-    for i, (v, m) in enumerate(zip(values, mask, strict=True)):
-        if m:
-            continue
-        try:
-            format(convert(v) if convert else v, ph.spec)
-        except (ValueError, TypeError) as exc:
-            raise TemplateError(
-                f"cannot format column {ph.column!r} with the format spec {ph.spec!r} "
-                f"(placeholder {ref} in {template.description}) at row {index[i]!r}: "
-                f"value {_value_repr(v)} ({type(v).__name__}): {exc}",
-                placeholder=str(ref),
-                template=template.text,
-            ) from exc
-
-
-def _value_repr(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
