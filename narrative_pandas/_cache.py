@@ -97,6 +97,7 @@ from ._exceptions import CacheLockedError, ConfigurationError
 from ._models import InferenceUsage
 from ._sqlite_writer import (
     SQLiteWriter,
+    Statement,
     WouldBlock,
     is_lock_error,
     locked_message,
@@ -242,12 +243,36 @@ _JOURNAL_JOB = (
     "submitted_at = CASE WHEN journal.job_id IS NULL AND journal.tag = excluded.tag "
     "THEN journal.submitted_at ELSE excluded.submitted_at END"
 )
+_JOB_OF_CLAIM = (
+    "UPDATE journal SET job_id = ?, run_id = ?, state = 'submitted', heartbeat_at = ? "
+    "WHERE key = ? AND job_id IS NULL AND tag = ?"
+)
 _FORGET = "DELETE FROM journal WHERE key = ? AND job_id = ?"
 _MARK_UNKNOWN = (
     "UPDATE journal SET state = 'unknown' WHERE key = ? AND job_id IS NULL "
     "AND owner_nonce = ? AND run_id = ?"
 )
 _RELEASE = "DELETE FROM journal WHERE key = ? AND job_id IS NULL AND owner_nonce = ? AND run_id = ?"
+_PUT = (
+    "INSERT OR REPLACE INTO results (key, output, usage, job_id, model, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_RESULTS = frozenset({"results"})
+_JOURNAL = frozenset({"journal"})
+
+
+def _record_jobs(conn: sqlite3.Connection, rows: list[_JournalRow]) -> None:
+    """Job ids, as ``_JOURNAL_JOB`` stores them. The usual entry is our claim with the same tag:
+    a plain UPDATE (a third of the upsert's cost); when any row is not such a claim, the batch
+    is undone and made with the upsert instead (inside the same transaction)."""
+    conn.execute("SAVEPOINT jobs")
+    try:
+        cursor = conn.executemany(_JOB_OF_CLAIM, [(r[1], r[3], r[9], r[0], r[2]) for r in rows])
+        if cursor.rowcount != len(rows):
+            conn.execute("ROLLBACK TO jobs")
+            conn.executemany(_JOURNAL_JOB, rows)
+    finally:
+        conn.execute("RELEASE jobs")
 
 
 def _dumps(value: Any) -> str:
@@ -1237,13 +1262,20 @@ class SQLiteCache(Cache):
         self._writer.write_soon(action, tables, label)
 
     def _execute_soon(
-        self, sql: str, rows: Sequence[Any], tables: Iterable[str], label: str
+        self,
+        sql: Statement,
+        rows: Sequence[Any],
+        tables: frozenset[str],
+        label: str,
+        *,
+        early: bool = False,
     ) -> None:
-        """Queue ``sql`` for each row of parameters (the writer batches runs of the same sql)."""
+        """Queue ``sql`` for each row of parameters (the writer batches runs of the same sql;
+        ``early``: see :meth:`SQLiteWriter.execute_soon`)."""
         if self._conn is None or self._pid != os.getpid():
             with self._lock:
                 self._connection()
-        self._writer.execute_soon(sql, rows, tables, label)
+        self._writer.execute_soon(sql, rows, tables, label, early=early)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every write this process queued is in the file."""
@@ -1279,14 +1311,8 @@ class SQLiteCache(Cache):
     def put_many(self, results: Iterable[CachedResult]) -> None:
         now = self._now()
         rows = [_encode_result(r, now) for r in results]
-        if rows:
-            self._execute_soon(
-                "INSERT OR REPLACE INTO results "
-                "(key, output, usage, job_id, model, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-                ("results",),
-                "result",
-            )
+        if rows:  # sooner than writes queued ahead of it is harmless: ``early``
+            self._execute_soon(_PUT, rows, _RESULTS, "result", early=True)
 
     def _delete_keys(self, table: str, keys: Iterable[str]) -> None:
         wanted = _unique(keys)
@@ -1295,7 +1321,7 @@ class SQLiteCache(Cache):
             self._execute_soon(
                 f"DELETE FROM {table} WHERE key = ?",
                 [(key,) for key in wanted],
-                (table,),
+                frozenset({table}),
                 f"removal from {table}",
             )
 
@@ -1382,21 +1408,23 @@ class SQLiteCache(Cache):
                 conn.executemany(_INSERT_JOURNAL, inserts)
             return claims
 
-        claimed: list[Claim] = self._write(claim, ("results", "journal"))
+        # Declared as a write of the journal only: it merely reads results (so a result queued
+        # after it may still be written before it; see SQLiteWriter.execute_soon's ``early``).
+        claimed: list[Claim] = self._write(claim, _JOURNAL)
         return claimed
 
     def journal_mark_unknown(self, key: str, owner: ClaimOwner) -> None:
         self._execute_soon(
-            _MARK_UNKNOWN, [(key, owner.nonce, owner.run_id)], ("journal",), "journal mark unknown"
+            _MARK_UNKNOWN, [(key, owner.nonce, owner.run_id)], _JOURNAL, "journal mark unknown"
         )
 
     def journal_release(self, key: str, owner: ClaimOwner) -> None:
         self._execute_soon(
-            _RELEASE, [(key, owner.nonce, owner.run_id)], ("journal",), "journal release"
+            _RELEASE, [(key, owner.nonce, owner.run_id)], _JOURNAL, "journal release"
         )
 
     def journal_forget(self, key: str, job_id: str) -> None:
-        self._execute_soon(_FORGET, [(key, job_id)], ("journal",), "journal forget")
+        self._execute_soon(_FORGET, [(key, job_id)], _JOURNAL, "journal forget")
 
     def journal_heartbeat(self, owner: ClaimOwner, at: float | None = None) -> int:
         now = self._now() if at is None else at
@@ -1414,7 +1442,7 @@ class SQLiteCache(Cache):
         now = self._now()
         row = _journal_row(key, job_id, tag, run_id, now, "submitted", None, now)
         # lost in a kill, the claim stays: taken over and reconciled by its tag
-        self._execute_soon(_JOURNAL_JOB, [row], ("journal",), "journal entry")
+        self._execute_soon(_record_jobs, [row], _JOURNAL, "journal entry")
 
     def journal_get_many(
         self, keys: Iterable[str], max_age: float | None = None
