@@ -1401,7 +1401,10 @@ class SQLiteCache(Cache):
                 if row is None:
                     claims.append(Claim(outcome, found, previous))
                     continue
-                entry = current[key] = _decode_journal(row)
+                # the row we made names ``owner``: no need to decode it back
+                entry = current[key] = JournalEntry(
+                    key, None, row[2], owner.run_id, row[4], row[5] or "", owner, row[9]
+                )
                 inserts.append(row)
                 claims.append(Claim(outcome, entry, previous))
             if inserts:
