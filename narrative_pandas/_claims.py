@@ -1,7 +1,7 @@
 """Claims: one POST per request across runs, threads and processes sharing a cache.
 
-Before a run POSTs a request it claims the request in the journal (``Cache.journal_claim``: one
-transaction that inserts only when nothing live is there). A second run that meets a live claim
+Before a run POSTs a request it claims the request in the journal (``Cache.journal_claim_many``:
+one transaction for a whole wave of requests, that inserts only where nothing live is there). A second run that meets a live claim
 does not submit: it waits until the claim names a job (then polls that job like its own) or the
 result is cached. A claim names its owner (host, pid, a nonce drawn once per process, run id) and
 carries a heartbeat, and is taken over only when the owner is gone:
