@@ -1,10 +1,11 @@
 """Claims: one POST per request across runs, threads and processes sharing a cache.
 
 Before a run POSTs a request it claims the request in the journal (``Cache.journal_claim_many``:
-one transaction for a whole wave of requests, that inserts only where nothing live is there). A second run that meets a live claim
-does not submit: it waits until the claim names a job (then polls that job like its own) or the
-result is cached. A claim names its owner (host, pid, a nonce drawn once per process, run id) and
-carries a heartbeat, and is taken over only when the owner is gone:
+one transaction for a whole wave of requests, that inserts only where nothing live is there). A
+second run that meets a live claim does not submit: it waits until the claim names a job (then
+polls that job like its own) or the result is cached. A claim names its owner (host, pid, a
+nonce drawn once per process, run id) and carries a heartbeat, and is taken over only when the
+owner is gone:
 
 - an owner in this process is alive while its run is registered here (:func:`live_run`);
 - an owner on this host is gone as soon as its pid is dead (a zombie counts as dead), and
@@ -192,6 +193,12 @@ class ClaimBook:
                         if not answer.done():
                             answer.set_exception(exc)
                     continue
+                except BaseException:  # this task was cancelled: so is every claim waiting on it
+                    waiting = batch + [w for ws in self._pending.values() for w in ws]
+                    self._pending.clear()
+                    for _, _, answer in waiting:
+                        answer.cancel()
+                    raise
                 for (_, _, answer), claim in zip(batch, claims, strict=True):
                     if not answer.done():  # a caller cancelled: its claim stays, reconciled later
                         answer.set_result(claim)
