@@ -97,6 +97,7 @@ from ._exceptions import CacheLockedError, ConfigurationError
 from ._models import InferenceUsage
 from ._sqlite_writer import (
     SQLiteWriter,
+    Statement,
     WouldBlock,
     is_lock_error,
     locked_message,
@@ -229,6 +230,49 @@ _JOURNAL_COLUMNS = (
     "key, job_id, tag, run_id, submitted_at, state, owner_host, owner_pid, owner_nonce, "
     "heartbeat_at"
 )
+_INSERT_JOURNAL = (
+    f"INSERT OR REPLACE INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# The journal's writes by key: SQL text, not closures, so the writer thread makes a run of the
+# same one (a wave's job ids, a sweep's completions) one ``executemany``.
+_JOURNAL_JOB = (
+    f"INSERT INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET "
+    "job_id = excluded.job_id, tag = excluded.tag, run_id = excluded.run_id, "
+    "state = 'submitted', heartbeat_at = excluded.heartbeat_at, "
+    "submitted_at = CASE WHEN journal.job_id IS NULL AND journal.tag = excluded.tag "
+    "THEN journal.submitted_at ELSE excluded.submitted_at END"
+)
+_JOB_OF_CLAIM = (
+    "UPDATE journal SET job_id = ?, run_id = ?, state = 'submitted', heartbeat_at = ? "
+    "WHERE key = ? AND job_id IS NULL AND tag = ?"
+)
+_FORGET = "DELETE FROM journal WHERE key = ? AND job_id = ?"
+_MARK_UNKNOWN = (
+    "UPDATE journal SET state = 'unknown' WHERE key = ? AND job_id IS NULL "
+    "AND owner_nonce = ? AND run_id = ?"
+)
+_RELEASE = "DELETE FROM journal WHERE key = ? AND job_id IS NULL AND owner_nonce = ? AND run_id = ?"
+_PUT = (
+    "INSERT OR REPLACE INTO results (key, output, usage, job_id, model, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_RESULTS = frozenset({"results"})
+_JOURNAL = frozenset({"journal"})
+
+
+def _record_jobs(conn: sqlite3.Connection, rows: list[_JournalRow]) -> None:
+    """Job ids, as ``_JOURNAL_JOB`` stores them. The usual entry is our claim with the same tag:
+    a plain UPDATE (a third of the upsert's cost); when any row is not such a claim, the batch
+    is undone and made with the upsert instead (inside the same transaction)."""
+    conn.execute("SAVEPOINT jobs")
+    try:
+        cursor = conn.executemany(_JOB_OF_CLAIM, [(r[1], r[3], r[9], r[0], r[2]) for r in rows])
+        if cursor.rowcount != len(rows):
+            conn.execute("ROLLBACK TO jobs")
+            conn.executemany(_JOURNAL_JOB, rows)
+    finally:
+        conn.execute("RELEASE jobs")
 
 
 def _dumps(value: Any) -> str:
@@ -494,6 +538,27 @@ class Cache(abc.ABC):
         and inserts a claim only when nothing live is there; ``alive(entry)`` says whether the
         owner of a job-less entry is still there. See :class:`Claim` for the answers.
         """
+
+    def journal_claim_many(
+        self,
+        wanted: Sequence[tuple[str, str]],
+        owner: ClaimOwner,
+        *,
+        alive: Callable[[JournalEntry], bool],
+        max_age: float | None = None,
+        check_results: bool = True,
+    ) -> list[Claim]:
+        """:meth:`journal_claim` for each ``(key, tag)`` in order, one answer each.
+
+        A file makes them one transaction (a wave of POSTs costs one commit, not one each);
+        this default, for caches that only implement ``journal_claim``, claims one by one.
+        """
+        return [
+            self.journal_claim(
+                key, tag, owner, alive=alive, max_age=max_age, check_results=check_results
+            )
+            for key, tag in wanted
+        ]
 
     @abc.abstractmethod
     def journal_mark_unknown(self, key: str, owner: ClaimOwner) -> None:
@@ -1197,13 +1262,20 @@ class SQLiteCache(Cache):
         self._writer.write_soon(action, tables, label)
 
     def _execute_soon(
-        self, sql: str, rows: Sequence[Any], tables: Iterable[str], label: str
+        self,
+        sql: Statement,
+        rows: Sequence[Any],
+        tables: frozenset[str],
+        label: str,
+        *,
+        early: bool = False,
     ) -> None:
-        """Queue ``sql`` for each row of parameters (the writer batches runs of the same sql)."""
+        """Queue ``sql`` for each row of parameters (the writer batches runs of the same sql;
+        ``early``: see :meth:`SQLiteWriter.execute_soon`)."""
         if self._conn is None or self._pid != os.getpid():
             with self._lock:
                 self._connection()
-        self._writer.execute_soon(sql, rows, tables, label)
+        self._writer.execute_soon(sql, rows, tables, label, early=early)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every write this process queued is in the file."""
@@ -1239,14 +1311,8 @@ class SQLiteCache(Cache):
     def put_many(self, results: Iterable[CachedResult]) -> None:
         now = self._now()
         rows = [_encode_result(r, now) for r in results]
-        if rows:
-            self._execute_soon(
-                "INSERT OR REPLACE INTO results "
-                "(key, output, usage, job_id, model, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-                ("results",),
-                "result",
-            )
+        if rows:  # sooner than writes queued ahead of it is harmless: ``early``
+            self._execute_soon(_PUT, rows, _RESULTS, "result", early=True)
 
     def _delete_keys(self, table: str, keys: Iterable[str]) -> None:
         wanted = _unique(keys)
@@ -1255,7 +1321,7 @@ class SQLiteCache(Cache):
             self._execute_soon(
                 f"DELETE FROM {table} WHERE key = ?",
                 [(key,) for key in wanted],
-                (table,),
+                frozenset({table}),
                 f"removal from {table}",
             )
 
@@ -1273,13 +1339,7 @@ class SQLiteCache(Cache):
     def journal_intent(self, key: str, tag: str, run_id: str | None) -> None:
         now = self._now()
         row = _journal_row(key, None, tag, run_id, now, "posting", None, now)
-        self._write(
-            lambda conn: conn.execute(
-                f"INSERT OR REPLACE INTO journal ({_JOURNAL_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
-        )
+        self._write(lambda conn: conn.execute(_INSERT_JOURNAL, row), ("journal",))
 
     def journal_claim(
         self,
@@ -1291,65 +1351,83 @@ class SQLiteCache(Cache):
         max_age: float | None = None,
         check_results: bool = True,
     ) -> Claim:
-        now = self._now()
+        return self._claim_batch([(key, tag)], owner, alive, max_age, check_results)[0]
 
-        def claim(conn: sqlite3.Connection) -> Claim:
-            if check_results:
-                hit = conn.execute(
-                    "SELECT key, output, usage, job_id, model, created_at FROM results "
-                    "WHERE key = ?",
-                    (key,),
-                ).fetchone()
-                if hit is not None:
-                    return Claim("cached", result=decode_result(hit))
-            row = conn.execute(
-                f"SELECT {_JOURNAL_COLUMNS} FROM journal WHERE key = ?", (key,)
-            ).fetchone()
-            found = None if row is None else _decode_journal(row)
-            outcome, new_row, previous = _decide_claim(found, key, tag, owner, now, alive, max_age)
-            if new_row is None:
-                return Claim(outcome, found, previous)
-            conn.execute(
-                f"INSERT OR REPLACE INTO journal ({_JOURNAL_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                new_row,
+    def journal_claim_many(
+        self,
+        wanted: Sequence[tuple[str, str]],
+        owner: ClaimOwner,
+        *,
+        alive: Callable[[JournalEntry], bool],
+        max_age: float | None = None,
+        check_results: bool = True,
+    ) -> list[Claim]:
+        if type(self).journal_claim is not SQLiteCache.journal_claim:  # a subclass hooks it
+            return super().journal_claim_many(
+                wanted, owner, alive=alive, max_age=max_age, check_results=check_results
             )
-            return Claim(outcome, _decode_journal(new_row), previous)
+        return self._claim_batch(wanted, owner, alive, max_age, check_results) if wanted else []
 
-        # One BEGIN IMMEDIATE transaction: the read and the insert see no other writer between.
-        claimed: Claim = self._write(claim, ("results", "journal"))
+    def _claim_batch(
+        self,
+        wanted: Sequence[tuple[str, str]],
+        owner: ClaimOwner,
+        alive: Callable[[JournalEntry], bool],
+        max_age: float | None,
+        check_results: bool,
+    ) -> list[Claim]:
+        """Every claim of ``wanted`` in one ``BEGIN IMMEDIATE`` transaction: the reads and the
+        inserts see no other writer between (two reads by key list, one ``executemany``)."""
+        now = self._now()
+        keys = _unique(key for key, _ in wanted)
+
+        def claim(conn: sqlite3.Connection) -> list[Claim]:
+            hits: dict[str, Any] = {}
+            if check_results:
+                select = "SELECT key, output, usage, job_id, model, created_at FROM results"
+                hits = {row[0]: row for row in _select_keys(conn, select, keys)}
+            select = f"SELECT {_JOURNAL_COLUMNS} FROM journal"
+            current: dict[str, JournalEntry | None] = {
+                row[0]: _decode_journal(row) for row in _select_keys(conn, select, keys)
+            }
+            claims: list[Claim] = []
+            inserts: list[_JournalRow] = []
+            for key, tag in wanted:
+                if key in hits:
+                    claims.append(Claim("cached", result=decode_result(hits[key])))
+                    continue
+                found = current.get(key)
+                outcome, row, previous = _decide_claim(found, key, tag, owner, now, alive, max_age)
+                if row is None:
+                    claims.append(Claim(outcome, found, previous))
+                    continue
+                # the row we made names ``owner``: no need to decode it back
+                entry = current[key] = JournalEntry(
+                    key, None, row[2], owner.run_id, row[4], row[5] or "", owner, row[9]
+                )
+                inserts.append(row)
+                claims.append(Claim(outcome, entry, previous))
+            if inserts:
+                conn.executemany(_INSERT_JOURNAL, inserts)
+            return claims
+
+        # Declared as a write of the journal only: it merely reads results (so a result queued
+        # after it may still be written before it; see SQLiteWriter.execute_soon's ``early``).
+        claimed: list[Claim] = self._write(claim, _JOURNAL)
         return claimed
 
     def journal_mark_unknown(self, key: str, owner: ClaimOwner) -> None:
-        self._write_soon(
-            lambda conn: conn.execute(
-                "UPDATE journal SET state = 'unknown' WHERE key = ? AND job_id IS NULL "
-                "AND owner_nonce = ? AND run_id = ?",
-                (key, owner.nonce, owner.run_id),
-            ),
-            ("journal",),
-            "journal mark unknown",
+        self._execute_soon(
+            _MARK_UNKNOWN, [(key, owner.nonce, owner.run_id)], _JOURNAL, "journal mark unknown"
         )
 
     def journal_release(self, key: str, owner: ClaimOwner) -> None:
-        self._write_soon(
-            lambda conn: conn.execute(
-                "DELETE FROM journal WHERE key = ? AND job_id IS NULL "
-                "AND owner_nonce = ? AND run_id = ?",
-                (key, owner.nonce, owner.run_id),
-            ),
-            ("journal",),
-            "journal release",
+        self._execute_soon(
+            _RELEASE, [(key, owner.nonce, owner.run_id)], _JOURNAL, "journal release"
         )
 
     def journal_forget(self, key: str, job_id: str) -> None:
-        self._write_soon(
-            lambda conn: conn.execute(
-                "DELETE FROM journal WHERE key = ? AND job_id = ?", (key, job_id)
-            ),
-            ("journal",),
-            "journal forget",
-        )
+        self._execute_soon(_FORGET, [(key, job_id)], _JOURNAL, "journal forget")
 
     def journal_heartbeat(self, owner: ClaimOwner, at: float | None = None) -> int:
         now = self._now() if at is None else at
@@ -1366,19 +1444,8 @@ class SQLiteCache(Cache):
     def journal_job(self, key: str, job_id: str, tag: str, run_id: str | None) -> None:
         now = self._now()
         row = _journal_row(key, job_id, tag, run_id, now, "submitted", None, now)
-        self._write_soon(  # lost in a kill, the claim stays: taken over and reconciled by its tag
-            lambda conn: conn.execute(
-                f"INSERT INTO journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET "
-                "job_id = excluded.job_id, tag = excluded.tag, run_id = excluded.run_id, "
-                "state = 'submitted', heartbeat_at = excluded.heartbeat_at, "
-                "submitted_at = CASE WHEN journal.job_id IS NULL AND journal.tag = excluded.tag "
-                "THEN journal.submitted_at ELSE excluded.submitted_at END",
-                row,
-            ),
-            ("journal",),
-            "journal entry",
-        )
+        # lost in a kill, the claim stays: taken over and reconciled by its tag
+        self._execute_soon(_record_jobs, [row], _JOURNAL, "journal entry")
 
     def journal_get_many(
         self, keys: Iterable[str], max_age: float | None = None

@@ -1,10 +1,11 @@
 """Claims: one POST per request across runs, threads and processes sharing a cache.
 
-Before a run POSTs a request it claims the request in the journal (``Cache.journal_claim``: one
-transaction that inserts only when nothing live is there). A second run that meets a live claim
-does not submit: it waits until the claim names a job (then polls that job like its own) or the
-result is cached. A claim names its owner (host, pid, a nonce drawn once per process, run id) and
-carries a heartbeat, and is taken over only when the owner is gone:
+Before a run POSTs a request it claims the request in the journal (``Cache.journal_claim_many``:
+one transaction for a whole wave of requests, that inserts only where nothing live is there). A
+second run that meets a live claim does not submit: it waits until the claim names a job (then
+polls that job like its own) or the result is cached. A claim names its owner (host, pid, a
+nonce drawn once per process, run id) and carries a heartbeat, and is taken over only when the
+owner is gone:
 
 - an owner in this process is alive while its run is registered here (:func:`live_run`);
 - an owner on this host is gone as soon as its pid is dead (a zombie counts as dead), and
@@ -127,8 +128,12 @@ def owner_alive(entry: JournalEntry, now: float | None = None) -> bool:
 class ClaimBook:
     """One run's side of the journal: claims, job ids, releases and the heartbeat.
 
-    Writes to a file go through a worker thread (``asyncio.to_thread``), so SQLite never blocks
-    the event loop; the in-memory cache is called directly (it never waits).
+    A file's claims are gathered: the claims asked for while one batch is being written go in
+    the next, as one transaction in a worker thread (``asyncio.to_thread``), so a wave of POSTs
+    costs one commit and one thread hop, and SQLite never blocks the event loop. Each claim is
+    still committed before its caller gets it back (and so before its POST). The writes that
+    nobody waits for (job ids, releases) are queued for the file's writer thread directly. The
+    in-memory cache is called directly (it never waits).
     """
 
     def __init__(self, cache: Cache, run_id: str, *, max_age: float | None) -> None:
@@ -136,57 +141,92 @@ class ClaimBook:
         self.owner = process_owner(run_id)
         self.max_age = max_age
         self._heartbeat: asyncio.Task[None] | None = None
+        #: Claims waiting for the next batch, by ``check_results``: (key, tag, answer).
+        self._pending: dict[bool, list[tuple[str, str, asyncio.Future[Claim]]]] = {}
+        self._batcher: asyncio.Task[None] | None = None
+        # Whose queued writes never block: SQLiteCache's (its writer thread makes them).
+        from ._cache import SQLiteCache
+
+        self._queues_writes = isinstance(cache, SQLiteCache)
 
     async def _call(self, action: Callable[[], _T]) -> _T:
         if self.cache.persistent:
             return await asyncio.to_thread(action)
         return action()
 
+    async def _queue(self, action: Callable[[], None]) -> None:
+        """A write nobody waits for: queued right here when that cannot block."""
+        if self._queues_writes:
+            action()
+        else:
+            await self._call(action)
+
+    def _claim_now(self, wanted: list[tuple[str, str]], check_results: bool) -> list[Claim]:
+        return self.cache.journal_claim_many(
+            wanted,
+            self.owner,
+            alive=owner_alive,
+            max_age=self.max_age,
+            check_results=check_results,
+        )
+
     async def claim(self, key: str, tag: str, *, check_results: bool = True) -> Claim:
         """Claim ``key`` before its POST (see :class:`~narrative_pandas._cache.Claim`)."""
-        return await self._call(
-            lambda: self.cache.journal_claim(
-                key,
-                tag,
-                self.owner,
-                alive=owner_alive,
-                max_age=self.max_age,
-                check_results=check_results,
-            )
-        )
+        if not self.cache.persistent:
+            return self._claim_now([(key, tag)], check_results)[0]
+        answer: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(check_results, []).append((key, tag, answer))
+        if self._batcher is None:
+            self._batcher = asyncio.create_task(self._write_claims())
+        return await answer
+
+    async def _write_claims(self) -> None:
+        """Write the gathered claims, batch after batch, until none is waiting."""
+        try:
+            while self._pending:
+                check_results, batch = self._pending.popitem()
+                wanted = [(key, tag) for key, tag, _ in batch]
+                try:
+                    claims = await asyncio.to_thread(self._claim_now, wanted, check_results)
+                except Exception as exc:  # every claim of the batch failed: each caller hears
+                    for _, _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                    continue
+                except BaseException:  # this task was cancelled: so is every claim waiting on it
+                    waiting = batch + [w for ws in self._pending.values() for w in ws]
+                    self._pending.clear()
+                    for _, _, answer in waiting:
+                        answer.cancel()
+                    raise
+                for (_, _, answer), claim in zip(batch, claims, strict=True):
+                    if not answer.done():  # a caller cancelled: its claim stays, reconciled later
+                        answer.set_result(claim)
+        finally:
+            self._batcher = None
 
     async def claim_many(
         self, wanted: Iterable[tuple[str, str]], *, check_results: bool = True
     ) -> dict[str, Claim]:
-        """:meth:`claim` for many ``(key, tag)`` pairs in one trip to the worker thread."""
+        """:meth:`claim` for many ``(key, tag)`` pairs in one transaction."""
         pairs = list(wanted)
-
-        def claim_all() -> dict[str, Claim]:
-            return {
-                key: self.cache.journal_claim(
-                    key,
-                    tag,
-                    self.owner,
-                    alive=owner_alive,
-                    max_age=self.max_age,
-                    check_results=check_results,
-                )
-                for key, tag in pairs
-            }
-
-        return await self._call(claim_all) if pairs else {}
+        if not pairs:
+            return {}
+        claims = await self._call(lambda: self._claim_now(pairs, check_results))
+        return {key: claim for (key, _), claim in zip(pairs, claims, strict=True)}
 
     async def job(self, key: str, job_id: str, tag: str) -> None:
-        """Record the job id of our claim (durable before the job is polled)."""
-        await self._call(lambda: self.cache.journal_job(key, job_id, tag, self.owner.run_id))
+        """Record the job id of our claim (queued: a kill before it is written leaves the
+        claim, which the next run reconciles through the listing)."""
+        await self._queue(lambda: self.cache.journal_job(key, job_id, tag, self.owner.run_id))
 
     async def unknown(self, key: str) -> None:
         """Our POST's outcome is unknown: the claim stays until the listing settles it."""
-        await self._call(lambda: self.cache.journal_mark_unknown(key, self.owner))
+        await self._queue(lambda: self.cache.journal_mark_unknown(key, self.owner))
 
     async def release(self, key: str) -> None:
         """Our POST surely created nothing: free the claim for whoever wants it."""
-        await self._call(lambda: self.cache.journal_release(key, self.owner))
+        await self._queue(lambda: self.cache.journal_release(key, self.owner))
 
     def look(
         self, keys: list[str]

@@ -22,10 +22,12 @@ from typing import Any
 
 import pytest
 
+from narrative_pandas import _cache
 from narrative_pandas._cache import (
     SCHEMA_VERSION,
     Cache,
     CachedResult,
+    ClaimOwner,
     JournalEntry,
     MemoryCache,
     SQLiteCache,
@@ -628,6 +630,91 @@ class TestSQLiteFile:
         cache.put(result(3))
         assert set(cache.get_many([key(1), key(2), key(3)])) == {key(1), key(2), key(3)}
         assert cache.journal_get_many([key(2)])[key(2)].job_id == "job-2"
+        cache.close()
+
+
+class TestQueuedRuns:
+    """How the writer thread groups what a run queues (held off while the test queues)."""
+
+    @staticmethod
+    def claimed(cache: SQLiteCache, n: int) -> ClaimOwner:
+        me = ClaimOwner("host", 1, "nonce:engine", "run-a")
+        cache.journal_claim_many([(key(i), f"npd-{i}") for i in range(n)], me, alive=lambda e: True)
+        return me
+
+    def test_a_sweeps_results_and_removals_are_two_runs_in_one_transaction(
+        self, tmp_path: Path
+    ) -> None:
+        """100 results and journal removals queued in turn: 2 queued runs, 1 commit, all kept."""
+        cache = SQLiteCache(tmp_path / "c.sqlite")
+        self.claimed(cache, 100)
+        for i in range(100):
+            cache.journal_job(key(i), f"job-{i}", f"npd-{i}", "run-a")
+        cache.flush()
+        before = cache._writer.transactions
+        with cache._writer._commit:  # the writer thread cannot start a transaction meanwhile
+            for i in range(100):
+                cache.put(result(i))
+                cache.journal_forget(key(i), f"job-{i}")
+            assert cache._writer.pending == 2
+            labels = [item.label for item in cache._writer._state.queue]
+        assert labels == ["result", "journal forget"]  # every result before any removal
+        cache.flush()
+        assert cache._writer.transactions == before + 1
+        assert len(cache.get_many([key(i) for i in range(100)])) == 100
+        assert cache.journal_entries() == []
+        cache.close()
+
+    def test_a_result_never_joins_a_run_across_a_removal_of_results(self, tmp_path: Path) -> None:
+        """put, delete, put of one key ends with the second result (order kept per table)."""
+        cache = SQLiteCache(tmp_path / "c.sqlite")
+        len(cache)
+        with cache._writer._commit:
+            cache.put(result(1, job_id="first"))
+            cache.delete([key(1)])
+            cache.put(result(1, job_id="second"))
+            assert cache._writer.pending == 3
+        assert cache.get_many([key(1)])[key(1)].job_id == "second"
+        cache.close()
+
+    def test_job_ids_of_claims_and_of_other_keys_in_one_run(
+        self, tmp_path: Path, clock: FakeClock
+    ) -> None:
+        """In one run, a claimed key keeps its claim's time and owner; an unclaimed one is now."""
+        cache = SQLiteCache(tmp_path / "c.sqlite", now=clock.now)
+        me = self.claimed(cache, 1)
+        clock.advance(5)
+        with cache._writer._commit:
+            cache.journal_job(key(0), "job-0", "npd-0", "run-a")
+            cache.journal_job(key(1), "job-1", "npd-1", "run-a")
+            cache.journal_job(key(2), "job-2", "npd-other-tag", "run-a")
+            assert cache._writer.pending == 1
+        entries = {e.key: e for e in cache.journal_entries()}
+        assert [(entries[key(i)].job_id, entries[key(i)].state) for i in range(3)] == [
+            ("job-0", "submitted"),
+            ("job-1", "submitted"),
+            ("job-2", "submitted"),
+        ]
+        assert [entries[key(i)].submitted_at for i in range(3)] == [T0, T0 + 5, T0 + 5]
+        assert entries[key(0)].owner == me
+        cache.close()
+
+    def test_one_bad_row_in_a_run_spoils_no_other(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A row SQLite refuses is logged and dropped; the rows queued with it are stored."""
+        cache = SQLiteCache(tmp_path / "c.sqlite")
+        len(cache)
+        bad = [(key(2), None, None, None, None, 0.0)]  # output is NOT NULL
+        with cache._writer._commit:
+            cache.put(result(1))
+            cache._execute_soon(_cache._PUT, bad, frozenset({"results"}), "result", early=True)
+            cache.put(result(3))
+            assert cache._writer.pending == 1
+        with caplog.at_level("WARNING", logger="narrative_pandas"):
+            cache.flush()
+        assert set(cache.get_many([key(1), key(2), key(3)])) == {key(1), key(3)}
+        assert "a result could not be stored" in caplog.text
         cache.close()
 
 

@@ -3,6 +3,7 @@ requests (two start() calls, two threads, two processes) paying for each request
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sqlite3
 import threading
@@ -204,6 +205,77 @@ class TestClaimTransaction:
         assert sorted(k for k, _ in wins) == sorted(f"k{i}" for i in range(50))
         for cache in caches:
             cache.close()
+
+
+class TestClaimBatches:
+    def test_one_batch_answers_like_claims_one_by_one(self, cache: Cache) -> None:
+        """A batch meeting a cached result, a live claim, a job and nothing answers each."""
+        from test_cache import result
+
+        done = result(1)
+        cache.put(done)
+        cache.journal_claim("held", "npd-h", owner("a"), alive=alive_if("a"))
+        cache.journal_claim("shared", "npd-s", owner("a"), alive=alive_if("a"))
+        cache.journal_job("shared", "job-s", "npd-s", "run-a")
+        wanted = [(done.key, "npd-1"), ("held", "npd-h"), ("shared", "npd-s"), ("free", "npd-f")]
+        claims = cache.journal_claim_many(wanted, owner("b"), alive=alive_if("a"))
+        assert [c.outcome for c in claims] == ["cached", "held", "job", "new"]
+        assert claims[2].entry is not None and claims[2].entry.job_id == "job-s"
+        assert {e.key: e.run_id for e in cache.journal_entries()} == {
+            "held": "run-a",
+            "shared": "run-a",
+            "free": "run-b",
+        }
+
+    def test_a_key_twice_in_one_batch_is_claimed_once(self, cache: Cache) -> None:
+        """The second ask of a key in the same batch finds the first one's claim: ours."""
+        claims = cache.journal_claim_many(
+            [("k", "npd-k"), ("k", "npd-k")], owner("a"), alive=alive_if("a")
+        )
+        assert [c.outcome for c in claims] == ["new", "ours"]
+        assert len(cache.journal_entries()) == 1
+
+    async def test_a_wave_of_claims_is_one_commit_made_before_any_answer(
+        self, tmp_path: Path
+    ) -> None:
+        """Fifty claims asked at once make one write transaction, on disk before any returns."""
+        path = tmp_path / "wave.sqlite"
+        cache = SQLiteCache(path)
+        book = _claims.ClaimBook(cache, "run-w", max_age=None)
+        len(cache)  # the file exists with its tables
+        before = cache._writer.transactions
+        seen_on_disk: list[int] = []
+
+        async def claim(i: int) -> str:
+            found = await book.claim(f"k{i}", f"npd-{i}")
+            with sqlite3.connect(path) as other:  # another connection: only what is committed
+                seen_on_disk.append(other.execute("SELECT count(*) FROM journal").fetchone()[0])
+            return found.outcome
+
+        outcomes = await asyncio.gather(*(claim(i) for i in range(50)))
+        assert outcomes == ["new"] * 50
+        assert cache._writer.transactions == before + 1
+        assert seen_on_disk == [50] * 50
+        cache.close()
+
+    async def test_a_failing_batch_fails_each_claim_of_it(self) -> None:
+        """A journal that cannot claim raises to every caller of the batch, and nothing hangs."""
+
+        class Broken(MemoryCache):
+            @property
+            def persistent(self) -> bool:  # batched like a file
+                return True
+
+            def journal_claim_many(self, *args: Any, **kwargs: Any) -> Any:
+                raise sqlite3.OperationalError("disk I/O error")
+
+        book = _claims.ClaimBook(Broken(), "run-x", max_age=None)
+        answers = await asyncio.gather(
+            *(book.claim(f"k{i}", f"npd-{i}") for i in range(5)), return_exceptions=True
+        )
+        assert [type(a) for a in answers] == [sqlite3.OperationalError] * 5
+        with pytest.raises(sqlite3.OperationalError):  # a later claim is asked again, not lost
+            await asyncio.wait_for(book.claim("k9", "npd-9"), timeout=10)
 
 
 class TestOwnerLiveness:
