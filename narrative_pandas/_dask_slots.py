@@ -306,7 +306,12 @@ class LeasePool:
     def _trim_free(self) -> None:
         """Return the leases no job took during the linger, unless a partition is coming."""
         self._trim = None
-        if self.free and not self.waiting:
+        if not self.free or self.waiting:
+            return
+        if self.upcoming is None:  # nothing to keep them for
+            self._return(self.free)
+            self.free = 0
+        else:
             self._spawn(self._trim_unless_kept())
 
     async def _trim_unless_kept(self) -> None:
