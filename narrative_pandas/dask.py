@@ -48,7 +48,7 @@ import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -259,13 +259,43 @@ def _slots_for(
             yield slots, None, "process"
         return
     client = get_client()  # the worker's client, bound here on the task thread
-    with pool_for(task.token, task.concurrency, client) as pool:
+    upcoming = _partitions_under_way(get_worker(), task.token)
+    with pool_for(task.token, task.concurrency, client, upcoming) as pool:
         gate = None
         if task.share_rate_limits:
             gate = _SharedGate(
                 _MetadataStore(client, ["narrative-pandas", task.token, "429"], pool.worker_loop)
             )
         yield pool, gate, "distributed.Semaphore"
+
+
+#: Worker task states of a partition that has not ended yet.
+_UNDER_WAY = frozenset({"waiting", "ready", "constrained", "executing"})
+
+
+def _partitions_under_way(worker: Any, token: str) -> Callable[[int], Awaitable[bool]]:
+    """Whether ``worker`` has more partitions of run ``token`` under way than ``users``.
+
+    The lease pool keeps its idle leases for such a partition (see ``_dask_slots``). The
+    worker's task states are read on its own event loop, where they change.
+    """
+    marker = f"{_LAYER_PREFIX}{token}"
+
+    async def count() -> int:
+        return sum(
+            1
+            for state in list(worker.state.tasks.values())
+            if state.state in _UNDER_WAY and marker in str(_key_name(state.key))
+        )
+
+    async def more_than(users: int) -> bool:
+        return int(await on_loop(worker.loop.asyncio_loop, count)) > users
+
+    return more_than
+
+
+def _key_name(key: Any) -> Any:
+    return key[0] if isinstance(key, tuple) and key else key
 
 
 # ---------------------------------------------------------------------------------- 429 gate
@@ -319,6 +349,13 @@ class _RateShare:
     holds: int = 0
     published: float = 0.0
     stop: threading.Event = field(default_factory=threading.Event)
+    #: Set on the runner loop when ``stop`` is: ends the wait between two looks at once, so a
+    #: partition does not wait up to ``RATE_SHARE_INTERVAL_S`` at its end (with its leases idle).
+    wake: asyncio.Event | None = None
+
+    def poke(self) -> None:
+        if self.wake is not None:
+            self.wake.set()
 
 
 async def _share_once(client: _HTTPClient, gate: _SharedGate, share: _RateShare) -> None:
@@ -342,13 +379,15 @@ async def _share_once(client: _HTTPClient, gate: _SharedGate, share: _RateShare)
 async def _share_loop(settings: Settings, gate: _SharedGate, share: _RateShare) -> None:
     client = _sync.shared_client(settings)
     before = client.stats.rate_limited
+    share.wake = wake = asyncio.Event()
     try:
         while not share.stop.is_set():
             try:
                 await _share_once(client, gate, share)
             except Exception:  # sharing is best effort; the local gate still works
                 logger.debug("could not share the 429 gate", exc_info=True)
-            await asyncio.sleep(RATE_SHARE_INTERVAL_S)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), RATE_SHARE_INTERVAL_S)
     finally:
         share.rate_limited = client.stats.rate_limited - before
 
@@ -364,6 +403,7 @@ def _rate_share(settings: Settings, gate: _SharedGate | None) -> Iterator[_RateS
         yield share
     finally:
         share.stop.set()
+        _sync.runner_loop().call_soon_threadsafe(share.poke)
         with contextlib.suppress(Exception):
             future.result(timeout=RATE_SHARE_INTERVAL_S + 5)
 

@@ -6,7 +6,7 @@ A fake semaphore stands in for ``distributed.Semaphore`` and counts the schedule
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -113,3 +113,84 @@ class TestLeasePool:
         await pool.release()
         await asyncio.sleep(1.3)  # the cancelled ask times out; the linger returns the lease
         assert semaphore.held == 0 and pool.held == 0
+
+
+class _Upcoming:
+    """Stands in for the worker's task states: whether another partition is under way."""
+
+    def __init__(self, coming: bool) -> None:
+        self.coming = coming
+        self.asked: list[int] = []
+
+    async def __call__(self, users: int) -> bool:
+        self.asked.append(users)
+        return self.coming
+
+
+class _Board:
+    """A demand board of one pool: records every demand published."""
+
+    def __init__(self) -> None:
+        self.published: list[int] = []
+
+    async def exchange(self, pool_id: str, demand: int) -> dict[str, int]:
+        self.published.append(demand)
+        return {pool_id: demand}
+
+
+class TestLeasesKeptForTheNextPartition:
+    """Idle leases wait for a partition still to start on the worker instead of going back."""
+
+    async def test_idle_leases_are_kept_while_a_partition_is_coming(self, monkeypatch: Any) -> None:
+        """Past the linger, no lease goes back while one is coming; all go once none is."""
+        monkeypatch.setattr(_dask_slots, "LEASE_LINGER_S", 0.02)
+        semaphore = _FakeSemaphore(4)
+        upcoming = _Upcoming(coming=True)
+        pool = LeasePool(semaphore, asyncio.get_running_loop(), 4, upcoming=upcoming)
+        await asyncio.gather(pool.acquire(), pool.acquire())
+        await pool.release()
+        await pool.release()
+        await asyncio.sleep(0.15)  # several lingers
+        assert semaphore.releases == 0 and pool.held == 2 and pool.free == 2
+        assert pool.kept_for_next and len(upcoming.asked) >= 2
+        upcoming.coming = False
+        await asyncio.sleep(0.1)
+        assert semaphore.releases == 2 and pool.held == 0 and semaphore.held == 0
+
+    async def test_the_next_partition_takes_kept_leases_without_round_trips(
+        self, monkeypatch: Any
+    ) -> None:
+        """The leases kept across the gap serve the next partition's jobs: no new acquire."""
+        monkeypatch.setattr(_dask_slots, "LEASE_LINGER_S", 0.02)
+        semaphore = _FakeSemaphore(4)
+        pool = LeasePool(semaphore, asyncio.get_running_loop(), 4, upcoming=_Upcoming(True))
+        await asyncio.gather(*(pool.acquire() for _ in range(4)))
+        for _ in range(4):
+            await pool.release()
+        await asyncio.sleep(0.1)  # the gap between two partitions, longer than the linger
+        await asyncio.gather(*(pool.acquire() for _ in range(4)))
+        assert semaphore.acquires == 4 and semaphore.releases == 0
+
+    async def test_kept_leases_count_in_the_published_demand(self, monkeypatch: Any) -> None:
+        """While kept, the pool's demand is the leases it holds, so other pools do not ask."""
+        monkeypatch.setattr(_dask_slots, "BOARD_INTERVAL_S", 0.01)
+        monkeypatch.setattr(_dask_slots, "LEASE_LINGER_S", 5.0)
+        board = _Board()
+        pool = LeasePool(
+            _FakeSemaphore(4),
+            asyncio.get_running_loop(),
+            4,
+            board=cast(Any, board),
+            upcoming=_Upcoming(True),
+        )
+        await asyncio.gather(*(pool.acquire() for _ in range(3)))
+        for _ in range(3):
+            await pool.release()
+        board.published.clear()
+        await asyncio.sleep(0.05)
+        assert board.published and set(board.published) == {3}
+        cast(_Upcoming, pool.upcoming).coming = False
+        await asyncio.sleep(0.05)
+        assert board.published[-1] == 0  # nothing in use, nothing waiting, nothing coming
+        assert pool._board_task is not None
+        pool._board_task.cancel()
