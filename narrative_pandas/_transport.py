@@ -53,7 +53,7 @@ class MaskedHeaders(dict[str, str]):
     __str__ = __repr__
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     """A whole HTTP answer: status, headers (case-insensitive lookups), the decoded body."""
 

@@ -60,7 +60,9 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 _STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([1-9][0-9]{2})(?: ([^\r\n\x00]*))?")
-_HEADER_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n\x00]*?)[ \t]*")
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_HEADER_LINE = re.compile(_TOKEN + r":[^\r\n\x00]*")
+_HEADER_BLOCK = re.compile(rf"{_HEADER_LINE.pattern}(?:\r\n{_HEADER_LINE.pattern})*")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 
@@ -305,20 +307,24 @@ class _Connection(asyncio.Protocol):
             return False
         if end - self._pos > MAX_HEAD_BYTES:
             raise WireProtocolError(f"answer headers larger than {MAX_HEAD_BYTES} bytes")
-        lines = buf[self._pos : end].decode("latin-1").split("\r\n")
+        status_line, _, block = buf[self._pos : end].decode("latin-1").partition("\r\n")
         self._pos = self._scanned = end + 4
-        match = _STATUS_LINE.fullmatch(lines[0])
+        match = _STATUS_LINE.fullmatch(status_line)
         if match is None:
-            raise WireProtocolError(f"not an HTTP/1.1 status line: {lines[0][:80]!r}")
+            raise WireProtocolError(f"not an HTTP/1.1 status line: {status_line[:80]!r}")
         minor, status = match.group(1), int(match.group(2))
         headers: dict[str, str] = {}
-        for line in lines[1:]:
-            header = _HEADER_LINE.fullmatch(line)
-            if header is None:
-                raise WireProtocolError(f"malformed header line: {line[:80]!r}")
-            name, value = header.group(1).lower(), header.group(2)
-            seen = headers.get(name)
-            headers[name] = value if seen is None else f"{seen}, {value}"
+        if block:
+            if _HEADER_BLOCK.fullmatch(block) is None:
+                raise WireProtocolError(f"malformed header line: {_bad_line(block)[:80]!r}")
+            for line in block.split("\r\n"):
+                name, _, value = line.partition(":")
+                name = name.lower()
+                value = value.strip(" \t")
+                if name in headers:
+                    headers[name] += ", " + value
+                else:
+                    headers[name] = value
         if status < 200:
             if status == 101:
                 raise WireProtocolError("the server switched protocols, which was not asked for")
@@ -397,12 +403,19 @@ class _Connection(asyncio.Protocol):
         return Answer(self._status, _Headers(headers), content, self._reason)
 
 
+def _bad_line(block: str) -> str:
+    """The first header line that is not ``name: value``."""
+    return next((line for line in block.split("\r\n") if not _HEADER_LINE.fullmatch(line)), "")
+
+
 def _has_token(value: str | None, token: str) -> bool:
     return value is not None and token in (part.strip().lower() for part in value.split(","))
 
 
 def _content_length(value: str) -> int:
     """The length of ``Content-Length`` (repeated copies must agree)."""
+    if value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
     values = {part.strip() for part in value.split(",")}
     if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
         raise WireProtocolError(f"invalid Content-Length {value[:40]!r}")
