@@ -25,6 +25,7 @@ import pytest
 from pydantic import BaseModel
 
 import narrative_pandas as npd
+from narrative_pandas import _wire
 from narrative_pandas._client import Client
 from narrative_pandas._clock import FakeClock
 from narrative_pandas._exceptions import (
@@ -420,6 +421,18 @@ class TestKeepAlive:
             answers = await asyncio.gather(*(get(wire) for _ in range(20)))
         assert all(a.status == 200 for a in answers)
         assert (len(peer.requests), peer.connections) == (20, 3)
+
+    async def test_a_post_skips_a_connection_idle_too_long(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A POST opens a fresh connection rather than one idle past POST_REUSE_IDLE_S."""
+        monkeypatch.setattr(_wire, "POST_REUSE_IDLE_S", 0.0)
+        async with exchange_on(answering(ok())) as (peer, wire):
+            await get(wire)
+            await post(wire)
+            await get(wire)  # a GET still reuses the most recent one
+        assert [m for m, *_ in peer.requests] == ["GET", "POST", "GET"]
+        assert peer.connections == 2
 
     async def test_connection_close_answers_are_not_reused(self) -> None:
         """After an answer with ``Connection: close`` the next request opens a new connection."""
