@@ -117,8 +117,6 @@ _FIRST_USE_IMPORT_S = 0.0
 def _import_first_use() -> float:
     """Import what the library loads on first use, so no scenario measures imports."""
     started = time.perf_counter()
-    import aiohttp  # noqa: F401
-
     import narrative_pandas._api
     import narrative_pandas._client
     import narrative_pandas._sync  # noqa: F401

@@ -53,7 +53,7 @@ class Scenario:
     concurrency: int
     latency: Latency
     mode: str = "ours"  # "ours" (npd.infer) or "baseline" (the SDK guide's loop)
-    transport: str = "aiohttp"  # "aiohttp" (the library's default) or "httpx" (its default)
+    transport: str = "default"  # "default" (the library's own wire) or "httpx" (its default)
     inject_429: float = 0.0
     retry_after: float = 1.0
     log: bool = False
@@ -722,7 +722,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a and e and not a.error and not e.error:
         print(
             f"  (e) vs (a): httpx transport {float(e.client['cpu_s']):.2f} s CPU, "
-            f"{float(e.client['makespan_s']):.2f} s makespan; aiohttp "
+            f"{float(e.client['makespan_s']):.2f} s makespan; default wire "
             f"{float(a.client['cpu_s']):.2f} s CPU, {float(a.client['makespan_s']):.2f} s"
         )
     print("\nTargets:")

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -25,7 +26,6 @@ from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-import aiohttp
 import httpx
 import pydantic_core
 from pydantic import BaseModel, ValidationError
@@ -44,13 +44,13 @@ from ._http_errors import make_status_error, mask_secret
 from ._models import Job, JobsPage, ModelInferenceRunRequest
 from ._request_slots import RequestSlots
 from ._transport import (
-    AiohttpExchange,
     Answer,
     EncodedBody,
     Exchange,
     HttpxExchange,
     MaskedHeaders,
 )
+from ._wire import WireError, WireExchange
 
 __all__ = [
     "DEFAULT_MAX_RETRIES",
@@ -151,31 +151,49 @@ def _response_time(answer: Answer) -> float:
 # --- transport errors -----------------------------------------------------------------------
 
 
-def _aiohttp_cause(exc: BaseException) -> aiohttp.ClientError | None:
-    """The aiohttp exception behind an error of the aiohttp transport, if there is one.
+def _aiohttp_cause(exc: BaseException) -> BaseException | None:
+    """The aiohttp exception behind an error of a user's httpx-over-aiohttp transport, if any.
 
     httpx_aiohttp maps ``ClientConnectionError`` (including "server disconnected" after the
     request was written) onto ``httpx.ConnectTimeout``, so its httpx class alone is not trusted.
+    aiohttp is looked up, never imported: the default transport does not use it.
     """
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is None:
+        return None
     seen: BaseException | None = exc
     for _ in range(8):
         if seen is None:
             return None
         if isinstance(seen, aiohttp.ClientError):
-            return seen
+            found: BaseException = seen
+            return found
         seen = seen.__cause__
     return None
 
 
+def _is_transport_error(exc: BaseException) -> bool:
+    """An error of the wire, of httpx, a deadline, or aiohttp's raised raw by a user's transport."""
+    if isinstance(exc, (WireError, httpx.RequestError, asyncio.TimeoutError)):
+        return True
+    aiohttp = sys.modules.get("aiohttp")
+    return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
+
+
 def surely_not_sent(exc: BaseException) -> bool:
     """True when a transport error happened before the request reached the server."""
+    if isinstance(exc, WireError):
+        return exc.surely_not_sent
     cause = _aiohttp_cause(exc)
     if cause is not None:
+        aiohttp = sys.modules["aiohttp"]
         return isinstance(cause, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
 
 
 def _is_timeout(exc: BaseException) -> bool:
+    if isinstance(exc, WireError):
+        return exc.is_timeout
     cause = _aiohttp_cause(exc)
     if cause is not None:
         return isinstance(cause, asyncio.TimeoutError)
@@ -184,10 +202,13 @@ def _is_timeout(exc: BaseException) -> bool:
 
 def _is_retryable_transport_error(exc: BaseException) -> bool:
     """Connection failures and timeouts are worth another try; a malformed request is not."""
+    if isinstance(exc, WireError):
+        return exc.retryable
     if isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
         return False
     cause = _aiohttp_cause(exc)
     if cause is not None:
+        aiohttp = sys.modules["aiohttp"]
         return isinstance(cause, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError))
     return isinstance(exc, (httpx.TransportError, asyncio.TimeoutError))
 
@@ -213,7 +234,7 @@ class ClientStats:
 
 
 class Client:
-    """Async client of the Narrative REST API (aiohttp by default, httpx when given one).
+    """Async client of the Narrative REST API (its own HTTP/1.1 client by default, or httpx).
 
     Parameters
     ----------
@@ -229,8 +250,8 @@ class Client:
     max_connections
         Most requests in flight at once (also the connection pool size).
     transport
-        An httpx transport instead of the default (aiohttp called directly): requests then
-        go through httpx (tests pass ``httpx.MockTransport``).
+        An httpx transport instead of the default (``_wire``'s HTTP/1.1 client): requests
+        then go through httpx (tests pass ``httpx.MockTransport``).
     http_client
         Replaces the whole httpx client; it is not closed by :meth:`aclose`.
     clock
@@ -289,7 +310,7 @@ class Client:
         base_url = self.settings.base_url
         self._exchange: Exchange
         if http_client is None and transport is None:
-            self._exchange = AiohttpExchange(
+            self._exchange = WireExchange(
                 base_url, max_connections=max_connections, timeout=timeout
             )
         else:
@@ -558,7 +579,9 @@ class Client:
                         method, path, params, content, _headers(key, content is not None)
                     )
                     answer = await asyncio.wait_for(exchange, self._deadline)
-            except (httpx.RequestError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except Exception as exc:
+                if not _is_transport_error(exc):
+                    raise
                 _drop_transport_frames(exc)
                 conn_error = self._transport_error(exc, method, path, key)
                 if is_post and not surely_not_sent(exc):

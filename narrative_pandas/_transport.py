@@ -4,12 +4,13 @@
 answers onto exceptions, key masking, deadlines); an :class:`Exchange` only sends one request and
 reads its whole answer into an :class:`Answer`. Two exist:
 
-- :class:`AiohttpExchange`, the default: aiohttp's session called directly. The httpx
-  Request/Response objects around it were about a third of the client's CPU per request.
+- :class:`~narrative_pandas._wire.WireExchange`, the default: a small HTTP/1.1 client of our
+  own on ``asyncio.Protocol`` (aiohttp's machinery, and httpx's objects before it, were the
+  largest costs of the client's CPU per request).
 - :class:`HttpxExchange`: a user's ``transport=`` (an httpx transport) or ``http_client=`` (a
   whole ``httpx.AsyncClient``) keep working through httpx, as before.
 
-Both raise the transport's own exceptions (aiohttp's or httpx's); the client classifies both.
+Both raise their own exceptions (``_wire.WireError`` or httpx's); the client classifies both.
 """
 
 from __future__ import annotations
@@ -18,12 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-import aiohttp
 import httpx
-import yarl
 
 __all__ = [
-    "AiohttpExchange",
     "Answer",
     "EncodedBody",
     "Exchange",
@@ -55,7 +53,7 @@ class MaskedHeaders(dict[str, str]):
     __str__ = __repr__
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     """A whole HTTP answer: status, headers (case-insensitive lookups), the decoded body."""
 
@@ -113,57 +111,6 @@ class Exchange(Protocol):
     ) -> Answer: ...
 
     async def aclose(self) -> None: ...
-
-
-class AiohttpExchange:
-    """The default: an aiohttp session (made on first use, on the loop that uses it)."""
-
-    def __init__(self, base_url: str, *, max_connections: int, timeout: float) -> None:
-        self._url = _Urls(base_url, yarl.URL)
-        self._max_connections = max_connections
-        self._timeout = aiohttp.ClientTimeout(
-            sock_connect=timeout, sock_read=timeout, connect=timeout
-        )
-        self._session: aiohttp.ClientSession | None = None
-        self.closed = False
-
-    def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections,
-            keepalive_timeout=KEEPALIVE_EXPIRY_S,
-            ssl=httpx.create_ssl_context(),  # the same trust store as httpx's (certifi)
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            cookie_jar=aiohttp.DummyCookieJar(),  # the API sets no cookies
-        )
-        return self._session
-
-    async def send(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, str] | None,
-        body: bytes | None,
-        headers: MaskedHeaders,
-    ) -> Answer:
-        session = self._session or self._open()
-        async with session.request(
-            method,
-            self._url(path),
-            params=params or None,
-            data=body,
-            headers=headers,
-            allow_redirects=False,
-        ) as response:
-            content = await response.read()
-            return Answer(response.status, response.headers, content, response.reason or "")
-
-    async def aclose(self) -> None:
-        self.closed = True
-        if self._session is not None:
-            await self._session.close()
 
 
 class _NoCookies(httpx.Cookies):

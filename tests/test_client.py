@@ -52,6 +52,7 @@ from narrative_pandas._models import (
     Job,
     ModelInferenceRunRequest,
 )
+from narrative_pandas._wire import WireReadTimeout
 
 KEY = "sk-live-SECRET-7f3a9c21d4"
 BASE = "https://api.test.narrative.io"
@@ -967,7 +968,7 @@ class TestLifecycle:
         assert client._http.is_closed
 
 
-# --- the default aiohttp transport against real sockets on 127.0.0.1 -------------------------
+# --- the default transport (_wire) against real sockets on 127.0.0.1 -------------------------
 
 
 @contextlib.contextmanager
@@ -1051,15 +1052,15 @@ def free_port() -> int:
     return port
 
 
-class TestAiohttpTransport:
+class TestDefaultTransport:
     """The default transport, on real sockets, maps answers and failures the same way."""
 
     async def test_get_post_and_404(self) -> None:
-        """A GET, a POST and a 404 through aiohttp behave as with any transport."""
+        """A GET, a POST and a 404 through the default wire behave as with any transport."""
         seen: list[tuple[dict[str, str], Any]] = []
         with serve_app(api_app(seen)) as base:
             async with Client(KEY, base, clock=FakeClock()) as client:
-                assert type(client._exchange).__name__ == "AiohttpExchange"
+                assert type(client._exchange).__name__ == "WireExchange"
                 job = await client.get_job("job-1")
                 submitted = await client.run_model_inference(full_request())
                 async with raises(NotFoundError) as info:
@@ -1084,7 +1085,7 @@ class TestAiohttpTransport:
         client = Client(KEY, base, clock=clock, max_retries=2)
         async with client, raises(APIConnectionError) as info:
             await client.run_model_inference(minimal_request())
-        assert type(info.value) is APIConnectionError  # not a timeout, whatever aiohttp maps
+        assert type(info.value) is APIConnectionError  # not a timeout
         assert client.stats.requests == 3
         assert len(clock.sleeps) == 2
 
@@ -1113,7 +1114,7 @@ class TestAiohttpTransport:
             async with client, raises(APIUnknownOutcomeError) as info:
                 await client.run_model_inference(minimal_request())
         cause = info.value.__cause__
-        assert isinstance(cause, aiohttp.ServerTimeoutError), repr(cause)
+        assert isinstance(cause, WireReadTimeout), repr(cause)
         assert client.stats.requests == 1
 
     async def test_read_timeout_get_is_api_timeout(self) -> None:

@@ -1,6 +1,6 @@
 """The client's rules hold on both transport paths, on real sockets.
 
-The default client calls aiohttp directly (``_transport.AiohttpExchange``); a user's
+The default client speaks HTTP/1.1 itself (``_wire.WireExchange``); a user's
 ``transport=`` or ``http_client=`` goes through httpx (``HttpxExchange``). Everything above the
 exchange is one code path, and these tests check that it behaves the same over each: retries,
 ``Retry-After``, error bodies, encodings, timeouts and the key kept out of every text.
@@ -36,10 +36,11 @@ from narrative_pandas._exceptions import (
     RateLimitError,
     ServerError,
 )
-from narrative_pandas._transport import AiohttpExchange, HttpxExchange, MaskedHeaders
+from narrative_pandas._transport import HttpxExchange, MaskedHeaders
+from narrative_pandas._wire import WireExchange
 
 KEY = "sk-live-SECRET-transport-5e1d"
-PATHS = ("aiohttp", "httpx-transport", "httpx-client")
+PATHS = ("wire", "httpx-transport", "httpx-client")
 Scripted = tuple[int, dict[str, str], bytes]
 
 
@@ -128,15 +129,15 @@ def body() -> dict[str, Any]:
 
 @pytest.mark.parametrize("path", PATHS)
 class TestBothPaths:
-    """One code path above the transport: the same behaviour over aiohttp and over httpx."""
+    """One code path above the transport: the same behaviour over the wire and over httpx."""
 
     async def test_the_path_is_the_one_asked_for(
         self, path: str, server: tuple[ScriptedServer, str]
     ) -> None:
-        """The default client talks to aiohttp directly; transport= and http_client= use httpx."""
+        """The default client uses its own wire; transport= and http_client= use httpx."""
         _, base = server
         async with client_on(path, base) as client:
-            kind = AiohttpExchange if path == "aiohttp" else HttpxExchange
+            kind = WireExchange if path == "wire" else HttpxExchange
             assert type(client._exchange) is kind
             got = await client.get_job("job-1")
         assert (got.job_id, got.state) == ("job-1", "completed")
