@@ -105,6 +105,9 @@ MAX_POLL_INTERVAL = 30.0
 """... up to this many seconds."""
 
 _MISSING = object()
+#: ``asyncio.timeout`` (Python 3.11+): a deadline on the running task, where ``wait_for`` makes
+#: a task (and its futures) per request.
+_timeout: Any = getattr(asyncio, "timeout", None)
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -369,29 +372,28 @@ class Client:
         """
         if isinstance(request, EncodedBody):  # a run's request, encoded once (``_body``)
             data_plane_id = request.data_plane_id
-            data = await self._request("POST", ROUTE_RUN, ROUTE_RUN, content=request.content)
+            job_id = await self.create_job(request)
         else:
             body = _request_body(request)
             if not body.get("data_plane_id"):
                 body["data_plane_id"] = self.settings.require_data_plane()
             data_plane_id = body["data_plane_id"]
             data = await self._request("POST", ROUTE_RUN, ROUTE_RUN, json_body=body)
-        job_id = (data.get("job_id") or data.get("id")) if isinstance(data, Mapping) else None
-        if not job_id:
-            raise APIUnknownOutcomeError(
-                f"POST {ROUTE_RUN} answered without a job_id; the job may or may not have been "
-                "created. Reconcile through GET /jobs before resubmitting.",
-                method="POST",
-                path=ROUTE_RUN,
-            )
+            job_id = _created_job_id(data)
         # Validated, not model_construct(): that calls inspect.signature() on the default
         # factory of ``failures`` each time (a class and ~25 objects of cyclic garbage per POST).
         return Job(
-            job_id=str(job_id),
+            job_id=job_id,
             state="pending",
             data_plane_id=data_plane_id,
             type="model_inference",
         )
+
+    async def create_job(self, body: EncodedBody) -> str:
+        """:meth:`run_model_inference` of an encoded body, answering only the new job's id
+        (what a run needs: no :class:`Job` object per POST). Raises as it does."""
+        data = await self._request("POST", ROUTE_RUN, ROUTE_RUN, content=body.content)
+        return _created_job_id(data)
 
     async def get_job(self, job_id: str) -> Job:
         """One job (``GET /jobs/{job_id}``); NotFoundError when it is unknown or expired.
@@ -556,7 +558,11 @@ class Client:
                     exchange = self._exchange.send(
                         method, path, params, content, _headers(key, content is not None)
                     )
-                    answer = await asyncio.wait_for(exchange, self._deadline)
+                    if _timeout is not None:  # no task per request, unlike wait_for
+                        async with _timeout(self._deadline):
+                            answer = await exchange
+                    else:  # pragma: no cover - Python 3.10
+                        answer = await asyncio.wait_for(exchange, self._deadline)
             except (httpx.RequestError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 _drop_transport_frames(exc)
                 conn_error = self._transport_error(exc, method, path, key)
@@ -703,6 +709,19 @@ def _request_body(request: ModelInferenceRunRequest | Mapping[str, Any]) -> dict
     if isinstance(config, Mapping):
         body["inference_config"] = {k: v for k, v in config.items() if v is not None}
     return body
+
+
+def _created_job_id(data: Any) -> str:
+    """The job id of a POST's answer; an answer without one leaves the outcome unknown."""
+    job_id = (data.get("job_id") or data.get("id")) if isinstance(data, Mapping) else None
+    if not job_id:
+        raise APIUnknownOutcomeError(
+            f"POST {ROUTE_RUN} answered without a job_id; the job may or may not have been "
+            "created. Reconcile through GET /jobs before resubmitting.",
+            method="POST",
+            path=ROUTE_RUN,
+        )
+    return str(job_id)
 
 
 def _with_job_id(record: Any) -> Any:

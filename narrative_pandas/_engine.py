@@ -35,7 +35,7 @@ from ._claims import ClaimBook, live_run, owner_alive
 from ._clock import Clock, system_clock
 from ._decision_log import DecisionRecorder
 from ._frame import RowOutcome
-from ._models import Job, TokenCounts
+from ._models import JobRecord, TokenCounts
 from ._poller import Poller
 from ._reconcile import Reconciler
 from ._submitter import SubmitResult, Submitter
@@ -723,7 +723,7 @@ class Engine:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()
 
-    def _observe(self, job: Job) -> None:
+    def _observe(self, job: JobRecord) -> None:
         live = self._outstanding.get(job.job_id)
         if live is None:
             return
@@ -744,14 +744,14 @@ class Engine:
             self._tracker.transition(live.request.rows, live.phase, phase, key=live.request.key)
             live.phase = phase
 
-    def _conclude(self, live: _Live, job: Job) -> None:
+    def _conclude(self, live: _Live, job: JobRecord) -> None:
         request = live.request
-        usage = job.result.usage if job.result is not None else None
+        usage = job.usage
         counts = TokenCounts.of(usage)
-        if usage is None and job.state == "completed" and job.result is not None:
+        if usage is None and job.state == "completed" and job.has_result:
             # An answer without usage is counted, for the budget and the report, by an
             # estimate (_budget.py); the row's own token columns stay empty.
-            usage = self._budget.estimated_usage(request, job.result.structured_output)
+            usage = self._budget.estimated_usage(request, job.output)
             self.report.tokens_estimated = True
         self._budget.settle(request.key, usage)
         if usage is not None:
@@ -771,8 +771,7 @@ class Engine:
             )
             self._journal_done(request.key, job.job_id)
             return
-        raw = job.result.structured_output if job.result is not None else None
-        output, error = self._spec.validate(raw)
+        output, error = self._spec.validate(job.output)
         if output is None:
             self.report.invalid += request.rows
             self._finish(

@@ -105,17 +105,19 @@ class TestListingVariants:
         assert out["narrative_error"].isna().all()
         assert sandbox.stats.duplicate_submissions == 0
 
-    async def test_unordered_listing_falls_back_to_per_job_polling(
+    async def test_unordered_listing_falls_back_to_reading_by_creation(
         self, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """A listing not ordered by updated_at is abandoned (once, with a warning) for GETs."""
+        """A listing not ordered by updated_at is read by creation instead (said once)."""
         sandbox.configure(responder=echo_responder, queue_latency=0.05, run_latency=0.1)
         with caplog.at_level(logging.WARNING, logger="narrative_pandas"):
             out = await run(sandbox, shuffled, 40, concurrency=40)
         assert list(out["echo"]) == list(range(40))
         assert out["narrative_error"].isna().all()
         assert sum("not ordered by updated_at" in r.message for r in caplog.records) == 1
-        assert sandbox.stats.count(path="/jobs/{job_id}") > 0
+        assert out.attrs["narrative"]["listing_mode"] == "created"
+        assert out.attrs["listings"] > 0
+        assert sandbox.stats.jobs_created == 40
 
     async def test_reconcile_by_content_when_input_has_no_tags(self, sandbox: Sandbox) -> None:
         """A POST that created its job but answered 500 is found by its content, not resent."""
