@@ -450,6 +450,7 @@ class Engine:
         live.confirmed_at = now
         live.resumed = resumed
         self._outstanding[job_id] = live
+        self._poller.track(job_id)
         if reserved:
             self._tracker.transition(live.request.rows, "queued", "pending", key=live.request.key)
             return

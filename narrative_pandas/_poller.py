@@ -98,6 +98,11 @@ class Poller:
         self.direct_gets = 0
         self.watchdog_fired = 0
 
+    def track(self, job_id: str) -> None:
+        """``job_id`` is this run's from now on (called as each POST answers): a job created
+        while a sweep is being read is ours, not another client's, when its page shows it."""
+        self._ours.add(job_id)
+
     def progressed(self) -> None:
         """An outstanding job changed: the watchdog starts counting again."""
         self._quiet_polls = 0
