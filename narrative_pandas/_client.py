@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from ._clock import Clock, system_clock
 from ._config import ApiKey, Settings, resolve_settings
+from ._deadlines import Deadlines
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -105,9 +106,6 @@ MAX_POLL_INTERVAL = 30.0
 """... up to this many seconds."""
 
 _MISSING = object()
-#: ``asyncio.timeout`` (Python 3.11+): a deadline on the running task, where ``wait_for`` makes
-#: a task (and its futures) per request.
-_timeout: Any = getattr(asyncio, "timeout", None)
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -288,6 +286,7 @@ class Client:
         #: Overall deadline of one exchange (connect + whole body): a server that trickles
         #: bytes cannot hold a request longer than this (a read timeout restarts per byte).
         self._deadline = deadline if deadline is not None else DEADLINE_FACTOR * timeout
+        self._deadlines = Deadlines(self._deadline)  # one timer for all requests, not one each
         base_url = self.settings.base_url
         self._exchange: Exchange
         if http_client is None and transport is None:
@@ -558,11 +557,8 @@ class Client:
                     exchange = self._exchange.send(
                         method, path, params, content, _headers(key, content is not None)
                     )
-                    if _timeout is not None:  # no task per request, unlike wait_for
-                        async with _timeout(self._deadline):
-                            answer = await exchange
-                    else:  # pragma: no cover - Python 3.10
-                        answer = await asyncio.wait_for(exchange, self._deadline)
+                    with self._deadlines.bound():
+                        answer = await exchange
             except (httpx.RequestError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 _drop_transport_frames(exc)
                 conn_error = self._transport_error(exc, method, path, key)

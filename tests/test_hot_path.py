@@ -9,6 +9,7 @@ the sandbox, so a change that brings the cost back fails here, not only in a ben
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -18,6 +19,8 @@ import pytest
 from pydantic import BaseModel
 
 import narrative_pandas as npd
+from narrative_pandas._deadlines import Deadlines
+from narrative_pandas._exceptions import APITimeoutError
 from narrative_pandas.sandbox import Sandbox
 
 
@@ -71,3 +74,73 @@ class TestJobsCreatedDuringASweep:
         assert sandbox.stats.jobs_created == 400 and sandbox.stats.duplicates == 0
         assert not [r for r in caplog.records if "other jobs fill" in r.getMessage()]
         assert out.attrs["narrative"]["listing_mode"] == "updated"
+
+
+class TestSharedDeadlines:
+    """Every request of a client shares one deadline timer; an overdue one still times out."""
+
+    async def test_many_requests_one_timer(self) -> None:
+        """A thousand requests that finish in time schedule one timer between them."""
+        deadlines = Deadlines(30.0)
+
+        async def request() -> None:
+            with deadlines.bound():
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(request() for _ in range(1000)))
+        assert deadlines.timers == 1
+
+    async def test_overdue_request_raises_timeout_error(self) -> None:
+        """A request past its deadline raises asyncio.TimeoutError; a prompt one is untouched."""
+        deadlines = Deadlines(0.05)
+        finished: list[str] = []
+
+        async def request(name: str, seconds: float) -> None:
+            with deadlines.bound():
+                await asyncio.sleep(seconds)
+            finished.append(name)
+
+        slow, quick = await asyncio.gather(
+            request("slow", 10.0), request("quick", 0.0), return_exceptions=True
+        )
+        assert isinstance(slow, asyncio.TimeoutError)
+        assert quick is None and finished == ["quick"]
+
+    async def test_outside_cancellation_stays_a_cancellation(self) -> None:
+        """A request cancelled by its caller (a run stopping) is not reported as a timeout."""
+        deadlines = Deadlines(30.0)
+
+        async def request() -> None:
+            with deadlines.bound():
+                await asyncio.sleep(10.0)
+
+        task = asyncio.ensure_future(request())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async def test_trickling_answer_ends_at_the_deadline(self) -> None:
+        """A server that sends a byte now and then cannot hold a read past the client's deadline."""
+
+        async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+            with contextlib.suppress(ConnectionError):
+                for _ in range(100):
+                    writer.write(b" ")
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+
+        server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with npd.Client(
+                "k-secret", f"http://127.0.0.1:{port}", timeout=1.0, deadline=0.3, max_retries=0
+            ) as client:
+                with pytest.raises(APITimeoutError):
+                    await client.get_job("j")
+                assert client._deadlines.timers >= 1
+        finally:
+            server.close()
+            await server.wait_closed()
