@@ -34,6 +34,7 @@ from ._cadence import MAX_POLL_INTERVAL_S, PollCadence
 from ._claims import ClaimBook, live_run, owner_alive
 from ._clock import Clock, system_clock
 from ._decision_log import DecisionRecorder
+from ._finished import FinishedWrites
 from ._frame import RowOutcome
 from ._models import JobRecord, TokenCounts
 from ._poller import Poller
@@ -277,6 +278,7 @@ class Engine:
             decided=self._decided,
         )
         self._cadence = PollCadence(options.poll_interval)
+        self._writes = FinishedWrites(cache)
         self._largest_page = 0
         self._release_tasks: set[asyncio.Task[None]] = set()
         self._lease_tasks: set[asyncio.Task[None]] = set()
@@ -335,6 +337,12 @@ class Engine:
                 await asyncio.shield(self._end_submit_side())
 
     async def _run(self) -> dict[str, RowOutcome]:
+        try:
+            return await self._run_to_end()
+        finally:
+            self._writes.flush()  # normally empty: each poll writes what it ended
+
+    async def _run_to_end(self) -> dict[str, RowOutcome]:
         try:
             await self._serve_from_cache()
             await self._resume_from_journal()
@@ -701,11 +709,14 @@ class Engine:
 
     async def _poll(self) -> None:
         self.report.polls += 1
-        self.report.listing_sweeps += await self._poller.poll(
-            self._outstanding,
-            interval=self._poll_interval(),
-            mean_latency=self._cadence.mean_latency,
-        )
+        try:
+            self.report.listing_sweeps += await self._poller.poll(
+                self._outstanding,
+                interval=self._poll_interval(),
+                mean_latency=self._cadence.mean_latency,
+            )
+        finally:
+            self._writes.flush()  # what this poll ended, in one write (_finished.py)
         self.report.direct_gets = self._poller.direct_gets
         self.report.listing_mode = self._poller.sweeper.mode
 
@@ -789,20 +800,9 @@ class Engine:
             self._journal_done(request.key, job.job_id)
             return
         self.report.completed += request.rows
-        if self._cache is not None:
-            from ._cache import CachedResult
-
-            self._cache.put(
-                CachedResult(
-                    key=request.key,
-                    output=output,
-                    usage=usage,
-                    job_id=job.job_id,
-                    model=request.common.model,
-                    created_at=time.time(),
-                )
-            )
-            self._cache.journal_forget(request.key, job.job_id)
+        self._writes.result(
+            request.key, output, usage, job.job_id, request.common.model, time.time()
+        )
         self._finish(
             request,
             RowOutcome(output=output, job_id=job.job_id, usage=counts, status="completed"),
@@ -812,8 +812,7 @@ class Engine:
 
     def _journal_done(self, key: str, job_id: str) -> None:
         """The job ended or is gone: drop its entry (a newer claim of the same key stays)."""
-        if self._cache is not None:
-            self._cache.journal_forget(key, job_id)
+        self._writes.settled(key, job_id)
 
     def _decided(self, job_id: str, verdict: Verdict, detail: str) -> None:
         """The poller judged a 404 of ``job_id``: the journal keeps it beside the request."""

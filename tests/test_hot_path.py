@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ import pytest
 from pydantic import BaseModel
 
 import narrative_pandas as npd
+from narrative_pandas._cache import CachedResult, MemoryCache
 from narrative_pandas._deadlines import Deadlines
 from narrative_pandas._exceptions import APITimeoutError
 from narrative_pandas.sandbox import Sandbox
@@ -144,3 +146,42 @@ class TestSharedDeadlines:
         finally:
             server.close()
             await server.wait_closed()
+
+
+class CountingCache(MemoryCache):
+    """The in-memory cache, counting how its results arrive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.put_calls = 0
+        self.results_put = 0
+
+    def put_many(self, results: Iterable[CachedResult]) -> None:
+        batch = list(results)
+        self.put_calls += 1
+        self.results_put += len(batch)
+        super().put_many(batch)
+
+
+class TestCacheWritesPerPoll:
+    """A poll's finished rows reach the cache in one write, and the journal is emptied."""
+
+    def test_results_written_per_poll_not_per_row(self, sandbox: Sandbox) -> None:
+        """300 rows, 100 at a time: every result cached, in far fewer writes than rows."""
+        sandbox.configure(queue_latency=0.0, run_latency=0.2)
+        cache = CountingCache()
+        out = pd.DataFrame({"text": [f"row {i}" for i in range(300)]}).narrative.infer(
+            "Text: {text}",
+            output=Label,
+            concurrency=100,
+            progress=False,
+            cache=cache,
+            api_key=sandbox.api_key,
+            base_url=sandbox.base_url,
+            data_plane_id=sandbox.data_plane_id,
+        )
+        assert out["narrative_error"].isna().all()
+        assert sandbox.stats.jobs_created == 300 and sandbox.stats.duplicates == 0
+        assert cache.results_put == 300 and len(cache) == 300
+        assert cache.put_calls <= out.attrs["narrative"]["polls"] < 300 / 3
+        assert cache.journal_entries() == []
