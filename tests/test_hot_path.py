@@ -125,14 +125,25 @@ class TestSharedDeadlines:
     async def test_trickling_answer_ends_at_the_deadline(self) -> None:
         """A server that sends a byte now and then cannot hold a read past the client's deadline."""
 
+        done = asyncio.Event()
+
         async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
-            with contextlib.suppress(ConnectionError):
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
                 for _ in range(100):
+                    if reader.at_eof():
+                        break
                     writer.write(b" ")
                     await writer.drain()
                     await asyncio.sleep(0.05)
+            except ConnectionError:
+                pass
+            finally:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+                done.set()
 
         server = await asyncio.start_server(trickle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -143,6 +154,7 @@ class TestSharedDeadlines:
                 with pytest.raises(APITimeoutError):
                     await client.get_job("j")
                 assert client._deadlines.timers >= 1
+            await asyncio.wait_for(done.wait(), 10)  # the server's side is closed, too
         finally:
             server.close()
             await server.wait_closed()
