@@ -828,7 +828,7 @@ class Engine:
         logger.info("job %s is no longer known to the service; resubmitting its request", job_id)
         self._budget.settle(live.request.key, None)
         self._release_soon(live.request.key)
-        self._journal_done(live.request.key, job_id)
+        self._writes.settled_now(live.request.key, job_id)  # before the request is claimed again
         self._tracker.transition(live.request.rows, live.phase, "queued", key=live.request.key)
         live.job_id = None
         live.phase = "queued"

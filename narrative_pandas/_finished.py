@@ -53,6 +53,12 @@ class FinishedWrites:
         if self._cache is not None:
             self._settled.append((key, job_id))
 
+    def settled_now(self, key: str, job_id: str) -> None:
+        """:meth:`settled`, written at once: the request is about to be claimed again (its job
+        is gone), and a claim must not find the old job still journaled and poll it again."""
+        if self._cache is not None:
+            self._cache.journal_forget(key, job_id)
+
     def flush(self) -> None:
         """Write what is waiting: the results in one call, then the journal entries."""
         cache = self._cache
