@@ -23,6 +23,7 @@ import narrative_pandas as npd
 from narrative_pandas._cache import CachedResult, MemoryCache
 from narrative_pandas._deadlines import Deadlines
 from narrative_pandas._exceptions import APITimeoutError
+from narrative_pandas._models import Job, JobRecord
 from narrative_pandas.sandbox import Sandbox
 
 
@@ -197,3 +198,45 @@ class TestCacheWritesPerPoll:
         assert cache.results_put == 300 and len(cache) == 300
         assert cache.put_calls <= out.attrs["narrative"]["polls"] < 300 / 3
         assert cache.journal_entries() == []
+
+
+class TestForeignRecordsNotDecoded:
+    """Other clients' records on the listing's pages are skipped before any model is built."""
+
+    def test_only_our_records_become_job_records(
+        self, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """500 other jobs on the listing: a JobRecord or a Job only ever for one of ours."""
+        sandbox.configure(queue_latency=0.0, run_latency=0.3, foreign_jobs=500)
+        made: list[str] = []
+        validated: list[Any] = []
+        real_of = JobRecord.of.__func__  # type: ignore[attr-defined]
+        real_validate = Job.model_validate
+
+        def counting_of(cls: type[JobRecord], record: Any) -> JobRecord:
+            made.append(record.get("job_id"))
+            return real_of(cls, record)  # type: ignore[no-any-return]
+
+        def counting_validate(*args: Any, **kwargs: Any) -> Job:
+            validated.append(args)
+            return real_validate(*args, **kwargs)
+
+        monkeypatch.setattr(JobRecord, "of", classmethod(counting_of))
+        monkeypatch.setattr(Job, "model_validate", counting_validate)
+        out = pd.DataFrame({"text": [f"row {i}" for i in range(60)]}).narrative.infer(
+            "Text: {text}",
+            output=Label,
+            concurrency=20,
+            progress=False,
+            cache=False,
+            api_key=sandbox.api_key,
+            base_url=sandbox.base_url,
+            data_plane_id=sandbox.data_plane_id,
+        )
+        assert out["narrative_error"].isna().all()
+        assert sandbox.stats.jobs_created == 60 and sandbox.stats.duplicates == 0
+        ours = set(out["narrative_job_id"])
+        assert set(made) <= ours
+        # a Job is validated only for a job fetched on its own (GET /jobs/{id}), always ours
+        assert {args[0].get("job_id") for args in validated} <= ours
+        assert len(validated) <= sandbox.stats.count(path="/jobs/{job_id}")
