@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from ._clock import Clock, system_clock
 from ._config import ApiKey, Settings, resolve_settings
+from ._deadlines import Deadlines
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -307,6 +308,7 @@ class Client:
         #: Overall deadline of one exchange (connect + whole body): a server that trickles
         #: bytes cannot hold a request longer than this (a read timeout restarts per byte).
         self._deadline = deadline if deadline is not None else DEADLINE_FACTOR * timeout
+        self._deadlines = Deadlines(self._deadline)  # one timer for all requests, not one each
         base_url = self.settings.base_url
         self._exchange: Exchange
         if http_client is None and transport is None:
@@ -391,29 +393,28 @@ class Client:
         """
         if isinstance(request, EncodedBody):  # a run's request, encoded once (``_body``)
             data_plane_id = request.data_plane_id
-            data = await self._request("POST", ROUTE_RUN, ROUTE_RUN, content=request.content)
+            job_id = await self.create_job(request)
         else:
             body = _request_body(request)
             if not body.get("data_plane_id"):
                 body["data_plane_id"] = self.settings.require_data_plane()
             data_plane_id = body["data_plane_id"]
             data = await self._request("POST", ROUTE_RUN, ROUTE_RUN, json_body=body)
-        job_id = (data.get("job_id") or data.get("id")) if isinstance(data, Mapping) else None
-        if not job_id:
-            raise APIUnknownOutcomeError(
-                f"POST {ROUTE_RUN} answered without a job_id; the job may or may not have been "
-                "created. Reconcile through GET /jobs before resubmitting.",
-                method="POST",
-                path=ROUTE_RUN,
-            )
+            job_id = _created_job_id(data)
         # Validated, not model_construct(): that calls inspect.signature() on the default
         # factory of ``failures`` each time (a class and ~25 objects of cyclic garbage per POST).
         return Job(
-            job_id=str(job_id),
+            job_id=job_id,
             state="pending",
             data_plane_id=data_plane_id,
             type="model_inference",
         )
+
+    async def create_job(self, body: EncodedBody) -> str:
+        """:meth:`run_model_inference` of an encoded body, answering only the new job's id
+        (what a run needs: no :class:`Job` object per POST). Raises as it does."""
+        data = await self._request("POST", ROUTE_RUN, ROUTE_RUN, content=body.content)
+        return _created_job_id(data)
 
     async def get_job(self, job_id: str) -> Job:
         """One job (``GET /jobs/{job_id}``); NotFoundError when it is unknown or expired.
@@ -578,7 +579,8 @@ class Client:
                     exchange = self._exchange.send(
                         method, path, params, content, _headers(key, content is not None)
                     )
-                    answer = await asyncio.wait_for(exchange, self._deadline)
+                    with self._deadlines.bound():
+                        answer = await exchange
             except Exception as exc:
                 if not _is_transport_error(exc):
                     raise
@@ -727,6 +729,19 @@ def _request_body(request: ModelInferenceRunRequest | Mapping[str, Any]) -> dict
     if isinstance(config, Mapping):
         body["inference_config"] = {k: v for k, v in config.items() if v is not None}
     return body
+
+
+def _created_job_id(data: Any) -> str:
+    """The job id of a POST's answer; an answer without one leaves the outcome unknown."""
+    job_id = (data.get("job_id") or data.get("id")) if isinstance(data, Mapping) else None
+    if not job_id:
+        raise APIUnknownOutcomeError(
+            f"POST {ROUTE_RUN} answered without a job_id; the job may or may not have been "
+            "created. Reconcile through GET /jobs before resubmitting.",
+            method="POST",
+            path=ROUTE_RUN,
+        )
+    return str(job_id)
 
 
 def _with_job_id(record: Any) -> Any:

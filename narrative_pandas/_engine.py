@@ -34,8 +34,9 @@ from ._cadence import MAX_POLL_INTERVAL_S, RAMP_HOLD_MAX_S, PollCadence
 from ._claims import ClaimBook, live_run, owner_alive
 from ._clock import Clock, system_clock
 from ._decision_log import DecisionRecorder
+from ._finished import FinishedWrites
 from ._frame import RowOutcome
-from ._models import Job, TokenCounts
+from ._models import JobRecord, TokenCounts
 from ._poller import Poller
 from ._reconcile import Reconciler
 from ._submitter import SubmitResult, Submitter
@@ -277,6 +278,7 @@ class Engine:
             decided=self._decided,
         )
         self._cadence = PollCadence(options.poll_interval)
+        self._writes = FinishedWrites(cache)
         self._largest_page = 0
         self._release_tasks: set[asyncio.Task[None]] = set()
         self._lease_tasks: set[asyncio.Task[None]] = set()
@@ -335,6 +337,12 @@ class Engine:
                 await asyncio.shield(self._end_submit_side())
 
     async def _run(self) -> dict[str, RowOutcome]:
+        try:
+            return await self._run_to_end()
+        finally:
+            self._writes.flush()  # normally empty: each poll writes what it ended
+
+    async def _run_to_end(self) -> dict[str, RowOutcome]:
         try:
             await self._serve_from_cache()
             await self._resume_from_journal()
@@ -450,6 +458,7 @@ class Engine:
         live.confirmed_at = now
         live.resumed = resumed
         self._outstanding[job_id] = live
+        self._poller.track(job_id)
         if reserved:
             self._tracker.transition(live.request.rows, "queued", "pending", key=live.request.key)
             return
@@ -717,11 +726,14 @@ class Engine:
 
     async def _poll(self) -> None:
         self.report.polls += 1
-        self.report.listing_sweeps += await self._poller.poll(
-            self._outstanding,
-            interval=self._poll_interval(),
-            mean_latency=self._cadence.mean_latency,
-        )
+        try:
+            self.report.listing_sweeps += await self._poller.poll(
+                self._outstanding,
+                interval=self._poll_interval(),
+                mean_latency=self._cadence.mean_latency,
+            )
+        finally:
+            self._writes.flush()  # what this poll ended, in one write (_finished.py)
         self.report.direct_gets = self._poller.direct_gets
         self.report.listing_mode = self._poller.sweeper.mode
 
@@ -740,7 +752,7 @@ class Engine:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()
 
-    def _observe(self, job: Job) -> None:
+    def _observe(self, job: JobRecord) -> None:
         live = self._outstanding.get(job.job_id)
         if live is None:
             return
@@ -761,14 +773,14 @@ class Engine:
             self._tracker.transition(live.request.rows, live.phase, phase, key=live.request.key)
             live.phase = phase
 
-    def _conclude(self, live: _Live, job: Job) -> None:
+    def _conclude(self, live: _Live, job: JobRecord) -> None:
         request = live.request
-        usage = job.result.usage if job.result is not None else None
+        usage = job.usage
         counts = TokenCounts.of(usage)
-        if usage is None and job.state == "completed" and job.result is not None:
+        if usage is None and job.state == "completed" and job.has_result:
             # An answer without usage is counted, for the budget and the report, by an
             # estimate (_budget.py); the row's own token columns stay empty.
-            usage = self._budget.estimated_usage(request, job.result.structured_output)
+            usage = self._budget.estimated_usage(request, job.output)
             self.report.tokens_estimated = True
         self._budget.settle(request.key, usage)
         if usage is not None:
@@ -788,8 +800,7 @@ class Engine:
             )
             self._journal_done(request.key, job.job_id)
             return
-        raw = job.result.structured_output if job.result is not None else None
-        output, error = self._spec.validate(raw)
+        output, error = self._spec.validate(job.output)
         if output is None:
             self.report.invalid += request.rows
             self._finish(
@@ -806,20 +817,9 @@ class Engine:
             self._journal_done(request.key, job.job_id)
             return
         self.report.completed += request.rows
-        if self._cache is not None:
-            from ._cache import CachedResult
-
-            self._cache.put(
-                CachedResult(
-                    key=request.key,
-                    output=output,
-                    usage=usage,
-                    job_id=job.job_id,
-                    model=request.common.model,
-                    created_at=time.time(),
-                )
-            )
-            self._cache.journal_forget(request.key, job.job_id)
+        self._writes.result(
+            request.key, output, usage, job.job_id, request.common.model, time.time()
+        )
         self._finish(
             request,
             RowOutcome(output=output, job_id=job.job_id, usage=counts, status="completed"),
@@ -829,8 +829,7 @@ class Engine:
 
     def _journal_done(self, key: str, job_id: str) -> None:
         """The job ended or is gone: drop its entry (a newer claim of the same key stays)."""
-        if self._cache is not None:
-            self._cache.journal_forget(key, job_id)
+        self._writes.settled(key, job_id)
 
     def _decided(self, job_id: str, verdict: Verdict, detail: str) -> None:
         """The poller judged a 404 of ``job_id``: the journal keeps it beside the request."""
@@ -846,7 +845,7 @@ class Engine:
         logger.info("job %s is no longer known to the service; resubmitting its request", job_id)
         self._budget.settle(live.request.key, None)
         self._release_soon(live.request.key)
-        self._journal_done(live.request.key, job_id)
+        self._writes.settled_now(live.request.key, job_id)  # before the request is claimed again
         self._tracker.transition(live.request.rows, live.phase, "queued", key=live.request.key)
         live.job_id = None
         live.phase = "queued"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -27,6 +28,7 @@ __all__ = [
     "InferenceUsage",
     "Job",
     "JobFailure",
+    "JobRecord",
     "JobsPage",
     "ModelId",
     "ModelInferenceRunRequest",
@@ -152,13 +154,23 @@ class JobFailure(_Lenient):
 _FRACTION = re.compile(r"\.(\d+)")
 
 
+_fromisoformat = datetime.fromisoformat
+
+
 def parse_timestamp(value: Any) -> datetime | None:
     """Parse the service's timestamps leniently; zone-less ones are taken as UTC."""
     if value is None or value == "":
         return None
     if type(value) is str:  # the common case, in one call; anything unusual takes the long way
+        if value[-1].isdigit() and value[-6:-5] not in ("+", "-"):
+            # Zone-less, as the service sends them: naming UTC in the text costs a fifth of
+            # ``datetime.replace(tzinfo=...)`` (a string with a zone after all fails here).
+            try:
+                return _fromisoformat(value + "+00:00")
+            except ValueError:
+                pass
         try:
-            parsed = datetime.fromisoformat(value)
+            parsed = _fromisoformat(value)
         except ValueError:
             pass
         else:
@@ -223,6 +235,140 @@ class Job(_Lenient):
         """The failures joined into one line, for a row's ``narrative_error``."""
         messages = [f.message for f in self.failures if f.message]
         return "; ".join(messages) if messages else f"job ended {self.state}"
+
+
+class JobRecord:
+    """A job as a run reads it: the few fields the engine uses, decoded from the record as needed.
+
+    Validating a whole :class:`Job` (every field, three timestamps) costs more than the listing
+    request that brought the record, and a run needs only the id, the state and, once the job
+    ended, its answer and usage. So a record of the usual shape is wrapped as it is: timestamps
+    are parsed when read, usage is validated when the job has ended. A record of any other shape
+    goes through :class:`Job` (as lenient as ever) or is refused the same way
+    (:meth:`of` raises pydantic's ``ValidationError``).
+    """
+
+    __slots__ = ("_created_at", "_record", "_updated_at", "_usage", "job_id", "state")
+
+    job_id: str
+    state: str
+    _record: Mapping[str, Any]
+    _usage: InferenceUsage | None
+    _created_at: datetime | _Unset | None
+    _updated_at: datetime | _Unset | None
+
+    def __init__(self, job_id: str, state: str, record: Mapping[str, Any]) -> None:
+        self.job_id = job_id
+        self.state = state
+        self._record = record
+        self._usage = None
+        self._created_at = self._updated_at = _UNSET
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> JobRecord:
+        """The record of a listing page or ``GET /jobs/{id}`` (with ``job_id`` set)."""
+        job_id = record.get("job_id")
+        state = record.get("state", "pending")
+        result = record.get("result")
+        failures = record.get("failures")
+        if (
+            type(job_id) is not str
+            or type(state) is not str
+            or not (result is None or type(result) is dict)
+            or not (failures is None or (type(failures) is list and _plain_failures(failures)))
+        ):
+            return cls.from_job(Job.model_validate(record))
+        view = cls(job_id, state, record)
+        if state in TERMINAL_STATES and result is not None:
+            usage = result.get("usage")
+            if usage is not None:
+                view._usage = InferenceUsage.model_validate(usage)
+        return view
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobRecord:
+        """A validated :class:`Job` (``GET /jobs/{id}``, odd records) seen the same way."""
+        result = job.result
+        record: dict[str, Any] = {
+            "job_id": job.job_id,
+            "state": job.state,
+            "result": None if result is None else {"structured_output": result.structured_output},
+            "failures": [{"message": f.message} for f in job.failures],
+        }
+        view = cls(job.job_id, job.state, record)
+        view._usage = None if result is None else result.usage
+        view._created_at, view._updated_at = job.created_at, job.updated_at
+        return view
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job can no longer change (completed, failed or cancelled)."""
+        return self.state in TERMINAL_STATES
+
+    @property
+    def has_result(self) -> bool:
+        """True when the record carries a ``result`` object (a completed job's answer)."""
+        return self._record.get("result") is not None
+
+    @property
+    def output(self) -> Any:
+        """``result.structured_output`` (None without a result)."""
+        result = self._record.get("result")
+        return None if result is None else result.get("structured_output")
+
+    @property
+    def usage(self) -> InferenceUsage | None:
+        """``result.usage`` of a job that ended (None when not reported)."""
+        return self._usage
+
+    @property
+    def created_at(self) -> datetime | None:
+        found = self._created_at
+        if found is _UNSET:
+            found = self._created_at = _lenient_stamp(self._record.get("created_at"))
+        return found  # type: ignore[return-value]
+
+    @property
+    def updated_at(self) -> datetime | None:
+        found = self._updated_at
+        if found is _UNSET:
+            found = self._updated_at = _lenient_stamp(self._record.get("updated_at"))
+        return found  # type: ignore[return-value]
+
+    def failure_message(self) -> str:
+        """The failures joined into one line, for a row's ``narrative_error``."""
+        failures = self._record.get("failures") or ()
+        messages = [f.get("message") for f in failures if f.get("message")]
+        return "; ".join(messages) if messages else f"job ended {self.state}"
+
+    def __repr__(self) -> str:
+        return f"JobRecord(job_id={self.job_id!r}, state={self.state!r})"
+
+
+class _Unset:
+    """Marks a lazily parsed field not read yet (None is a valid parsed value)."""
+
+
+_UNSET = _Unset()
+
+
+def _plain_failures(failures: list[Any]) -> bool:
+    """True when every failure is an object whose ``message``, if any, is a string."""
+    for failure in failures:
+        if type(failure) is not dict:
+            return False
+        message = failure.get("message")
+        if message is not None and type(message) is not str:
+            return False
+    return True
+
+
+def _lenient_stamp(value: Any) -> datetime | None:
+    """:func:`parse_timestamp`, None for anything it cannot read (never raises)."""
+    try:
+        return parse_timestamp(value)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 class JobsPage(_Lenient):

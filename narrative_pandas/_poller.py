@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import ValidationError
 
 from ._exceptions import APIError, AuthenticationError, NotFoundError, PermissionDeniedError
-from ._models import Job
+from ._models import JobRecord
 from ._observation import (
     MAX_DIRECT_GETS,
     WATCHDOG_POLLS,
@@ -80,7 +80,7 @@ class Poller:
         clock: Clock,
         *,
         data_plane_id: str | None,
-        observe: Callable[[Job], None],
+        observe: Callable[[JobRecord], None],
         vanished: Callable[[str], None],
         fatal: Callable[[BaseException], None],
         decided: Callable[[str, Verdict, str], None] | None = None,
@@ -97,6 +97,11 @@ class Poller:
         self._stalls = 0
         self.direct_gets = 0
         self.watchdog_fired = 0
+
+    def track(self, job_id: str) -> None:
+        """``job_id`` is this run's from now on (called as each POST answers): a job created
+        while a sweep is being read is ours, not another client's, when its page shows it."""
+        self._ours.add(job_id)
 
     def progressed(self) -> None:
         """An outstanding job changed: the watchdog starts counting again."""
@@ -204,13 +209,13 @@ class Poller:
         if live is None:
             return
         try:
-            job = Job.model_validate(record)
+            job = JobRecord.of(record)
         except ValidationError:
             logger.debug("skipping a job record of an unexpected shape")
             return
         self._seen(live, job, missed=verifying)
 
-    def _seen(self, live: Watched, job: Job, *, missed: bool) -> None:
+    def _seen(self, live: Watched, job: JobRecord, *, missed: bool) -> None:
         """A job's record was read: it exists, and it is observed now."""
         if live.not_found_since is not None:  # the end of a 404 streak: it was not gone
             self._decided(
@@ -251,7 +256,7 @@ class Poller:
                 logger.info("polling a job failed (%s); will try again", exc)
                 return
             if outstanding.get(job_id) is live:
-                self._seen(live, job, missed=self.sweeper.mode == "updated")
+                self._seen(live, JobRecord.from_job(job), missed=self.sweeper.mode == "updated")
 
         await asyncio.gather(*(one(job_id) for job_id in job_ids))
 

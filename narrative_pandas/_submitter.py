@@ -131,7 +131,7 @@ class Submitter:
     async def _post(self, request: JobRequest, *, since: float) -> SubmitResult:
         for _ in range(ABSENT_ROUNDS):
             try:
-                job = await self._client.run_model_inference(encode_body(request))
+                job_id = await self._client.create_job(encode_body(request))
             except (AuthenticationError, PermissionDeniedError, NotFoundError) as exc:
                 await self._release(request)
                 return SubmitResult("fatal", error=exc)
@@ -151,8 +151,8 @@ class Submitter:
                 if settled is not None:
                     return settled
                 continue  # surely never created: POST again under the same claim
-            await self._journal_job(request, job.job_id)
-            return SubmitResult("job", job_id=job.job_id)
+            await self._journal_job(request, job_id)
+            return SubmitResult("job", job_id=job_id)
         await self._release(request)
         return SubmitResult(
             "failed",

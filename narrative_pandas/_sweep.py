@@ -272,7 +272,10 @@ class ListingSweeper:
             else (self._updated_depth + self._updated_depth // 4 + PAGE_HEADROOM)
         )
         per_page = min(MAX_PER_PAGE, max(MIN_PER_PAGE, expected))
-        consumed = foreign = 0
+        consumed = 0
+        # Ids of jobs not (yet) known as ours: judged when the sweep ends, since a POST of this
+        # run may answer after its job was already listed (then it was ours all along).
+        strangers: list[str] = []
         depth: int | None = None
         for _ in range(MAX_SWEEP_PAGES):
             listing = await self._page("updated_at_desc", per_page, consumed)
@@ -289,7 +292,7 @@ class ListingSweeper:
                     if found is not None:
                         found(job_id, record)
                 elif job_id not in ours:
-                    foreign += 1
+                    strangers.append(job_id)
                 # A job without a stamp (another client's, often) says nothing about the order.
                 stamp = parse_timestamp(record.get("updated_at"))
                 if stamp is None:
@@ -320,7 +323,11 @@ class ListingSweeper:
             self._watermark = newest
         if stop_below is not None:
             self._updated_depth = consumed if depth is None else depth
-        self._note_foreign(result.pages, foreign, consumed)
+        if strangers:
+            foreign = sum(1 for job_id in strangers if job_id not in ours)
+            self._note_foreign(result.pages, foreign, consumed)
+        else:
+            self._foreign_sweeps = 0
         return result
 
     def _depth(self) -> float:

@@ -105,7 +105,7 @@ class TestListingVariants:
         assert out["narrative_error"].isna().all()
         assert sandbox.stats.duplicate_submissions == 0
 
-    async def test_unordered_listing_falls_back_to_per_job_polling(
+    async def test_unordered_listing_falls_back_to_reading_by_creation(
         self, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A listing not ordered by updated_at is abandoned (once, with a warning) for reading
@@ -117,6 +117,7 @@ class TestListingVariants:
         assert out["narrative_error"].isna().all()
         assert sum("not ordered by updated_at" in r.message for r in caplog.records) == 1
         assert out.attrs["narrative"]["listing_mode"] == "created"
+        assert out.attrs["listings"] > 0
         assert sandbox.stats.jobs_created == 40 and sandbox.stats.duplicates == 0
 
     async def test_reconcile_by_content_when_input_has_no_tags(self, sandbox: Sandbox) -> None:

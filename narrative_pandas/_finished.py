@@ -1,0 +1,72 @@
+"""What a run writes to its cache as jobs end, gathered per poll and written in one go.
+
+A sweep ends many jobs at once (a hundred per page at high concurrency); writing each result and
+dropping each journal entry as its own call costs a lock (memory) or a queued SQL statement
+(file) per row. So the engine hands them here as it concludes rows, and the poll that read them
+writes them together when it ends: the results first (one ``put_many``), then the journal
+entries they settle. Until then a journal entry still names the finished job, so nothing is
+lost if the process dies in between: the next run collects the job again, without paying twice.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._cache import Cache, CachedResult
+    from ._models import InferenceUsage
+
+__all__ = ["FinishedWrites"]
+
+
+class FinishedWrites:
+    """Results and settled journal entries of one run, waiting for the end of the poll."""
+
+    def __init__(self, cache: Cache | None) -> None:
+        self._cache = cache
+        self._results: list[CachedResult] = []
+        self._settled: list[tuple[str, str]] = []
+        self._result_type: Any = None
+        if cache is not None:
+            from ._cache import CachedResult
+
+            self._result_type = CachedResult
+
+    def result(
+        self,
+        key: str,
+        output: dict[str, Any],
+        usage: InferenceUsage | None,
+        job_id: str,
+        model: str,
+        created_at: float,
+    ) -> None:
+        """A completed, valid answer: cache it, then drop the job's journal entry."""
+        if self._cache is None:
+            return
+        self._results.append(self._result_type(key, output, usage, job_id, model, created_at))
+        self._settled.append((key, job_id))
+
+    def settled(self, key: str, job_id: str) -> None:
+        """The job ended without an answer to keep, or is gone: drop its journal entry (a newer
+        claim of the same key stays)."""
+        if self._cache is not None:
+            self._settled.append((key, job_id))
+
+    def settled_now(self, key: str, job_id: str) -> None:
+        """:meth:`settled`, written at once: the request is about to be claimed again (its job
+        is gone), and a claim must not find the old job still journaled and poll it again."""
+        if self._cache is not None:
+            self._cache.journal_forget(key, job_id)
+
+    def flush(self) -> None:
+        """Write what is waiting: the results in one call, then the journal entries."""
+        cache = self._cache
+        if cache is None or not (self._results or self._settled):
+            return
+        results, self._results = self._results, []
+        settled, self._settled = self._settled, []
+        if results:
+            cache.put_many(results)
+        for key, job_id in settled:
+            cache.journal_forget(key, job_id)
