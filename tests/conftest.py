@@ -3,6 +3,7 @@ Jupyter kernelspec running this interpreter."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 import narrative_pandas as npd
 from narrative_pandas import _cache
 from narrative_pandas.sandbox import Sandbox
+from narrative_pandas.sandbox._knobs import SandboxConfig
 
 ENV_VARS = ("NARRATIVE_API_KEY", "NARRATIVE_BASE_URL", "NARRATIVE_DATA_PLANE_ID")
 
@@ -69,19 +71,16 @@ def sandbox(sandbox_server: Sandbox) -> Iterator[Sandbox]:
     sandbox_server.reset()
 
 
+#: Every knob back to its default before and after each test (with the session's fast
+#: latencies), so no knob a test set (foreign jobs, skew, lag...) leaks into the next test on
+#: the same worker, whatever order pytest-xdist gives the files.
 DEFAULT_KNOBS: dict[str, Any] = {
+    **{
+        field.name: getattr(SandboxConfig(), field.name)
+        for field in dataclasses.fields(SandboxConfig)
+    },
     "queue_latency": 0.02,
     "run_latency": 0.05,
-    "failure_rate": 0.0,
-    "responder": None,
-    "validate_responder": True,
-    "rate_limit_rps": None,
-    "max_unfinished_jobs": None,
-    "error_rate": 0.0,
-    "error_statuses": (500, 502, 503),
-    "post_500_after_create_rate": 0.0,
-    "response_delay": 0.0,
-    "ttl": None,
 }
 
 
