@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from typing import cast
 from urllib.parse import quote, quote_plus, urlencode, urlsplit
 
-from ._transport import KEEPALIVE_EXPIRY_S, Answer, MaskedHeaders
+from ._transport import KEEPALIVE_EXPIRY_S, Answer, MaskedHeaders, _Urls
 
 __all__ = [
     "MAX_HEAD_BYTES",
@@ -299,14 +299,17 @@ class _Connection(asyncio.Protocol):
     def _parse_head(self) -> bool:
         """Parse a status line and headers; skip 1xx answers; choose how the body is framed."""
         buf = self._buf
-        end = buf.find(b"\r\n\r\n", max(self._pos, self._scanned - 3))
+        end = _find_within(
+            buf,
+            b"\r\n\r\n",
+            self._pos,
+            MAX_HEAD_BYTES,
+            f"answer headers larger than {MAX_HEAD_BYTES} bytes",
+            scan_from=max(self._pos, self._scanned - 3),
+        )
         if end < 0:
             self._scanned = len(buf)
-            if len(buf) - self._pos > MAX_HEAD_BYTES:
-                raise WireProtocolError(f"answer headers larger than {MAX_HEAD_BYTES} bytes")
             return False
-        if end - self._pos > MAX_HEAD_BYTES:
-            raise WireProtocolError(f"answer headers larger than {MAX_HEAD_BYTES} bytes")
         status_line, _, block = buf[self._pos : end].decode("latin-1").partition("\r\n")
         self._pos = self._scanned = end + 4
         match = _STATUS_LINE.fullmatch(status_line)
@@ -357,13 +360,11 @@ class _Connection(asyncio.Protocol):
                 if len(buf) - pos >= 2 and buf[pos : pos + 2] == b"\r\n":
                     self._pos = pos + 2
                     return self._answer()
-                end = buf.find(b"\r\n\r\n", pos)
+                end = _find_within(
+                    buf, b"\r\n\r\n", pos, MAX_HEAD_BYTES, "chunked trailers too large"
+                )
                 if end < 0:
-                    if len(buf) - pos > MAX_HEAD_BYTES:
-                        raise WireProtocolError("chunked trailers too large")
                     return None
-                if end - pos > MAX_HEAD_BYTES:
-                    raise WireProtocolError("chunked trailers too large")
                 for line in buf[pos:end].decode("latin-1").split("\r\n"):
                     if _HEADER_LINE.fullmatch(line) is None:
                         raise WireProtocolError(f"malformed chunked trailer: {line[:80]!r}")
@@ -378,13 +379,9 @@ class _Connection(asyncio.Protocol):
                 self._parts.append(bytes(buf[pos:end]))
                 self._pos, self._remaining = end + 2, 0
                 continue
-            end = buf.find(b"\r\n", pos)
+            end = _find_within(buf, b"\r\n", pos, MAX_CHUNK_LINE, "chunk-size line too long")
             if end < 0:
-                if len(buf) - pos > MAX_CHUNK_LINE:
-                    raise WireProtocolError("chunk-size line too long")
                 return None
-            if end - pos > MAX_CHUNK_LINE:
-                raise WireProtocolError("chunk-size line too long")
             match = _CHUNK_SIZE.fullmatch(buf, pos, end)
             if match is None:
                 line = buf[pos:end].decode("latin-1")
@@ -401,6 +398,18 @@ class _Connection(asyncio.Protocol):
         if coding is not None:
             content = _decode(content, coding)
         return Answer(self._status, _Headers(headers), content, self._reason)
+
+
+def _find_within(
+    buf: bytearray, sep: bytes, start: int, limit: int, too_long: str, scan_from: int = -1
+) -> int:
+    """Where ``sep`` is in ``buf`` after ``start`` (looked for from ``scan_from`` when given),
+    or -1 while it may still arrive; WireProtocolError(``too_long``) once more than ``limit``
+    bytes stand before it, or have arrived without it."""
+    end = buf.find(sep, start if scan_from < 0 else scan_from)
+    if (end if end >= 0 else len(buf)) - start > limit:
+        raise WireProtocolError(too_long)
+    return end
 
 
 def _bad_line(block: str) -> str:
@@ -480,8 +489,7 @@ class WireExchange:
         port = f":{self._port}" if self._port != default_port else ""
         self._host_line = f"Host: {shown}{port}\r\n"
         self._where = f"{shown}:{self._port}"
-        self._prefix = parts.path.rstrip("/")
-        self._targets: dict[str, str] = {}
+        self._target = _Urls(parts.path.rstrip("/"), _quote_path)
         self._max = max_connections
         self._timeout = timeout
         self._idle: collections.deque[_Connection] = collections.deque()
@@ -502,11 +510,7 @@ class WireExchange:
         body: bytes | None,
         headers: MaskedHeaders,
     ) -> bytes:
-        target = self._targets.get(path)
-        if target is None:
-            target = quote(self._prefix + path, safe=_PATH_SAFE)
-            if not path.startswith("/jobs/"):  # job paths are not kept: the memo stays small
-                self._targets[path] = target
+        target = self._target(path)
         if params:
             target += "?" + urlencode(params, quote_via=quote_plus, safe="?/:@")
         lines = [f"{method} {target} HTTP/1.1\r\n", self._host_line]
@@ -689,6 +693,11 @@ class WireExchange:
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _quote_path(path: str) -> str:
+    """The request target of a path (percent-encoded as yarl did for the aiohttp path)."""
+    return quote(path, safe=_PATH_SAFE)
 
 
 def _ascii_host(host: str) -> str:
