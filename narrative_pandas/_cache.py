@@ -63,7 +63,6 @@ Where
 from __future__ import annotations
 
 import abc
-import asyncio
 import atexit
 import contextlib
 import dataclasses
@@ -98,10 +97,8 @@ from ._models import InferenceUsage
 from ._sqlite_writer import (
     SQLiteWriter,
     Statement,
-    WouldBlock,
     is_lock_error,
     locked_message,
-    without_waiting,
 )
 
 __all__ = [
@@ -115,7 +112,6 @@ __all__ = [
     "MemoryCache",
     "ResultRow",
     "SQLiteCache",
-    "call_off_loop",
     "decode_result",
     "default_cache",
     "resolve_cache",
@@ -139,7 +135,7 @@ _LOCK_RETRIES = 3
 
 _WRITER_BUSY_S = 0.0
 """SQLite's own wait on a lock for the writing connection: none; the writer thread retries (and
-says so) itself, and an attempt from the event loop gives up at once (see call_off_loop)."""
+says so) itself."""
 
 _TABLES = ("results", "journal", "runs", "blobs")
 
@@ -1624,26 +1620,6 @@ class SQLiteCache(Cache):
                     conn.close()
                 else:
                     _inherited_connections.append(conn)
-
-
-async def call_off_loop(cache: Cache, method: Callable[..., _T], *args: Any) -> _T:
-    """Call a cache method from the event loop without blocking it.
-
-    A file cache may wait for another process's lock (up to its ``timeout``): the call is first
-    made here without waiting (a durable write is then one short transaction), and when that
-    would wait it is made again in a worker thread; nothing is written by the attempt that
-    gives up, but ``method`` must not queue other writes before its durable one. The in-memory
-    cache never waits, so it is called inline.
-    """
-    if not cache.persistent:
-        return method(*args)
-    if isinstance(cache, SQLiteCache):
-        try:  # one short transaction right here when the file is free: no thread hand-over
-            with without_waiting():
-                return method(*args)
-        except WouldBlock:
-            pass  # the file is locked (or being written): wait in a thread instead
-    return await asyncio.to_thread(method, *args)
 
 
 def _reopen_sqlite(path: str, timeout: float) -> SQLiteCache:

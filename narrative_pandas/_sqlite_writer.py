@@ -30,20 +30,19 @@ reads its own writes.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import logging
 import random
 import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._exceptions import CacheLockedError
 
-__all__ = ["SQLiteWriter", "WouldBlock", "is_lock_error", "locked_message", "without_waiting"]
+__all__ = ["SQLiteWriter", "is_lock_error", "locked_message"]
 
 logger = logging.getLogger("narrative_pandas")
 
@@ -69,30 +68,6 @@ function given the connection and every row of a run of it (a statement with a f
 
 MERGE_LOOKBACK = 16
 """How far back in the queue a write that may go earlier looks for a queued run of its SQL."""
-
-_mode = threading.local()
-
-
-class WouldBlock(Exception):
-    """Raised instead of waiting inside :func:`without_waiting` (nothing was written)."""
-
-
-@contextlib.contextmanager
-def without_waiting() -> Iterator[None]:
-    """On this thread, a durable write or a read that would have to wait raises WouldBlock.
-
-    The event loop uses it to make a durable write itself when the file is free (one short
-    transaction, no thread hand-over) and to fall back to a worker thread when it is not.
-    """
-    _mode.no_wait = True
-    try:
-        yield
-    finally:
-        _mode.no_wait = False
-
-
-def _no_wait() -> bool:
-    return getattr(_mode, "no_wait", False)
 
 
 def is_lock_error(exc: BaseException) -> bool:
@@ -201,8 +176,6 @@ class SQLiteWriter:
     def write(self, action: Action, tables: Iterable[str], label: str = "write") -> Any:
         """Queue ``action`` and return its value once committed (or raise its error)."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        if _no_wait():
-            return self._write_now(action, tables, future, label)
         self._enqueue(action, None, None, tables, future, label)
         if self._commit.acquire(blocking=False):  # nobody is committing: do it on this thread
             try:
@@ -224,26 +197,6 @@ class SQLiteWriter:
             with self._cond:
                 state.urgent -= 1
 
-    def _write_now(
-        self,
-        action: Action,
-        tables: Iterable[str],
-        future: concurrent.futures.Future[Any],
-        label: str,
-    ) -> Any:
-        """The queue and ``action`` in one transaction on this thread, or WouldBlock."""
-        if not self._commit.acquire(blocking=False):
-            raise WouldBlock
-        try:
-            self._enqueue(action, None, None, tables, future, label)
-            self._drain(patient=False)
-        finally:
-            self._commit.release()
-        if not future.done():
-            future.cancel()
-            raise WouldBlock
-        return future.result()
-
     def settle(self, tables: Iterable[str], timeout: float | None = None) -> None:
         """Wait until every write queued so far on ``tables`` is applied (read your own writes)."""
         with self._cond:
@@ -263,8 +216,6 @@ class SQLiteWriter:
             state = self._state
             if state.done_seq >= target:
                 return
-            if _no_wait():
-                raise WouldBlock
             state.urgent += 1  # someone waits: no lingering
             self._cond.notify_all()
             try:
