@@ -10,13 +10,12 @@ A diagnostic for issue 17 item 2; ``run.py`` holds the targets.
 
 The split pairs the k-th freed slot with the k-th observed end and the k-th POST (all sorted),
 so each part is a mean over the run, not a per-job trace. Wall times: run it alone
-(``flock /work/scratch/bench.lock ...`` on a shared machine) and read the load average printed.
+on the machine and read the load average printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import heapq
 import itertools
 import json
 import os
@@ -71,6 +70,7 @@ def main() -> int:
 def _measure(args: argparse.Namespace, target: dict[str, str]) -> int:
     import pandas as pd
     from _client import MODEL, PROMPT, SCHEMA, review
+    from run import service_pace
 
     import narrative_pandas as npd
     from narrative_pandas import _client, _engine, _submitter
@@ -124,12 +124,7 @@ def _measure(args: argparse.Namespace, target: dict[str, str]) -> int:
     wall, cpu = time.time() - started, time.process_time() - cpu
     stats = _control(target["base_url"], "/_bench/stats?timelines=1")
     timelines = stats["timelines"]
-    ends: list[float] = []
-    gaps: list[float] = []
-    for created, ended in timelines:
-        if len(ends) >= concurrency:
-            gaps.append(max(0.0, created - heapq.heappop(ends)))
-        heapq.heappush(ends, ended)
+    mean_gap_s = service_pace(timelines, concurrency).mean_gap_s
     created_after = sorted(c for c, _ in timelines)[concurrency:]
     freed = sorted(e for _, e in timelines)[: len(created_after)]
     posts_after = sorted(posted)[concurrency:]
@@ -142,7 +137,7 @@ def _measure(args: argparse.Namespace, target: dict[str, str]) -> int:
         f"average {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"  mean slot gap {statistics.mean(gaps) * 1000:.0f} ms = end -> seen "
+        f"  mean slot gap {mean_gap_s * 1000:.0f} ms = end -> seen "
         f"{_mean_ms(seen, freed):.0f} + seen -> POST {_mean_ms(posts_after, seen):.0f} + "
         f"POST -> created {_mean_ms(created_after, posts_after):.0f} ms"
     )
