@@ -179,19 +179,14 @@ class CountingCache(MemoryCache):
 class TestCacheWritesPerPoll:
     """A poll's finished rows reach the cache in one write, and the journal is emptied."""
 
-    def test_results_written_per_poll_not_per_row(self, sandbox: Sandbox) -> None:
+    def test_results_written_per_poll_not_per_row(
+        self, sandbox: Sandbox, target: dict[str, str]
+    ) -> None:
         """300 rows, 100 at a time: every result cached, in far fewer writes than rows."""
         sandbox.configure(queue_latency=0.0, run_latency=0.2)
         cache = CountingCache()
         out = pd.DataFrame({"text": [f"row {i}" for i in range(300)]}).narrative.infer(
-            "Text: {text}",
-            output=Label,
-            concurrency=100,
-            progress=False,
-            cache=cache,
-            api_key=sandbox.api_key,
-            base_url=sandbox.base_url,
-            data_plane_id=sandbox.data_plane_id,
+            "Text: {text}", output=Label, concurrency=100, progress=False, cache=cache, **target
         )
         assert out["narrative_error"].isna().all()
         assert sandbox.stats.jobs_created == 300 and sandbox.stats.duplicates == 0
@@ -204,7 +199,7 @@ class TestForeignRecordsNotDecoded:
     """Other clients' records on the listing's pages are skipped before any model is built."""
 
     def test_only_our_records_become_job_records(
-        self, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+        self, sandbox: Sandbox, target: dict[str, str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """500 other jobs on the listing: a JobRecord or a Job only ever for one of ours."""
         sandbox.configure(queue_latency=0.0, run_latency=0.3, foreign_jobs=500)
@@ -224,14 +219,7 @@ class TestForeignRecordsNotDecoded:
         monkeypatch.setattr(JobRecord, "of", classmethod(counting_of))
         monkeypatch.setattr(Job, "model_validate", counting_validate)
         out = pd.DataFrame({"text": [f"row {i}" for i in range(60)]}).narrative.infer(
-            "Text: {text}",
-            output=Label,
-            concurrency=20,
-            progress=False,
-            cache=False,
-            api_key=sandbox.api_key,
-            base_url=sandbox.base_url,
-            data_plane_id=sandbox.data_plane_id,
+            "Text: {text}", output=Label, concurrency=20, progress=False, cache=False, **target
         )
         assert out["narrative_error"].isna().all()
         assert sandbox.stats.jobs_created == 60 and sandbox.stats.duplicates == 0
