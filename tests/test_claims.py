@@ -338,17 +338,21 @@ class TestRunsShareClaims:
     def test_start_twice_on_the_same_rows_pays_once(
         self, sandbox: Sandbox, target: dict[str, str]
     ) -> None:
-        """A second start() while the first still runs waits for its jobs instead of paying."""
+        """A second start() while the first still runs waits for its jobs instead of paying.
+
+        The second goes through the rows from the other end, so the two meet in the middle and
+        each finds rows the other claimed, however fast either one is."""
         sandbox.configure(queue_latency=0.4, run_latency=0.1)
         df = frame(60)
         options: dict[str, Any] = {"output": Label, "progress": False, "concurrency": 8}
         first = df.narrative.start(PROMPT, **options, **target)
         wait_until(lambda: sandbox.stats.jobs_created >= 4, what="4 submissions")
-        second = df.narrative.start(PROMPT, **options, **target)
+        second = df.iloc[::-1].narrative.start(PROMPT, **options, **target)
         out1, out2 = first.result(), second.result()
         assert sandbox.stats.jobs_created == 60
         assert sandbox.stats.duplicates == 0
-        check_same_results(out1, out2)
+        assert list(out2.index) == list(df.index[::-1])
+        check_same_results(out1, out2.loc[out1.index])
         reports = [out1.attrs["narrative"], out2.attrs["narrative"]]
         assert sum(r["jobs_submitted"] for r in reports) == 60
         assert all(r["shared_rows"] > 0 for r in reports)  # each waited on the other's claims
