@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,14 +103,42 @@ class RequestCommon:
 class JobRequest:
     """One unique request of a run: its fingerprint, its messages and how many rows share it.
 
-    The JSON body is built when it is sent (``body``), so a run holds each row's text once.
+    The JSON body is built when it is sent (``body``), so a run holds each row's text once. The
+    messages are kept as the run's ``roles`` (one tuple, shared by every request) and this
+    request's ``texts`` (a bare string for a single turn): a tuple of ``(role, text)`` pairs
+    per row cost 104 bytes a row at 100,000 rows, a tenth of a run's memory.
     """
 
     key: str
-    messages: tuple[tuple[str, str], ...]
+    roles: tuple[str, ...]
+    texts: str | tuple[str, ...]
     common: RequestCommon
     rows: int
     prompt_tokens_estimate: int
+
+    @classmethod
+    def from_messages(
+        cls,
+        key: str,
+        messages: Sequence[tuple[str, str]],
+        common: RequestCommon,
+        rows: int,
+        prompt_tokens_estimate: int,
+    ) -> JobRequest:
+        """A request from its ``(role, text)`` pairs."""
+        roles = tuple(role for role, _ in messages)
+        texts = tuple(text for _, text in messages)
+        return cls(
+            key, roles, texts[0] if len(texts) == 1 else texts, common, rows, prompt_tokens_estimate
+        )
+
+    @property
+    def messages(self) -> tuple[tuple[str, str], ...]:
+        """The ``(role, text)`` pair of each turn."""
+        texts = self.texts
+        if isinstance(texts, str):
+            return ((self.roles[0], texts),)
+        return tuple(zip(self.roles, texts, strict=True))
 
     @property
     def tag(self) -> str:
@@ -142,7 +169,7 @@ class JobRequest:
             tags=tuple(t for t in body.get("tags") or () if t not in own),
         )
         messages = tuple((m["role"], m["text"]) for m in body["messages"])
-        return cls(key, messages, common, rows, prompt_tokens_estimate)
+        return cls.from_messages(key, messages, common, rows, prompt_tokens_estimate)
 
 
 class SlotLimiter(Protocol):
@@ -817,9 +844,7 @@ class Engine:
             self._journal_done(request.key, job.job_id)
             return
         self.report.completed += request.rows
-        self._writes.result(
-            request.key, output, usage, job.job_id, request.common.model, time.time()
-        )
+        self._writes.result(request.key, output, usage, job.job_id, request.common.model)
         self._finish(
             request,
             RowOutcome(output=output, job_id=job.job_id, usage=counts, status="completed"),

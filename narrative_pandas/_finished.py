@@ -39,12 +39,12 @@ class FinishedWrites:
         usage: InferenceUsage | None,
         job_id: str,
         model: str,
-        created_at: float,
     ) -> None:
-        """A completed, valid answer: cache it, then drop the job's journal entry."""
+        """A completed, valid answer: cache it, then drop the job's journal entry. Its time is
+        the write's (``created_at`` 0: one stamp per poll, not a float per row)."""
         if self._cache is None:
             return
-        self._results.append(self._result_type(key, output, usage, job_id, model, created_at))
+        self._results.append(self._result_type(key, output, usage, job_id, model))
         self._settled.append((key, job_id))
 
     def settled(self, key: str, job_id: str) -> None:

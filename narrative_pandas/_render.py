@@ -62,6 +62,24 @@ class RenderedColumns:
             return [((role, text),) for text in columns[0]]
         return [tuple(zip(roles, row, strict=True)) for row in zip(*columns, strict=True)]
 
+    def texts_at(self, position: int) -> str | tuple[str, ...]:
+        """The texts of the row at ``position``: a bare string for a single turn (what a
+        :class:`~._engine.JobRequest` keeps beside the shared roles)."""
+        if len(self.texts) == 1:
+            text = self.texts[0]
+            return text if isinstance(text, str) else text[position]
+        return tuple(text if isinstance(text, str) else text[position] for text in self.texts)
+
+    def texts_of(self, positions: Sequence[int]) -> list[str] | list[tuple[str, ...]]:
+        """:meth:`texts_at` of each of ``positions``, in one pass per turn."""
+        columns = [
+            [text] * len(positions) if isinstance(text, str) else [text[p] for p in positions]
+            for text in self.texts
+        ]
+        if len(columns) == 1:
+            return columns[0]
+        return list(zip(*columns, strict=True))
+
     def turns(self) -> list[Turns | str]:
         """One entry per row: its turns, or the reason it was skipped."""
         turns: list[Turns | str] = list(self.rows_at(range(self.rows)))

@@ -79,8 +79,14 @@ class RequestTable(Sequence[JobRequest]):
     def _make(self, i: int) -> JobRequest:
         position = self.positions[i]
         estimate = int(self.estimates[position])
+        rendered = self.rendered
         return JobRequest(
-            self.keys[i], self.rendered.row(position), self.common, self.rows[i], estimate
+            self.keys[i],
+            rendered.roles,
+            rendered.texts_at(position),
+            self.common,
+            self.rows[i],
+            estimate,
         )
 
     @overload
@@ -100,12 +106,16 @@ class RequestTable(Sequence[JobRequest]):
     def _objects(self) -> list[JobRequest]:
         """Every request as an object, built once (what the engine and the run record use)."""
         if self._built is None:
-            common, positions = self.common, self.positions
+            common, positions, roles = self.common, self.positions, self.rendered.roles
             estimates = self.estimates.tolist()
             self._built = [
-                JobRequest(key, turns, common, rows, estimates[position])
-                for key, turns, rows, position in zip(
-                    self.keys, self.rendered.rows_at(positions), self.rows, positions, strict=True
+                JobRequest(key, roles, texts, common, rows, estimates[position])
+                for key, texts, rows, position in zip(
+                    self.keys,
+                    self.rendered.texts_of(positions),
+                    self.rows,
+                    positions,
+                    strict=True,
                 )
             ]
         return self._built

@@ -144,7 +144,7 @@ class TestNoUsageReported:
 
 def request(prompt_tokens: int = 10) -> JobRequest:
     common = RequestCommon("plane", "anthropic.claude-haiku-4.5", {"output_format_schema": {}})
-    return JobRequest(f"k{prompt_tokens}", (("user", "x"),), common, 1, prompt_tokens)
+    return JobRequest.from_messages(f"k{prompt_tokens}", (("user", "x"),), common, 1, prompt_tokens)
 
 
 class TestReservations:

@@ -102,7 +102,8 @@ class TestRequestTable:
         one = RequestCommon("dp", "m", {})
         two = RequestCommon("dp", "m2", {})
         requests = [
-            JobRequest(f"k{i}", (("user", "x"),), c, 1, 1) for i, c in enumerate([one, two, one])
+            JobRequest.from_messages(f"k{i}", (("user", "x"),), c, 1, 1)
+            for i, c in enumerate([one, two, one])
         ]
         assert request_keys(requests) == ["k0", "k1", "k2"]
         assert request_commons(requests) == ([one, two], [0, 1, 0])
