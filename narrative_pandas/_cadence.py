@@ -14,11 +14,22 @@ long jobs a poll lands as the first jobs of a wave end, not up to one interval l
 polls that could only find "still running" in between are not made. Once the oldest job is due,
 the interval applies. The observation bound (3 x the mean latency and more) is never reached by
 this wait, since it is at most the shortest latency.
+
+**Waves.** When the recent jobs took about as long as each other (the middle 80% of their
+latencies within :data:`AGREE_SPREAD_S` or :data:`AGREE_SPREAD_SHARE` of the median, as the
+server stamped them: ``updated_at - created_at``, which no poll of ours delays), each
+outstanding job's end is predicted: its POST's answer plus that latency. The next poll is then
+placed when :data:`JOBS_PER_POLL` jobs are expected done, or when the first of them has waited
+:data:`DUE_MAX_WAIT_S`, never sooner than :data:`DUE_MIN_INTERVAL_S` after the last one began.
+With waves of equal jobs at C=500 that turned a poll every 50 ms (a freed slot waited half of
+it on average) into polls timed to the ends, and nothing between waves.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections import deque
 from collections.abc import Iterable
 
 __all__ = [
@@ -39,6 +50,21 @@ MAX_POLL_INTERVAL_S = 5.0
 DUE_AFTER_JOBS = 3
 #: Longest the first wave's polls wait for its POSTs to go out (see ``holds_for_ramp``).
 RAMP_HOLD_MAX_S = 2.0
+#: Recent latencies kept to tell whether jobs take about as long as each other ("Waves").
+RECENT_LATENCIES = 64
+#: Finished jobs needed before their latencies are compared.
+AGREE_AFTER_JOBS = 8
+#: Latencies agree when the middle 80% lie within this many seconds ...
+AGREE_SPREAD_S = 0.03
+#: ... or within this share of their median.
+AGREE_SPREAD_SHARE = 0.15
+#: With agreeing latencies: the least time between the starts of two polls ...
+DUE_MIN_INTERVAL_S = 0.02
+#: ... and the longest a job expected done waits for a poll.
+DUE_MAX_WAIT_S = 0.025
+#: A job expected done this long before a poll began and still not seen is late, not due: it
+#: no longer hastens polls (the interval applies to it).
+LATE_AFTER_S = 0.05
 
 
 class PollCadence:
@@ -50,12 +76,34 @@ class PollCadence:
         self.min_latency = math.inf
         self.finished = 0
         self.due_polls = 0
+        self._recent: deque[float] = deque(maxlen=RECENT_LATENCIES)
+        self._agreed: float | None = None
+        self._agreed_stale = False
 
-    def record(self, latency: float) -> None:
-        """A job submitted by this run ended ``latency`` seconds after its submission."""
+    def record(self, latency: float, service_latency: float | None = None) -> None:
+        """A job submitted by this run ended ``latency`` seconds after its submission (by our
+        clock: when its POST answered to when a poll saw it end); ``service_latency``: the
+        server's stamps of its creation and end apart, when it stamped both."""
         self.finished += 1
         self.mean_latency += (latency - self.mean_latency) / self.finished
         self.min_latency = min(self.min_latency, latency)
+        valid = service_latency is not None and 0 <= service_latency <= latency
+        self._recent.append(service_latency if valid else latency)  # type: ignore[arg-type]
+        self._agreed_stale = True
+
+    def agreed_latency(self) -> float | None:
+        """The latency recent jobs agree on (their 10th percentile), or None when they do not
+        (see "Waves" in the module doc)."""
+        if self._agreed_stale:
+            self._agreed_stale = False
+            self._agreed = None
+            if len(self._recent) >= AGREE_AFTER_JOBS:
+                ordered = sorted(self._recent)
+                n = len(ordered)
+                low, median, high = ordered[n // 10], ordered[n // 2], ordered[(9 * n) // 10]
+                if high - low <= max(AGREE_SPREAD_S, AGREE_SPREAD_SHARE * median):
+                    self._agreed = low
+        return self._agreed
 
     def interval(self, now: float, submitted: Iterable[float], count: int) -> float:
         """Seconds between polls with ``count`` jobs outstanding, submitted at ``submitted``."""
@@ -106,8 +154,38 @@ class PollCadence:
         at = max(now, begun + interval)
         if self.fixed is not None or self.finished < DUE_AFTER_JOBS or not submitted:
             return at
+        agreed = self.agreed_latency()
+        if agreed is not None:
+            self.due_polls += 1
+            return self._when_due(now, begun, sorted(submitted), agreed, at)
         due = min(submitted) + self.min_latency
         if due < now + MIN_POLL_INTERVAL_S:  # the oldest may be done already: the interval
             return at
         self.due_polls += 1
+        return min(due, now + MAX_POLL_INTERVAL_S)
+
+    def _when_due(
+        self, now: float, begun: float, submitted: list[float], latency: float, at: float
+    ) -> float:
+        """The next poll when jobs take ``latency`` each (see "Waves" in the module doc);
+        ``submitted`` ascending, ``at``: the interval's choice, kept for jobs that are late."""
+        late = bisect.bisect_right(submitted, begun - LATE_AFTER_S - latency)
+        waiting = bisect.bisect_right(submitted, begun - latency) - late
+        if waiting >= JOBS_PER_POLL:
+            due = begun
+        else:
+            first = (
+                begun
+                if waiting
+                else submitted[late] + latency
+                if late < len(submitted)
+                else math.inf
+            )
+            due = first + DUE_MAX_WAIT_S
+            nth = late + JOBS_PER_POLL - 1
+            if nth < len(submitted):
+                due = min(due, submitted[nth] + latency)
+        if late:  # jobs long expected and not seen: the interval still looks for them
+            due = min(due, at)
+        due = max(due, begun + DUE_MIN_INTERVAL_S, now)
         return min(due, now + MAX_POLL_INTERVAL_S)

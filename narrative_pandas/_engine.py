@@ -79,6 +79,9 @@ SUBMIT_GRACE_S = 0.5
 WIND_DOWN_POLL_S = 0.3
 
 
+#: Distinct token counts a run shares between its rows' outcomes (``_shared_counts``).
+SHARED_COUNTS_MAX = 4096
+
 #: Tags the library adds to every job: one to find its jobs, one per request to reconcile POSTs.
 LIBRARY_TAG = "narrative-pandas"
 TAG_PREFIX = "npd-"
@@ -305,6 +308,7 @@ class Engine:
             decided=self._decided,
         )
         self._cadence = PollCadence(options.poll_interval)
+        self._counts: dict[TokenCounts, TokenCounts] = {}
         self._writes = FinishedWrites(cache)
         self._largest_page = 0
         self._release_tasks: set[asyncio.Task[None]] = set()
@@ -748,8 +752,10 @@ class Engine:
         submitted = [live.submitted_at for live in self._outstanding.values()]
         return self._cadence.interval(now, submitted, len(submitted))
 
-    def _record_latency(self, live: _Live) -> None:
-        self._cadence.record(self._clock.now() - live.submitted_at)
+    def _record_latency(self, live: _Live, job: JobRecord) -> None:
+        created, ended = job.created_at, job.updated_at
+        service = None if created is None or ended is None else (ended - created).total_seconds()
+        self._cadence.record(self._clock.now() - live.submitted_at, service)
 
     async def _poll(self) -> None:
         self.report.polls += 1
@@ -789,7 +795,7 @@ class Engine:
         if job.is_terminal:
             del self._outstanding[job.job_id]
             if not live.resumed:
-                self._record_latency(live)
+                self._record_latency(live, job)
             self._conclude(live, job)
             # The freed slot takes its next request now, not after the rest of this poll.
             self._fill()
@@ -803,7 +809,7 @@ class Engine:
     def _conclude(self, live: _Live, job: JobRecord) -> None:
         request = live.request
         usage = job.usage
-        counts = TokenCounts.of(usage)
+        counts = self._shared_counts(TokenCounts.of(usage))
         if usage is None and job.state == "completed" and job.has_result:
             # An answer without usage is counted, for the budget and the report, by an
             # estimate (_budget.py); the row's own token columns stay empty.
@@ -851,6 +857,18 @@ class Engine:
             old=live.phase,
             new="completed",
         )
+
+    def _shared_counts(self, counts: TokenCounts | None) -> TokenCounts | None:
+        """One object per distinct count: rows of one prompt often use as many tokens, and a
+        tuple per row was 64 bytes of every finished row's memory."""
+        if counts is None:
+            return None
+        shared = self._counts.get(counts)
+        if shared is not None:
+            return shared
+        if len(self._counts) < SHARED_COUNTS_MAX:  # all distinct: no table grows per row
+            self._counts[counts] = counts
+        return counts
 
     def _journal_done(self, key: str, job_id: str) -> None:
         """The job ended or is gone: drop its entry (a newer claim of the same key stays)."""

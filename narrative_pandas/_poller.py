@@ -134,7 +134,9 @@ class Poller:
                     list(outstanding),
                     ours=self._ours,
                     oldest_created=_oldest_created(outstanding),
-                    found=lambda job_id, record: self._apply_one(job_id, record, outstanding),
+                    found=lambda job_id, record, beyond: self._apply_one(
+                        job_id, record, outstanding, verifying=beyond
+                    ),
                 )
             )
             if self.sweeper.mode == "updated":

@@ -70,7 +70,7 @@ class RenderedColumns:
             return text if isinstance(text, str) else text[position]
         return tuple(text if isinstance(text, str) else text[position] for text in self.texts)
 
-    def texts_of(self, positions: Sequence[int]) -> list[str] | list[tuple[str, ...]]:
+    def texts_of(self, positions: Sequence[int]) -> Sequence[str | tuple[str, ...]]:
         """:meth:`texts_at` of each of ``positions``, in one pass per turn."""
         columns = [
             [text] * len(positions) if isinstance(text, str) else [text[p] for p in positions]

@@ -3,11 +3,13 @@
 Two ways to read the listing, because neither of its promises can be trusted everywhere:
 
 - **by update** (``order_by=updated_at_desc``): pages go down only to the newest update the
-  previous sweep saw, less a margin. Cheapest when our jobs dominate the listing: a sweep reads
-  what changed and nothing else. It relies on ``updated_at`` following real time across
-  executors; the margin is *learned* (the largest miss seen: a job whose update the sweeps did
-  not show although it happened, found later by identity), so clock skew of a few seconds costs
-  a slightly deeper read, not a lost job.
+  previous sweep saw. Cheapest when our jobs dominate the listing: a sweep reads what changed
+  and nothing else. An update that shows up late (replica lag) is caught by the *deep* sweep
+  made at most every :data:`DEEP_EVERY_S`, which reads down to where the previous deep sweep
+  began less a margin (:class:`UpdateWindow`). It relies on ``updated_at`` following real time
+  across executors; the margin is *learned* (the largest miss seen: a job whose update the
+  sweeps did not show although it happened, found later by identity), so clock skew of a few
+  seconds costs a slightly deeper read, not a lost job.
 - **by creation** (``order_by=created_at_desc``): pages go down until every job asked for has
   been found by its id, only as deep as our jobs can be (the ``created_at`` of our oldest
   outstanding job, when known) and only while another page is cheaper than fetching the rest one
@@ -24,6 +26,7 @@ page. Whatever a sweep misses, the engine's observation bound (``_observation.py
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -56,10 +59,15 @@ MAX_LEARNED_MARGIN_S = 10.0
 FOREIGN_SWEEPS_TO_SWITCH = 1
 #: ... "most" being this share of the records read.
 FOREIGN_SHARE = 0.75
-#: Records beyond the learned depth asked for in a sweep by update (updates keep coming).
-PAGE_HEADROOM = 20
-#: Called with each wanted job's record as soon as its page is read.
-Found = Callable[[str, Mapping[str, Any]], None]
+#: Records beyond the expected count asked for in a sweep by update (updates keep coming).
+PAGE_HEADROOM = 30
+#: ... and this multiple of the updates expected (they come in bursts).
+PAGE_SLACK = 1.5
+#: Longest time between two deep sweeps by update (see :class:`UpdateWindow`).
+DEEP_EVERY_S = 0.5
+#: Called with each wanted job's record as soon as its page is read, and whether the record is
+#: older than a sweep by update promises to read (its change, if new, is one the order hid).
+Found = Callable[[str, Mapping[str, Any], bool], None]
 #: Statuses meaning "this order_by is not supported here".
 REFUSED_ORDER_STATUSES = frozenset({400, 422})
 
@@ -100,6 +108,68 @@ def is_last_page(
     return False
 
 
+class UpdateWindow:
+    """How deep a sweep by update reads, and how large a page it asks for.
+
+    Each sweep reads down to the newest update the sweeps have seen (the watermark): what
+    changed since, and nothing else, so a poll at high concurrency reads tens of records
+    instead of every update of the last half second (at C=500 that re-read was 400 records, 20
+    ms, every poll). An update whose stamp is older than the watermark when it shows up (replica
+    lag, executors' clocks) is caught by a *deep* sweep: at most every :data:`DEEP_EVERY_S`, one
+    reads down to the watermark the previous deep sweep began with, less ``depth``. That keeps
+    the promise of reading every sweep down to the watermark less ``depth``: an update that shows
+    up less than ``depth`` late is read by the first deep sweep after it shows up, however far
+    apart deep sweeps are.
+    """
+
+    def __init__(self) -> None:
+        self._deep_at: float | None = None  # monotonic time the last deep sweep began
+        self._deep_mark: float | None = None  # the watermark it began with (server seconds)
+        self._rate: float | None = None  # updates per server second, from the last sweeps
+        self._last_at: float | None = None
+        self.deep_sweeps = 0
+
+    def stop_line(self, watermark: float | None, depth: float) -> tuple[float | None, bool]:
+        """Where this sweep may stop (server seconds; None: read everything) and whether it
+        is a deep one. Called as a sweep begins."""
+        now = time.monotonic()
+        deep = self._deep_at is None or now - self._deep_at >= DEEP_EVERY_S
+        if watermark is None:
+            stop = None
+        elif deep:
+            stop = (watermark if self._deep_mark is None else self._deep_mark) - depth
+        else:
+            stop = watermark
+        if deep:
+            self._deep_at, self._deep_mark = now, watermark
+            self.deep_sweeps += 1
+        return stop, deep
+
+    def page_size(self, stop: float | None, watermark: float | None, wanted: int) -> int:
+        """Records to ask for: the updates expected above ``stop``, with headroom, so one
+        request usually covers a sweep (sequential pages would delay every completion)."""
+        now = time.monotonic()
+        if stop is None or watermark is None or self._rate is None or self._last_at is None:
+            expected = wanted
+        else:
+            span = (watermark - stop) + (now - self._last_at)
+            expected = int(self._rate * span * PAGE_SLACK) + PAGE_HEADROOM
+        self._last_at = now
+        return min(MAX_PER_PAGE, max(MIN_PER_PAGE, expected))
+
+    def learned(
+        self, stop: float | None, newest: float | None, above: int, begun_mark: float | None
+    ) -> None:
+        """A sweep read ``above`` records down to ``stop``, the newest stamped ``newest``."""
+        if begun_mark is None and self._deep_mark is None and newest is not None:
+            # The first sweep read everything: a later deep one need only reach below what it saw.
+            self._deep_mark = newest
+        if stop is None or newest is None or newest - stop <= 0.01:
+            return
+        sample = above / (newest - stop)
+        self._rate = sample if self._rate is None else (self._rate + sample) / 2
+
+
 class ListingSweeper:
     """Reads the job listing for a run's outstanding jobs; learns how far it can be trusted."""
 
@@ -114,9 +184,7 @@ class ListingSweeper:
         self._largest_page = 0
         self._foreign_sweeps = 0
         self._created_per_page = MIN_PER_PAGE
-        #: Records the last sweep by update read down to its stop line: the next page's size, so
-        #: one request usually covers a sweep (sequential pages would delay every completion).
-        self._updated_depth: int | None = None
+        self.window = UpdateWindow()
         self._said: set[str] = set()
         self._creation_refused = False
 
@@ -161,6 +229,7 @@ class ListingSweeper:
             return
         self.mode = mode
         self._watermark = None
+        self.window = UpdateWindow()
         self._say_once(f"mode-{mode}", why)
 
     def _say_once(self, topic: str, message: str) -> None:
@@ -180,7 +249,7 @@ class ListingSweeper:
     ) -> SweepResult:
         """One sweep for the ``wanted`` job ids (``ours``: every job id of this run).
 
-        ``found(job_id, record)`` is called for each wanted job as soon as its page is read
+        ``found(job_id, record, beyond)`` is called for each wanted job as soon as its page is read
         (a completion on page 1 frees its slot before page 2 is asked for); the records are in
         the result too. Authentication and permission errors are raised; other failures give
         an empty, ``failed`` result (the engine's observation bound covers the jobs meanwhile).
@@ -263,15 +332,11 @@ class ListingSweeper:
         result = SweepResult()
         unseen = set(wanted)
         newest: datetime | None = None
-        stop_below = (
-            None if self._watermark is None else self._watermark.timestamp() - self._depth()
-        )
-        expected = (
-            len(wanted)
-            if stop_below is None or self._updated_depth is None
-            else (self._updated_depth + self._updated_depth // 4 + PAGE_HEADROOM)
-        )
-        per_page = min(MAX_PER_PAGE, max(MIN_PER_PAGE, expected))
+        mark = None if self._watermark is None else self._watermark.timestamp()
+        stop_below, _ = self.window.stop_line(mark, self._depth())
+        # Below this line a record's news is a miss: no sweep by update promises to read it.
+        promised = None if mark is None else mark - self._depth()
+        per_page = self.window.page_size(stop_below, mark, len(wanted))
         consumed = 0
         # Ids of jobs not (yet) known as ours: judged when the sweep ends, since a POST of this
         # run may answer after its job was already listed (then it was ours all along).
@@ -286,15 +351,20 @@ class ListingSweeper:
             lowest: float | None = None
             for index, record in enumerate(records):
                 job_id = record.get("job_id")
+                stamp = parse_timestamp(record.get("updated_at"))
                 if job_id in unseen:
                     unseen.discard(job_id)
                     result.records[job_id] = record
                     if found is not None:
-                        found(job_id, record)
+                        beyond = (
+                            promised is not None
+                            and stamp is not None
+                            and stamp.timestamp() < promised
+                        )
+                        found(job_id, record, beyond)
                 elif job_id not in ours:
                     strangers.append(job_id)
                 # A job without a stamp (another client's, often) says nothing about the order.
-                stamp = parse_timestamp(record.get("updated_at"))
                 if stamp is None:
                     continue
                 seconds = stamp.timestamp()
@@ -321,8 +391,12 @@ class ListingSweeper:
                 break
         if newest is not None and (self._watermark is None or newest > self._watermark):
             self._watermark = newest
-        if stop_below is not None:
-            self._updated_depth = consumed if depth is None else depth
+        self.window.learned(
+            stop_below,
+            None if newest is None else newest.timestamp(),
+            consumed if depth is None else depth,
+            mark,
+        )
         if strangers:
             foreign = sum(1 for job_id in strangers if job_id not in ours)
             self._note_foreign(result.pages, foreign, consumed)
@@ -373,7 +447,7 @@ class ListingSweeper:
                     result.records[job_id] = record
                     deepest = consumed + index + 1
                     if found is not None:
-                        found(job_id, record)
+                        found(job_id, record, False)
                 stamp = parse_timestamp(record.get("created_at"))
                 if stamp is not None:
                     seconds = stamp.timestamp()

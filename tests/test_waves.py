@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from pydantic import BaseModel
 
-from narrative_pandas import _cadence
+from narrative_pandas import _cadence, _sweep
 from narrative_pandas._cadence import MIN_POLL_INTERVAL_S, PollCadence
 from narrative_pandas._client import Client
 from narrative_pandas._request_slots import RequestSlots
+from narrative_pandas._sweep import UpdateWindow
 from narrative_pandas.sandbox import Sandbox
 
 
@@ -269,3 +270,107 @@ class TestRampFirst:
         first_read = next(i for i, (method, _) in enumerate(arrivals) if method == "GET")
         assert len(posts) == 300
         assert first_read > posts[200 - 32 - 1]
+
+
+def _agreeing(cadence: PollCadence, latency: float = 1.0, jobs: int = 20) -> PollCadence:
+    for _ in range(jobs):
+        cadence.record(latency + 0.03, service_latency=latency)
+    return cadence
+
+
+class TestPollsAtTheEnds:
+    """Jobs that take as long as each other: polls are placed where JOBS_PER_POLL of them end."""
+
+    def test_poll_when_enough_jobs_are_due(self) -> None:
+        """A burst answered 10.000-10.099 (1 s each): the next poll is as the 15th job ends,
+        11.014, not 50 ms after the last poll and not at the first job's end."""
+        cadence = _agreeing(PollCadence())
+        submitted = [10.0 + i / 1000 for i in range(100)]
+        nth = submitted[_cadence.JOBS_PER_POLL - 1] + 1.0
+        assert cadence.next_poll(10.2, submitted, started=10.19) == pytest.approx(nth)
+
+    def test_a_lone_job_waits_at_most_the_longest_wait(self) -> None:
+        """Three jobs far apart: the first is polled for DUE_MAX_WAIT_S after its end, not
+        when fifteen have ended."""
+        cadence = _agreeing(PollCadence())
+        at = cadence.next_poll(10.2, [10.0, 10.5, 10.9], started=10.19)
+        assert at == pytest.approx(11.0 + _cadence.DUE_MAX_WAIT_S)
+
+    def test_jobs_expected_done_make_a_prompt_poll(self) -> None:
+        """Fifteen jobs expected done when the last poll began and not seen: poll again after
+        DUE_MIN_INTERVAL_S (they end any moment)."""
+        cadence = _agreeing(PollCadence())
+        submitted = [10.0 + i / 1000 for i in range(20)]
+        at = cadence.next_poll(11.03, submitted, started=11.025)
+        assert at == pytest.approx(11.025 + _cadence.DUE_MIN_INTERVAL_S)
+
+    def test_late_jobs_fall_back_to_the_interval(self) -> None:
+        """A job expected long ago and still running does not make polls every 20 ms; the
+        interval applies to it, while the next wave's end is still honoured if sooner."""
+        cadence = _agreeing(PollCadence())
+        submitted = [5.0] + [10.0 + i / 1000 for i in range(50)]
+        interval = cadence.interval(10.3, submitted, len(submitted))
+        assert cadence.next_poll(10.3, submitted, started=10.29) == pytest.approx(10.29 + interval)
+
+    def test_latencies_that_disagree_keep_the_interval_rule(self) -> None:
+        """Jobs of 2 to 10 s: no end can be predicted; the cadence is the interval's."""
+        cadence = PollCadence()
+        for i in range(40):
+            cadence.record(2.0 + (i % 9), service_latency=2.0 + (i % 9))
+        assert cadence.agreed_latency() is None
+        submitted = [1.0] * 200
+        interval = cadence.interval(12.0, submitted, 200)
+        assert cadence.next_poll(12.0, submitted, started=11.99) == pytest.approx(11.99 + interval)
+
+    def test_the_servers_latency_is_preferred_to_ours(self) -> None:
+        """Our own latency includes the wait for a poll; the server's stamps do not. A stamp
+        difference that cannot be true (negative, longer than ours) is not used."""
+        cadence = _agreeing(PollCadence(), latency=1.0)
+        assert cadence.agreed_latency() == pytest.approx(1.0)
+        odd = PollCadence()
+        for _ in range(20):
+            odd.record(1.0, service_latency=-7199.0)
+        assert odd.agreed_latency() == pytest.approx(1.0)
+
+
+class TestSweepsReadWhatChanged:
+    """A sweep by update reads what changed since the last one; a deep one now and then."""
+
+    def test_fresh_and_deep_stop_lines(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The first sweep reads everything; one within DEEP_EVERY_S stops at the watermark;
+        the next deep one stops at the watermark the previous deep one began with, less the
+        depth (so an update shown up to ``depth`` late is still read once)."""
+        clock = [100.0]
+        monkeypatch.setattr(_sweep.time, "monotonic", lambda: clock[0])
+        window = UpdateWindow()
+        assert window.stop_line(None, 0.5) == (None, True)
+        window.learned(None, 50.0, 40, None)
+        clock[0] += 0.05
+        assert window.stop_line(50.0, 0.5) == (50.0, False)
+        clock[0] += _sweep.DEEP_EVERY_S
+        assert window.stop_line(50.4, 0.5) == (50.0 - 0.5, True)
+        clock[0] += 0.05
+        assert window.stop_line(50.5, 0.5) == (50.5, False)
+        clock[0] += _sweep.DEEP_EVERY_S
+        assert window.stop_line(51.0, 0.5) == (50.4 - 0.5, True)
+
+    def test_records_read_per_job(self, sandbox: Sandbox) -> None:
+        """1,000 rows, 100 in flight, 0.2 s jobs: the listing serves about two records per job
+        (its start and its end) and a deep re-read twice a second, 7 in all; re-reading half a
+        second of updates at every poll served 17 per job."""
+        sandbox.configure(queue_latency=0.0, run_latency=0.2)
+        out = frame(1000).narrative.infer(
+            PROMPT,
+            output=Label,
+            concurrency=100,
+            progress=False,
+            cache=False,
+            api_key=sandbox.api_key,
+            base_url=sandbox.base_url,
+            data_plane_id=sandbox.data_plane_id,
+        )
+        assert out["narrative_error"].isna().all()
+        assert sandbox.stats.jobs_created == 1000 and sandbox.stats.duplicates == 0
+        assert out.attrs["narrative"]["listing_mode"] == "updated"
+        assert sandbox.stats.records_listed <= 10 * 1000
+        assert sandbox.stats.count(method="GET") <= 0.1 * 1000

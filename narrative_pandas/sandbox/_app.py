@@ -354,6 +354,7 @@ def create_app(core: SandboxCore) -> Starlette:
             offset=offset,
         )
         content = _listing_body(config, page, total, offset, per_page)
+        core.stats.listed(len(page))
         if config.listing_drip is not None:
             return _dripped(content, config.listing_drip)
         return _json(content)

@@ -31,6 +31,7 @@ class SandboxStats:
         self._jobs_created = 0
         self._duplicates = 0
         self._foreign = 0
+        self._listed = 0
         self._peak_unfinished = 0
         self._concurrent = 0
         self._peak_concurrent = 0
@@ -81,6 +82,13 @@ class SandboxStats:
             return self._foreign
 
     @property
+    def records_listed(self) -> int:
+        """Job records served by ``GET /jobs`` pages, all pages together (what reading the
+        listing costs the service, beyond the request count)."""
+        with self._lock:
+            return self._listed
+
+    @property
     def peak_unfinished_jobs(self) -> int:
         """Most jobs that were pending or running at the same moment."""
         with self._lock:
@@ -110,6 +118,7 @@ class SandboxStats:
             self._jobs_created = 0
             self._duplicates = 0
             self._foreign = 0
+            self._listed = 0
             self._peak_unfinished = unfinished
             self._peak_concurrent = self._concurrent
 
@@ -120,6 +129,7 @@ class SandboxStats:
             "jobs_created": self.jobs_created,
             "duplicate_submissions": self.duplicate_submissions,
             "foreign_jobs": self.foreign_jobs,
+            "records_listed": self.records_listed,
             "peak_unfinished_jobs": self.peak_unfinished_jobs,
             "unfinished_jobs": self.unfinished_jobs(),
             "peak_concurrent_requests": self.peak_concurrent_requests,
@@ -142,6 +152,10 @@ class SandboxStats:
     def request_finished(self) -> None:
         with self._lock:
             self._concurrent -= 1
+
+    def listed(self, n: int) -> None:
+        with self._lock:
+            self._listed += n
 
     def foreign_created(self, n: int) -> None:
         with self._lock:
