@@ -127,23 +127,32 @@ class UpdateWindow:
         self._deep_mark: float | None = None  # the watermark it began with (server seconds)
         self._rate: float | None = None  # updates per server second, from the last sweeps
         self._last_at: float | None = None
+        self._pending: tuple[float, float | None] | None = None  # a deep sweep under way
         self.deep_sweeps = 0
 
     def stop_line(self, watermark: float | None, depth: float) -> tuple[float | None, bool]:
         """Where this sweep may stop (server seconds; None: read everything) and whether it
-        is a deep one. Called as a sweep begins."""
+        is a deep one. Called as a sweep begins; a deep one counts once it is :meth:`covered`
+        (one that failed half-way is made again by the next sweep)."""
         now = time.monotonic()
         deep = self._deep_at is None or now - self._deep_at >= DEEP_EVERY_S
+        self._pending = (now, watermark) if deep else None
         if watermark is None:
-            stop = None
-        elif deep:
-            stop = (watermark if self._deep_mark is None else self._deep_mark) - depth
-        else:
-            stop = watermark
+            return None, True
         if deep:
-            self._deep_at, self._deep_mark = now, watermark
-            self.deep_sweeps += 1
-        return stop, deep
+            return (watermark if self._deep_mark is None else self._deep_mark) - depth, True
+        return watermark, False
+
+    def covered(self, newest: float | None) -> None:
+        """The sweep just made read down to its stop line, or found every job it looked for."""
+        if self._pending is None:
+            return
+        began, watermark = self._pending
+        self._pending = None
+        self._deep_at = began
+        # A first sweep read everything: the next deep one need only reach below what it saw.
+        self._deep_mark = watermark if watermark is not None else newest
+        self.deep_sweeps += 1
 
     def page_size(self, stop: float | None, watermark: float | None, wanted: int) -> int:
         """Records to ask for: the updates expected above ``stop``, with headroom, so one
@@ -157,13 +166,8 @@ class UpdateWindow:
         self._last_at = now
         return min(MAX_PER_PAGE, max(MIN_PER_PAGE, expected))
 
-    def learned(
-        self, stop: float | None, newest: float | None, above: int, begun_mark: float | None
-    ) -> None:
+    def learned(self, stop: float | None, newest: float | None, above: int) -> None:
         """A sweep read ``above`` records down to ``stop``, the newest stamped ``newest``."""
-        if begun_mark is None and self._deep_mark is None and newest is not None:
-            # The first sweep read everything: a later deep one need only reach below what it saw.
-            self._deep_mark = newest
         if stop is None or newest is None or newest - stop <= 0.01:
             return
         sample = above / (newest - stop)
@@ -391,12 +395,10 @@ class ListingSweeper:
                 break
         if newest is not None and (self._watermark is None or newest > self._watermark):
             self._watermark = newest
-        self.window.learned(
-            stop_below,
-            None if newest is None else newest.timestamp(),
-            consumed if depth is None else depth,
-            mark,
-        )
+        newest_s = None if newest is None else newest.timestamp()
+        if result.complete:
+            self.window.covered(newest_s)
+        self.window.learned(stop_below, newest_s, consumed if depth is None else depth)
         if strangers:
             foreign = sum(1 for job_id in strangers if job_id not in ours)
             self._note_foreign(result.pages, foreign, consumed)

@@ -344,15 +344,29 @@ class TestSweepsReadWhatChanged:
         monkeypatch.setattr(_sweep.time, "monotonic", lambda: clock[0])
         window = UpdateWindow()
         assert window.stop_line(None, 0.5) == (None, True)
-        window.learned(None, 50.0, 40, None)
+        window.covered(50.0)
         clock[0] += 0.05
         assert window.stop_line(50.0, 0.5) == (50.0, False)
         clock[0] += _sweep.DEEP_EVERY_S
         assert window.stop_line(50.4, 0.5) == (50.0 - 0.5, True)
+        window.covered(50.45)
         clock[0] += 0.05
         assert window.stop_line(50.5, 0.5) == (50.5, False)
         clock[0] += _sweep.DEEP_EVERY_S
         assert window.stop_line(51.0, 0.5) == (50.4 - 0.5, True)
+
+    def test_a_deep_sweep_that_failed_is_made_again(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A deep sweep that did not reach its line (a page failed, too many pages) does not
+        count: the next sweep is deep again, from the same line."""
+        clock = [100.0]
+        monkeypatch.setattr(_sweep.time, "monotonic", lambda: clock[0])
+        window = UpdateWindow()
+        window.stop_line(None, 0.5)
+        window.covered(50.0)
+        clock[0] += _sweep.DEEP_EVERY_S
+        assert window.stop_line(50.4, 0.5) == (49.5, True)  # ... and it fails half-way
+        clock[0] += 0.05
+        assert window.stop_line(50.6, 0.5) == (49.5, True)
 
     def test_records_read_per_job(self, sandbox: Sandbox) -> None:
         """1,000 rows, 100 in flight, 0.2 s jobs: the listing serves about two records per job
