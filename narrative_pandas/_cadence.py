@@ -20,7 +20,8 @@ latencies within :data:`AGREE_SPREAD_S` or :data:`AGREE_SPREAD_SHARE` of the med
 server stamped them: ``updated_at - created_at``, which no poll of ours delays), each
 outstanding job's end is predicted: its POST's answer plus that latency. The next poll is then
 placed when :data:`JOBS_PER_POLL` jobs are expected done, or when the first of them has waited
-:data:`DUE_MAX_WAIT_S`, never sooner than :data:`DUE_MIN_INTERVAL_S` after the last one began.
+:data:`DUE_MAX_WAIT_S`, never sooner than :data:`DUE_MIN_INTERVAL_S` after the last one began
+(:data:`MIN_POLL_INTERVAL_S` for jobs shorter than :data:`SHORT_JOB_S`).
 With waves of equal jobs at C=500 that turned a poll every 50 ms (a freed slot waited half of
 it on average) into polls timed to the ends, and nothing between waves.
 """
@@ -60,6 +61,10 @@ AGREE_SPREAD_S = 0.03
 AGREE_SPREAD_SHARE = 0.15
 #: With agreeing latencies: the least time between the starts of two polls ...
 DUE_MIN_INTERVAL_S = 0.02
+#: ... for jobs at least this long. Shorter ones keep MIN_POLL_INTERVAL_S: jobs that end as
+#: soon as they start make the client's own CPU the limit, and each poll costs a wave of
+#: claims written to a disk cache (20,000 rows: 5% more CPU at 20 ms than at 50 ms).
+SHORT_JOB_S = 0.1
 #: ... and the longest a job expected done waits for a poll.
 DUE_MAX_WAIT_S = 0.025
 #: A job expected done this long before a poll began and still not seen is late, not due: it
@@ -187,5 +192,6 @@ class PollCadence:
                 due = min(due, submitted[nth] + latency)
         if late:  # jobs long expected and not seen: the interval still looks for them
             due = min(due, at)
-        due = max(due, begun + DUE_MIN_INTERVAL_S, now)
+        least = DUE_MIN_INTERVAL_S if latency >= SHORT_JOB_S else MIN_POLL_INTERVAL_S
+        due = max(due, begun + least, now)
         return min(due, now + MAX_POLL_INTERVAL_S)

@@ -304,6 +304,14 @@ class TestPollsAtTheEnds:
         at = cadence.next_poll(11.03, submitted, started=11.025)
         assert at == pytest.approx(11.025 + _cadence.DUE_MIN_INTERVAL_S)
 
+    def test_jobs_that_end_at_once_are_polled_at_the_usual_floor(self) -> None:
+        """Jobs of 10 ms: many are always due, and polls stay MIN_POLL_INTERVAL_S apart (the
+        client's CPU is the limit; each poll costs a wave of claims on disk)."""
+        cadence = _agreeing(PollCadence(), latency=0.01)
+        submitted = [10.0 + i / 1000 for i in range(100)]
+        at = cadence.next_poll(10.2, submitted, started=10.19)
+        assert at == pytest.approx(10.19 + MIN_POLL_INTERVAL_S)
+
     def test_late_jobs_fall_back_to_the_interval(self) -> None:
         """A job expected long ago and still running does not make polls every 20 ms; the
         interval applies to it, while the next wave's end is still honoured if sooner."""
