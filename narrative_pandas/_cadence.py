@@ -92,8 +92,11 @@ class PollCadence:
         self.finished += 1
         self.mean_latency += (latency - self.mean_latency) / self.finished
         self.min_latency = min(self.min_latency, latency)
-        valid = service_latency is not None and 0 <= service_latency <= latency
-        self._recent.append(service_latency if valid else latency)  # type: ignore[arg-type]
+        # Stamps that cannot be true (an executor's clock behind or ahead) are not used: ours
+        # then, which only errs early (it lacks the time our POST's answer took to read).
+        if service_latency is not None and 0 <= service_latency <= latency:
+            latency = service_latency
+        self._recent.append(latency)
         self._agreed_stale = True
 
     def agreed_latency(self) -> float | None:
