@@ -17,7 +17,8 @@ Two ways to read the listing, because neither of its promises can be trusted eve
 
 A sweeper starts by update and moves to creation, once and saying so in the log, when the
 listing refuses or ignores ``updated_at_desc``, when executors' clocks disagree by more than
-:data:`MAX_LEARNED_MARGIN_S`, or when other clients' jobs dominate what it reads. If even the
+:data:`MAX_LEARNED_MARGIN_S`, or when updates of other clients' older jobs (which reading by
+creation skips) dominate what it reads. If even the
 creation order is refused it drops ``order_by`` (the documented default is by creation), and
 after that the run polls job by job. Totals (``total_records``) are never trusted against a full
 page. Whatever a sweep misses, the engine's observation bound (``_observation.py``) fetches.
@@ -263,7 +264,7 @@ class ListingSweeper:
         self.sweeps += 1
         try:
             if self.mode == "updated":
-                return await self._by_update(wanted, ours, found)
+                return await self._by_update(wanted, ours, found, oldest_created)
             order = "created_at_desc" if self.mode == "created" else None
             return await self._by_creation(wanted, oldest_created, order=order, found=found)
         except (AuthenticationError, PermissionDeniedError):
@@ -331,7 +332,11 @@ class ListingSweeper:
         )
 
     async def _by_update(
-        self, wanted: Collection[str], ours: Collection[str], found: Found | None
+        self,
+        wanted: Collection[str],
+        ours: Collection[str],
+        found: Found | None,
+        oldest_created: datetime | None = None,
     ) -> SweepResult:
         result = SweepResult()
         unseen = set(wanted)
@@ -344,7 +349,7 @@ class ListingSweeper:
         consumed = 0
         # Ids of jobs not (yet) known as ours: judged when the sweep ends, since a POST of this
         # run may answer after its job was already listed (then it was ours all along).
-        strangers: list[str] = []
+        strangers: list[tuple[str, Any]] = []
         depth: int | None = None
         for _ in range(MAX_SWEEP_PAGES):
             listing = await self._page("updated_at_desc", per_page, consumed)
@@ -367,7 +372,7 @@ class ListingSweeper:
                         )
                         found(job_id, record, beyond)
                 elif job_id not in ours:
-                    strangers.append(job_id)
+                    strangers.append((job_id, record.get("created_at")))
                 # A job without a stamp (another client's, often) says nothing about the order.
                 if stamp is None:
                     continue
@@ -399,10 +404,12 @@ class ListingSweeper:
         if result.complete:
             self.window.covered(newest_s)
         self.window.learned(stop_below, newest_s, consumed if depth is None else depth)
-        if strangers:
-            foreign = sum(1 for job_id in strangers if job_id not in ours)
-            self._note_foreign(result.pages, foreign, consumed)
-        else:
+        # The first sweep reads history (it has no line to stop at): not a sign of who updates.
+        if strangers and stop_below is not None:
+            self._note_foreign(
+                result.pages, _older_strangers(strangers, ours, oldest_created), consumed
+            )
+        elif not strangers:
             self._foreign_sweeps = 0
         return result
 
@@ -410,6 +417,8 @@ class ListingSweeper:
         return WATERMARK_MARGIN_S + self.margin
 
     def _note_foreign(self, pages: int, foreign: int, consumed: int) -> None:
+        """``foreign``: records of other jobs older than ours, which reading by creation skips
+        (other jobs made alongside ours, as another Dask worker's, are read either way)."""
         if pages >= 2 and consumed and foreign / consumed >= FOREIGN_SHARE:
             self._foreign_sweeps += 1
         else:
@@ -469,3 +478,18 @@ class ListingSweeper:
             self._created_per_page = min(MAX_PER_PAGE, max(MIN_PER_PAGE, deepest + deepest // 4))
         result.complete = not unseen
         return result
+
+
+def _older_strangers(
+    strangers: Collection[tuple[str, Any]], ours: Collection[str], oldest: datetime | None
+) -> int:
+    """Other jobs' records (not ours after all) created before our oldest outstanding job, or
+    of unknown age: what a sweep by creation would not read."""
+    count = 0
+    for job_id, created in strangers:
+        if job_id in ours:
+            continue
+        stamp = None if oldest is None else parse_timestamp(created)
+        if oldest is None or stamp is None or stamp < oldest:
+            count += 1
+    return count

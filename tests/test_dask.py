@@ -82,11 +82,14 @@ def _options(sandbox: Sandbox, **extra: Any) -> dict[str, Any]:
 def _kill_a_busy_worker(client: Client, sandbox: Sandbox, killed: list[str]) -> None:
     """Once jobs are under way, end the process of a worker running a partition of the run."""
     wait_until(lambda: sandbox.stats.jobs_created >= 6, timeout=60.0, what="jobs under way")
-    for address, keys in client.processing().items():
-        if any("narrative-infer-" in str(key) for key in keys):
-            killed.append(address)
-            client.run(_exit_now, workers=[address], wait=False)
-            return
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:  # the scheduler may not show the task the same instant
+        for address, keys in client.processing().items():
+            if any("narrative-infer-" in str(key) for key in keys):
+                killed.append(address)
+                client.run(_exit_now, workers=[address], wait=False)
+                return
+        time.sleep(0.02)
 
 
 async def _exit_now() -> None:
@@ -259,8 +262,10 @@ class TestCluster:
     def test_killed_worker_resumes_without_duplicate_jobs(
         self, cluster: Client, sandbox: Sandbox, frame: pd.DataFrame, tmp_path: Path
     ) -> None:
-        """A worker exiting mid-partition: the retry resumes its journaled jobs, none twice."""
-        sandbox.configure(run_latency=0.3)
+        """A worker exiting mid-partition: the retry resumes its journaled jobs, none twice.
+        Jobs of 1 s keep each partition running for seconds, so the kill lands mid-partition
+        on a loaded machine too."""
+        sandbox.configure(run_latency=1.0)
         ddf = dd.from_pandas(frame, npartitions=4)
         out = ddf.narrative.infer(
             REVIEW_PROMPT,

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,34 @@ class TestForeignJobs:
         report = assert_all_correct(out, sb, 300)
         assert gets_per_row(sb, 300) <= 0.6, sb.stats.count(method="GET")
         assert report["polls"] <= 600
+
+    def test_two_thousand_foreign_jobs_switch_to_creation_order(self, make_sandbox: Any) -> None:
+        """Updates of older jobs that are not ours dominate: the listing is read by creation."""
+        sb = make_sandbox(
+            foreign_jobs=2000, foreign_update_interval=1.0, queue_latency=0.0, run_latency=1.0
+        )
+        report = assert_all_correct(run(sb, 100, concurrency=32), sb, 100)
+        assert report["listing_mode"] == "created"
+
+    def test_a_run_alongside_keeps_reading_by_update(self, make_sandbox: Any) -> None:
+        """Two runs at once (as two Dask workers): each one's jobs are the other's strangers,
+        but made alongside its own, so reading by creation would read them too; both keep
+        reading by update (one switched at once, on the other's faster start)."""
+        sb = make_sandbox(queue_latency=0.0, run_latency=0.2)
+        outs: dict[str, pd.DataFrame] = {}
+
+        def one(prefix: str) -> None:
+            outs[prefix] = run(sb, 600, concurrency=64, prefix=prefix)
+
+        threads = [threading.Thread(target=one, args=(p,)) for p in ("left", "right")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sb.stats.jobs_created == 1200 and sb.stats.duplicates == 0
+        for out in outs.values():
+            assert out["narrative_error"].isna().all()
+            assert out.attrs["narrative"]["listing_mode"] == "updated"
 
     def test_one_foreign_job_without_updated_at(self, make_sandbox: Any) -> None:
         """One foreign job with updated_at null does not switch the listing off."""
