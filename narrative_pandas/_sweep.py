@@ -19,8 +19,9 @@ A sweeper starts by update and moves to creation, once and saying so in the log,
 listing refuses or ignores ``updated_at_desc``, when executors' clocks disagree by more than
 :data:`MAX_LEARNED_MARGIN_S`, or when updates of other clients' older jobs (which reading by
 creation skips) dominate what it reads. If even the creation order is refused it drops
-``order_by`` (the documented default is by creation), and after that the run polls job by job. Totals (``total_records``) are never trusted against a full
-page. Whatever a sweep misses, the engine's observation bound (``_observation.py``) fetches.
+``order_by`` (the documented default is by creation), and after that the run polls job by job.
+Totals (``total_records``) are never trusted against a full page. Whatever a sweep misses, the
+engine's observation bound (``_observation.py``) fetches.
 """
 
 from __future__ import annotations
