@@ -38,6 +38,7 @@ from ._frame import RowOutcome
 from ._models import JobRecord, TokenCounts
 from ._poller import Poller
 from ._reconcile import Reconciler
+from ._render import pair_turns
 from ._submitter import SubmitResult, Submitter
 
 if TYPE_CHECKING:
@@ -138,10 +139,7 @@ class JobRequest:
     @property
     def messages(self) -> tuple[tuple[str, str], ...]:
         """The ``(role, text)`` pair of each turn."""
-        texts = self.texts
-        if isinstance(texts, str):
-            return ((self.roles[0], texts),)
-        return tuple(zip(self.roles, texts, strict=True))
+        return pair_turns(self.roles, self.texts)
 
     @property
     def tag(self) -> str:

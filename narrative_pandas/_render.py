@@ -30,6 +30,13 @@ Turns = tuple[tuple[str, str], ...]
 """A row's rendered messages as ``(role, text)`` pairs."""
 
 
+def pair_turns(roles: tuple[str, ...], texts: str | tuple[str, ...]) -> Turns:
+    """A row's ``(role, text)`` pairs from its roles and texts (a bare string: one turn)."""
+    if isinstance(texts, str):
+        return ((roles[0], texts),)
+    return tuple(zip(roles, texts, strict=True))
+
+
 @dataclass(frozen=True)
 class RenderedColumns:
     """Every row's turns, column-wise: per turn, a text per row or one text for every row.
@@ -45,22 +52,12 @@ class RenderedColumns:
 
     def row(self, position: int) -> Turns:
         """The turns of the row at ``position``."""
-        return tuple(
-            (role, text if isinstance(text, str) else text[position])
-            for role, text in zip(self.roles, self.texts, strict=True)
-        )
+        return pair_turns(self.roles, self.texts_at(position))
 
     def rows_at(self, positions: Sequence[int]) -> list[Turns]:
         """The turns of the rows at ``positions``, in one pass per turn."""
         roles = self.roles
-        columns = [
-            [text] * len(positions) if isinstance(text, str) else [text[p] for p in positions]
-            for text in self.texts
-        ]
-        if len(columns) == 1:
-            role = roles[0]
-            return [((role, text),) for text in columns[0]]
-        return [tuple(zip(roles, row, strict=True)) for row in zip(*columns, strict=True)]
+        return [pair_turns(roles, texts) for texts in self.texts_of(positions)]
 
     def texts_at(self, position: int) -> str | tuple[str, ...]:
         """The texts of the row at ``position``: a bare string for a single turn (what a
