@@ -182,13 +182,12 @@ class PollCadence:
         if waiting >= JOBS_PER_POLL:
             due = begun
         else:
-            first = (
-                begun
-                if waiting
-                else submitted[late] + latency
-                if late < len(submitted)
-                else math.inf
-            )
+            if waiting:  # expected done by the last poll's start: ending any moment
+                first = begun
+            elif late < len(submitted):
+                first = submitted[late] + latency
+            else:
+                first = math.inf
             due = first + DUE_MAX_WAIT_S
             nth = late + JOBS_PER_POLL - 1
             if nth < len(submitted):

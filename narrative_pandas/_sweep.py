@@ -129,7 +129,6 @@ class UpdateWindow:
         self._rate: float | None = None  # updates per server second, from the last sweeps
         self._last_at: float | None = None
         self._pending: tuple[float, float | None] | None = None  # a deep sweep under way
-        self.deep_sweeps = 0
 
     def stop_line(self, watermark: float | None, depth: float) -> tuple[float | None, bool]:
         """Where this sweep may stop (server seconds; None: read everything) and whether it
@@ -153,7 +152,6 @@ class UpdateWindow:
         self._deep_at = began
         # A first sweep read everything: the next deep one need only reach below what it saw.
         self._deep_mark = watermark if watermark is not None else newest
-        self.deep_sweeps += 1
 
     def page_size(self, stop: float | None, watermark: float | None, wanted: int) -> int:
         """Records to ask for: the updates expected above ``stop``, with headroom, so one
