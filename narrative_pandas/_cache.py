@@ -93,7 +93,7 @@ from ._decision_log import (
     read_decisions,
 )
 from ._exceptions import CacheLockedError, ConfigurationError
-from ._models import InferenceUsage
+from ._models import InferenceUsage, shared
 from ._sqlite_writer import (
     SQLiteWriter,
     Statement,
@@ -275,21 +275,8 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-#: Usage texts shared between cached rows (``_shared_text``), and how many it may hold.
-_SHARED_TEXTS: dict[str, str] = {}
-SHARED_TEXTS_MAX = 4096
-
-
-def _shared_text(text: str) -> str:
-    """One object per distinct usage text: rows of one prompt often use as many tokens, and a
-    copy per row was 110 bytes of every row the in-memory cache holds."""
-    shared = _SHARED_TEXTS.get(text)
-    if shared is not None:
-        return shared
-    if len(_SHARED_TEXTS) >= SHARED_TEXTS_MAX:
-        _SHARED_TEXTS.clear()
-    _SHARED_TEXTS[text] = text
-    return text
+#: Usage texts shared between cached rows (:func:`~._models.shared`).
+_USAGE_TEXTS: dict[str, str] = {}
 
 
 def _encode_result(result: CachedResult, now: float) -> ResultRow:
@@ -301,7 +288,7 @@ def _encode_result(result: CachedResult, now: float) -> ResultRow:
             f"got {type(result.output).__name__}"
         )
     # pydantic-core's encoder: a sixth of ``json.dumps``'s time for these small dicts (one per row)
-    usage = None if result.usage is None else _shared_text(result.usage.model_dump_json())
+    usage = None if result.usage is None else shared(_USAGE_TEXTS, result.usage.model_dump_json())
     created = result.created_at if result.created_at > 0 else now
     output = pydantic_core.to_json(result.output, inf_nan_mode="constants").decode()
     return (result.key, output, usage, result.job_id, result.model, float(created))

@@ -35,7 +35,7 @@ from ._clock import Clock, system_clock
 from ._decision_log import DecisionRecorder
 from ._finished import FinishedWrites
 from ._frame import RowOutcome
-from ._models import JobRecord, TokenCounts
+from ._models import JobRecord, TokenCounts, shared
 from ._poller import Poller
 from ._reconcile import Reconciler
 from ._render import pair_turns
@@ -79,9 +79,6 @@ SUBMIT_GRACE_S = 0.5
 #: After a stop, how long the last look at outstanding jobs may take before the run returns.
 WIND_DOWN_POLL_S = 0.3
 
-
-#: Distinct token counts a run shares between its rows' outcomes (``_shared_counts``).
-SHARED_COUNTS_MAX = 4096
 
 #: Tags the library adds to every job: one to find its jobs, one per request to reconcile POSTs.
 LIBRARY_TAG = "narrative-pandas"
@@ -807,7 +804,9 @@ class Engine:
     def _conclude(self, live: _Live, job: JobRecord) -> None:
         request = live.request
         usage = job.usage
-        counts = self._shared_counts(TokenCounts.of(usage))
+        counts = TokenCounts.of(usage)
+        if counts is not None:
+            counts = shared(self._counts, counts)
         if usage is None and job.state == "completed" and job.has_result:
             # An answer without usage is counted, for the budget and the report, by an
             # estimate (_budget.py); the row's own token columns stay empty.
@@ -855,18 +854,6 @@ class Engine:
             old=live.phase,
             new="completed",
         )
-
-    def _shared_counts(self, counts: TokenCounts | None) -> TokenCounts | None:
-        """One object per distinct count: rows of one prompt often use as many tokens, and a
-        tuple per row was 64 bytes of every finished row's memory."""
-        if counts is None:
-            return None
-        shared = self._counts.get(counts)
-        if shared is not None:
-            return shared
-        if len(self._counts) < SHARED_COUNTS_MAX:  # all distinct: no table grows per row
-            self._counts[counts] = counts
-        return counts
 
     def _journal_done(self, key: str, job_id: str) -> None:
         """The job ended or is gone: drop its entry (a newer claim of the same key stays)."""
