@@ -96,7 +96,9 @@ class TestOneSided:
         broken = copy.deepcopy(schema)
         for _ in range(data.draw(st.integers(1, 3))):
             node = data.draw(st.sampled_from(subschemas(broken)))
-            node[data.draw(KEYWORDS)] = data.draw(ODD_VALUES)
+            # A copy: sampled values are shared objects, and a later draw may pick a dict
+            # set here as its node; mutating the strategy's own value makes Hypothesis flaky.
+            node[data.draw(KEYWORDS)] = copy.deepcopy(data.draw(ODD_VALUES))
         if surely_valid_schema(broken):
             assert meta_valid(broken), broken
 
