@@ -327,6 +327,7 @@ class ListingSweeper:
             order_by=order,
             per_page=per_page,
             offset=offset,
+            brief=True,
         )
 
     async def _by_update(
