@@ -7,10 +7,14 @@ for each: makespan, rows/s, HTTP requests per row (from the run reports), and, f
 own job listing, the jobs created, the peak of unfinished jobs (which must stay within
 ``concurrency`` for the cluster as a whole) and the jobs paid twice; for Dask, the workers' CPU
 per row (also net of an idle cluster's own upkeep, measured first) and the scheduler's lease
-round trips. Then a second Dask run of 2,000 rows with a shared SQLite cache, where one worker
-process is killed mid-run: the jobs paid twice must be 0 (``--no-kill`` skips it).
+round trips. The pandas/Dask pair runs ``--repeat`` times (3), each Dask run on a fresh cluster
+and each pandas run with no cluster alive; the verdicts are the medians of the pairs' ratios
+(one run's CPU per row moves by 20% with the machine). Then, on the last cluster, a Dask run of
+2,000 rows with a shared SQLite cache where one worker process is killed mid-run: the jobs paid
+twice must be 0 (``--no-kill`` skips it).
 
     .venv/bin/python benchmarks/dask_scale.py [--rows 10000] [--concurrency 128] [--latency 0.2]
+                                              [--repeat 3]
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -217,6 +222,99 @@ def summary(
     )
 
 
+def pandas_pass(
+    df: pd.DataFrame, common: dict[str, Any], settings: dict[str, str], sandbox_pid: int, tag: str
+) -> dict[str, Any]:
+    """The pandas path in this process, before any cluster exists (its scheduler would add its
+    own upkeep to this process's CPU)."""
+    cpu = sum(client_cpu(sandbox_pid))
+    started = time.perf_counter()
+    frame = df.narrative.infer(PROMPT, tags=[tag], progress=False, **common)
+    makespan = time.perf_counter() - started
+    used = sum(client_cpu(sandbox_pid)) - cpu
+    jobs = job_stats(settings, tag)
+    print(summary("pandas", frame.attrs["narrative"], makespan, used, jobs))
+    return {"frame": frame, "makespan": makespan, "cpu": used}
+
+
+def dask_pass(
+    df: pd.DataFrame,
+    common: dict[str, Any],
+    settings: dict[str, str],
+    sandbox_pid: int,
+    tag: str,
+    args: argparse.Namespace,
+    kill: bool,
+) -> dict[str, Any]:
+    """The same rows on a fresh 2-worker cluster: makespan, CPU by process and by thread."""
+    with (
+        LocalCluster(
+            n_workers=args.workers,
+            processes=True,
+            threads_per_worker=1,
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.run(__import__, "narrative_pandas.dask")  # warm the workers' imports
+        ddf = dd.from_pandas(df, npartitions=args.partitions)
+        out = ddf.narrative.infer(PROMPT, tags=[tag], **common)
+        worker_pids = list(client.run(os.getpid).values())
+        # The cluster's own upkeep (heartbeats, system monitor, profiler) costs CPU per
+        # second, not per row: measured idle, to tell it apart from the rows' cost.
+        _, idle_before = client_cpu(sandbox_pid)
+        idle_threads = thread_cpu(worker_pids)
+        time.sleep(IDLE_PROBE_S)
+        idle_rate = (client_cpu(sandbox_pid)[1] - idle_before) / IDLE_PROBE_S
+        idle_by_thread = cpu_by_thread(client, idle_threads, thread_cpu(worker_pids))
+        main_cpu, workers_cpu = client_cpu(sandbox_pid)
+        threads_before = thread_cpu(worker_pids)
+        started = time.perf_counter()
+        scaled = npd_dask.compute(out, progress=False)
+        makespan = time.perf_counter() - started
+        by_thread = cpu_by_thread(client, threads_before, thread_cpu(worker_pids))
+        main_after, workers_after = client_cpu(sandbox_pid)
+        main_cpu, workers_cpu = main_after - main_cpu, workers_after - workers_cpu
+        leases = lease_counts(cluster.scheduler)
+        if kill:
+            killed_worker_run(client, df, settings, common)
+    jobs = job_stats(settings, tag)
+    report = scaled.attrs["narrative"]
+    rows = len(df)
+    per_row = 1000 / rows
+    print(summary("dask", report, makespan, main_cpu + workers_cpu, jobs))
+    print(
+        f"dask: {report['partitions']} partitions on {report['workers']} workers; "
+        f"per-partition engine time {report['partition_elapsed_s']:.1f} s in total; "
+        f"429s {report['http_429']}"
+    )
+    upkeep = idle_rate * makespan
+    net_ms = (workers_cpu - upkeep) * per_row
+    print(
+        f"dask CPU/row: workers {workers_cpu * per_row:.2f} ms ({net_ms:.2f}"
+        f" net of an idle cluster's upkeep: {idle_rate:.3f} CPU-s/s measured idle, x "
+        f"{makespan:.1f} s), scheduler+client {main_cpu * per_row:.2f} ms; scheduler lease "
+        f"round trips {leases['acquired']} acquired + {leases['released']} released "
+        f"({(leases['acquired'] + leases['released']) / rows:.3f}/row)"
+    )
+    shown = ("narrative loop", "Dask event loop", "task thread", "other")
+    print(
+        "workers' CPU/row by thread: "
+        + ", ".join(
+            f"{kind} {by_thread.get(kind, 0.0) * per_row:.3f} ms (idle upkeep "
+            f"{idle_by_thread.get(kind, 0.0) / IDLE_PROBE_S * makespan * per_row:.3f})"
+            for kind in shown
+        )
+    )
+    return {
+        "frame": scaled,
+        "makespan": makespan,
+        "workers_cpu": workers_cpu,
+        "net_cpu": workers_cpu - upkeep,
+        "jobs": jobs,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000)
@@ -224,6 +322,9 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.2, help="seconds a job runs")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="pandas/Dask pairs run; medians are the verdicts"
+    )
     parser.add_argument(
         "--no-kill", dest="kill", action="store_false", help="skip the killed-worker run"
     )
@@ -238,98 +339,47 @@ def main() -> int:
     }
     common = {"output": ReviewLabel, "concurrency": args.concurrency, "cache": False, **target}
     ok = True
+    raw: list[float] = []
+    net: list[float] = []
+    spans: list[float] = []
     try:
-        cpu = sum(client_cpu(proc.pid))
-        started = time.perf_counter()
-        plain = df.narrative.infer(PROMPT, tags=["bench-pandas"], progress=False, **common)
-        pandas_makespan = time.perf_counter() - started
-        pandas_cpu = sum(client_cpu(proc.pid)) - cpu
-        pandas_jobs = job_stats(settings, "bench-pandas")
-        report = plain.attrs["narrative"]
-        print(summary("pandas", report, pandas_makespan, pandas_cpu, pandas_jobs))
-
-        with (
-            LocalCluster(
-                n_workers=args.workers,
-                processes=True,
-                threads_per_worker=1,
-                dashboard_address=":0",
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            client.run(__import__, "narrative_pandas.dask")  # warm the workers' imports
-            ddf = dd.from_pandas(df, npartitions=args.partitions)
-            out = ddf.narrative.infer(PROMPT, tags=["bench-dask"], **common)
-            worker_pids = list(client.run(os.getpid).values())
-            # The cluster's own upkeep (heartbeats, system monitor, profiler) costs CPU per
-            # second, not per row: measured idle, to tell it apart from the rows' cost.
-            _, idle_before = client_cpu(proc.pid)
-            idle_threads = thread_cpu(worker_pids)
-            time.sleep(IDLE_PROBE_S)
-            idle_rate = (client_cpu(proc.pid)[1] - idle_before) / IDLE_PROBE_S
-            idle_by_thread = cpu_by_thread(client, idle_threads, thread_cpu(worker_pids))
-            main_cpu, workers_cpu = client_cpu(proc.pid)
-            threads_before = thread_cpu(worker_pids)
-            started = time.perf_counter()
-            scaled = npd_dask.compute(out, progress=False)
-            dask_makespan = time.perf_counter() - started
-            by_thread = cpu_by_thread(client, threads_before, thread_cpu(worker_pids))
-            main_after, workers_after = client_cpu(proc.pid)
-            main_cpu, workers_cpu = main_after - main_cpu, workers_after - workers_cpu
-            dask_cpu = main_cpu + workers_cpu
-            leases = lease_counts(cluster.scheduler)
-            if args.kill:
-                killed_worker_run(client, df, settings, common)
-        dask_jobs = job_stats(settings, "bench-dask")
-        report = scaled.attrs["narrative"]
-        print(summary("dask", report, dask_makespan, dask_cpu, dask_jobs))
-        print(
-            f"dask: {report['partitions']} partitions on {report['workers']} workers; "
-            f"per-partition engine time {report['partition_elapsed_s']:.1f} s in total; "
-            f"429s {report['http_429']}"
-        )
-        print(
-            f"dask CPU/row: workers {workers_cpu / args.rows * 1000:.2f} ms, scheduler+client "
-            f"{main_cpu / args.rows * 1000:.2f} ms (pandas path: "
-            f"{pandas_cpu / args.rows * 1000:.2f} ms); scheduler lease round trips "
-            f"{leases['acquired']} acquired + {leases['released']} released "
-            f"({(leases['acquired'] + leases['released']) / args.rows:.3f}/row)"
-        )
-        upkeep = idle_rate * dask_makespan
-        per_row = 1000 / args.rows
-        pandas_ms, raw_ms = pandas_cpu * per_row, workers_cpu * per_row
-        net_ms = (workers_cpu - upkeep) * per_row
-        print(
-            f"workers' CPU/row net of an idle cluster's upkeep ({idle_rate:.3f} CPU-s/s measured "
-            f"idle, x {dask_makespan:.1f} s): {net_ms:.2f} ms"
-        )
-        shown = ("narrative loop", "Dask event loop", "task thread", "other")
-        print(
-            "workers' CPU/row by thread: "
-            + ", ".join(
-                f"{kind} {by_thread.get(kind, 0.0) * per_row:.3f} ms (idle upkeep "
-                f"{idle_by_thread.get(kind, 0.0) / IDLE_PROBE_S * dask_makespan * per_row:.3f})"
-                for kind in shown
+        for number in range(args.repeat):
+            print(f"--- pair {number + 1} of {args.repeat}")
+            plain = pandas_pass(df, common, settings, proc.pid, f"bench-pandas-{number}")
+            kill = args.kill and number == args.repeat - 1
+            scaled = dask_pass(df, common, settings, proc.pid, f"bench-dask-{number}", args, kill)
+            raw.append(scaled["workers_cpu"] / plain["cpu"])
+            net.append(scaled["net_cpu"] / plain["cpu"])
+            spans.append(scaled["makespan"] / plain["makespan"])
+            print(
+                f"pair {number + 1}: workers' CPU/row raw {raw[-1]:.2f}x, net of upkeep "
+                f"{net[-1]:.2f}x the pandas path's {plain['cpu'] * 1000 / args.rows:.2f} ms; "
+                f"makespan {spans[-1]:.2f}x ({scaled['makespan']:.1f} / "
+                f"{plain['makespan']:.1f} s); load average {os.getloadavg()[0]:.1f}"
             )
-        )
-        ratio = dask_makespan / pandas_makespan
+            # Input columns come back as Dask converted them (text -> string[pyarrow]);
+            # compare what infer added, job ids aside.
+            added = [
+                c for c in plain["frame"].columns if c not in df.columns and c != "narrative_job_id"
+            ]
+            same = plain["frame"][added].equals(scaled["frame"][added]) and plain[
+                "frame"
+            ].index.equals(scaled["frame"].index)
+            print(f"same outputs, dtypes and order as the pandas path (job ids aside): {same}")
+            jobs = scaled["jobs"]
+            ok = ok and (
+                same
+                and jobs["jobs"] == args.rows
+                and jobs["peak_unfinished"] <= args.concurrency
+                and jobs["duplicates"] == 0
+            )
         print(
-            f"RATIOS dask/pandas: workers' CPU/row raw {raw_ms / pandas_ms:.2f}x "
-            f"({raw_ms:.2f} / {pandas_ms:.2f} ms; aim <= 1.3), net of upkeep "
-            f"{net_ms / pandas_ms:.2f}x (target <= 1.5); makespan {ratio:.2f}x "
-            f"({dask_makespan:.1f} / {pandas_makespan:.1f} s; target <= 1.2); load average "
+            f"RATIOS dask/pandas, medians of {args.repeat} pairs: workers' CPU/row raw "
+            f"{statistics.median(raw):.2f}x (aim <= 1.3), net of upkeep "
+            f"{statistics.median(net):.2f}x (target <= 1.5; pairs "
+            f"{', '.join(f'{r:.2f}' for r in net)}); makespan {statistics.median(spans):.2f}x "
+            f"(target <= 1.2; pairs {', '.join(f'{r:.2f}' for r in spans)}); load average "
             f"{os.getloadavg()[0]:.1f}"
-        )
-        # Input columns come back as Dask converted them (text -> string[pyarrow]); compare
-        # what infer added, job ids aside.
-        added = [c for c in plain.columns if c not in df.columns and c != "narrative_job_id"]
-        same = plain[added].equals(scaled[added]) and plain.index.equals(scaled.index)
-        print(f"same outputs, dtypes and order as the pandas path (job ids aside): {same}")
-        ok = (
-            same
-            and dask_jobs["jobs"] == args.rows
-            and dask_jobs["peak_unfinished"] <= args.concurrency
-            and dask_jobs["duplicates"] == 0
         )
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     finally:
