@@ -4,8 +4,8 @@ A listing record is mostly its job's request (``input``: the messages and the ou
 about two thirds of its bytes, and a sweep reads none of it: only the id, the state, the stamps
 and, once the job ended, its answer. Every record of a page is decoded, including other
 clients' jobs (on a Dask cluster, half of what each worker reads is the other workers'), so
-decoding only those fields takes 40% off a page. pydantic-core's JSON reader skips the other
-fields without building Python objects for them.
+decoding only those fields takes 30% off a page (500 records: 3.1 ms, not 4.4).
+pydantic-core's JSON reader skips the other fields without building Python objects for them.
 
 A body of any other shape (a bare list, ``records`` not a list of objects, not UTF-8) makes
 :func:`brief_page` raise ``ValueError``; the caller then decodes it whole, as before.
