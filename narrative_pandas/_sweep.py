@@ -473,7 +473,12 @@ class ListingSweeper:
             # ... and one more page is only worth it if it may answer for more jobs than GETs.
             if len(unseen) <= result.pages:
                 break
-        if deepest:
+        if unseen and result.pages >= MAX_SWEEP_PAGES:
+            # Every page read, jobs still unseen, their line not reached: other jobs made just
+            # before ours (and stamps behind) lie between. Larger pages next time, or each
+            # sweep would read the same pages again and give up at the same place.
+            self._created_per_page = min(MAX_PER_PAGE, 2 * per_page)
+        elif deepest:
             self._created_per_page = min(MAX_PER_PAGE, max(MIN_PER_PAGE, deepest + deepest // 4))
         result.complete = not unseen
         return result

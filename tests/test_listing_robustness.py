@@ -13,8 +13,9 @@ import json
 import logging
 import signal
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pandas as pd
@@ -30,6 +31,7 @@ from narrative_pandas._engine import Engine
 from narrative_pandas._observation import MAX_DIRECT_GETS, WATCHDOG_POLLS
 from narrative_pandas._plan import build_plan
 from narrative_pandas._progress import make_progress
+from narrative_pandas._sweep import MAX_PER_PAGE, ListingSweeper
 from narrative_pandas.sandbox import Sandbox
 
 
@@ -419,3 +421,48 @@ class TestWatchdog:
         # ceil(40 / MAX_DIRECT_GETS) watchdog rounds of WATCHDOG_POLLS + 1 polls each, plus slack
         rounds = -(-40 // MAX_DIRECT_GETS)
         assert out.attrs["narrative"]["polls"] <= rounds * (WATCHDOG_POLLS + 1) + 10
+
+
+class _CreationListing:
+    """A listing by creation for a sweeper: ``records`` newest first, served page by page."""
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.records = records
+        self.pages: list[int] = []  # per_page of every page served
+
+    async def list_jobs_raw(self, *, per_page: int, offset: int, **_: Any) -> dict[str, Any]:
+        self.pages.append(per_page)
+        return {"records": self.records[offset : offset + per_page]}
+
+
+def _stamp(seconds: float) -> str:
+    return datetime.fromtimestamp(1_800_000_000 + seconds, tz=timezone.utc).isoformat()
+
+
+class TestForeignJobsMadeJustBeforeOurs:
+    """2,000 other jobs made just before ours, and half of ours stamped 2 s behind by their
+    executor (benchmark (g0)): by creation, those of ours lie below the other jobs."""
+
+    async def test_a_sweep_that_read_every_page_reads_larger_pages_next(self) -> None:
+        ours_new = [f"new-{i}" for i in range(20)]
+        ours_behind = [f"behind-{i}" for i in range(12)]
+        records = (
+            [{"job_id": j, "state": "running", "created_at": _stamp(100)} for j in ours_new]
+            + [{"job_id": f"other-{i}", "created_at": _stamp(99.9)} for i in range(2000)]
+            + [{"job_id": j, "state": "running", "created_at": _stamp(98)} for j in ours_behind]
+        )
+        listing = _CreationListing(records)
+        sweeper = ListingSweeper(cast(Any, listing), data_plane_id=None)
+        sweeper.mode = "created"
+        wanted = set(ours_new + ours_behind)
+        oldest = datetime.fromtimestamp(1_800_000_000 + 98, tz=timezone.utc)
+        results = [
+            await sweeper.sweep(wanted, ours=wanted, oldest_created=oldest) for _ in range(5)
+        ]
+        # The first sweep reads its 8 pages and leaves the 12 jobs behind to GETs ...
+        assert len(results[0].records) == 20 and not results[0].complete
+        # ... later ones ask for pages twice as large, until one reaches them; none reads the
+        # same 8 short pages again and again (before: every sweep did, 1 listing GET per row).
+        assert [r.complete for r in results].index(True) <= 3
+        assert all(r.complete and len(r.records) == 32 for r in results[3:])
+        assert max(listing.pages) == MAX_PER_PAGE
