@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pandas as pd
 import pytest
-from pydantic import BaseModel
+from test_listing_robustness import run
 
 from narrative_pandas import _cadence, _sweep
 from narrative_pandas._cadence import MIN_POLL_INTERVAL_S, PollCadence
@@ -21,32 +20,6 @@ from narrative_pandas._sweep import UpdateWindow
 from narrative_pandas.sandbox import Sandbox
 
 
-class Label(BaseModel):
-    label: str
-    score: float
-
-
-PROMPT = "Text: {text}"
-
-
-def frame(n: int) -> pd.DataFrame:
-    return pd.DataFrame({"text": [f"row {i}" for i in range(n)]})
-
-
-def infer(sandbox: Sandbox, rows: int, *, concurrency: int) -> pd.DataFrame:
-    """``rows`` rows through the sandbox, no cache, no progress display."""
-    return frame(rows).narrative.infer(
-        PROMPT,
-        output=Label,
-        concurrency=concurrency,
-        progress=False,
-        cache=False,
-        api_key=sandbox.api_key,
-        base_url=sandbox.base_url,
-        data_plane_id=sandbox.data_plane_id,
-    )
-
-
 class TestOnePagePerSweep:
     """A sweep by update asks for a page as deep as the last sweep had to read: one request."""
 
@@ -54,7 +27,7 @@ class TestOnePagePerSweep:
         """400 rows, 100 in flight, 0.2 s jobs: listing pages per sweep stay near one (a page
         sized to the jobs in flight needed several sequential pages per sweep)."""
         sandbox.configure(queue_latency=0.0, run_latency=0.2)
-        out = infer(sandbox, 400, concurrency=100)
+        out = run(sandbox, 400, concurrency=100)
         assert out["narrative_error"].isna().all()
         assert sandbox.stats.jobs_created == 400 and sandbox.stats.duplicates == 0
         report = out.attrs["narrative"]
@@ -122,7 +95,7 @@ class TestFewerPollsPerWave:
         """300 rows, 100 in flight, 1 s jobs (3 waves): every row, no duplicate, and fewer
         polls per wave than a cadence by interval alone made."""
         sandbox.configure(queue_latency=0.0, run_latency=1.0)
-        out = infer(sandbox, 300, concurrency=100)
+        out = run(sandbox, 300, concurrency=100)
         assert out["narrative_error"].isna().all()
         assert sandbox.stats.jobs_created == 300 and sandbox.stats.duplicates == 0
         # About 35 polls by interval alone (the cadence then shrinks with each young wave);
@@ -250,7 +223,7 @@ class TestRampFirst:
 
         sandbox.app = logged  # type: ignore[assignment]
         with sandbox:
-            out = infer(sandbox, 300, concurrency=200)
+            out = run(sandbox, 300, concurrency=200)
         assert out["narrative_error"].isna().all()
         assert sandbox.stats.jobs_created == 300 and sandbox.stats.duplicates == 0
         posts = [i for i, (method, _) in enumerate(arrivals) if method == "POST"]
@@ -368,7 +341,7 @@ class TestSweepsReadWhatChanged:
         (its start and its end) and a deep re-read twice a second, 7 in all; re-reading half a
         second of updates at every poll served 17 per job."""
         sandbox.configure(queue_latency=0.0, run_latency=0.2)
-        out = infer(sandbox, 1000, concurrency=100)
+        out = run(sandbox, 1000, concurrency=100)
         assert out["narrative_error"].isna().all()
         assert sandbox.stats.jobs_created == 1000 and sandbox.stats.duplicates == 0
         assert out.attrs["narrative"]["listing_mode"] == "updated"
