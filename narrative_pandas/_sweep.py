@@ -360,22 +360,18 @@ class ListingSweeper:
             for index, record in enumerate(records):
                 job_id = record.get("job_id")
                 stamp = parse_timestamp(record.get("updated_at"))
+                seconds = None if stamp is None else stamp.timestamp()
                 if job_id in unseen:
                     unseen.discard(job_id)
                     result.records[job_id] = record
                     if found is not None:
-                        beyond = (
-                            promised is not None
-                            and stamp is not None
-                            and stamp.timestamp() < promised
-                        )
+                        beyond = promised is not None and seconds is not None and seconds < promised
                         found(job_id, record, beyond)
                 elif job_id not in ours:
                     strangers.append((job_id, record.get("created_at")))
                 # A job without a stamp (another client's, often) says nothing about the order.
-                if stamp is None:
+                if stamp is None or seconds is None:
                     continue
-                seconds = stamp.timestamp()
                 if depth is None and stop_below is not None and seconds < stop_below:
                     depth = consumed - len(records) + index
                 if lowest is not None and seconds > lowest + 0.001:
