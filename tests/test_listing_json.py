@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
 import pytest
 from test_transport_paths import ScriptedServer, as_json, client_on
+from test_transport_paths import server as server  # the fixture: a scripted uvicorn server
 
 from narrative_pandas._client import Client
 from narrative_pandas._listing_json import BRIEF_FIELDS, brief_page
@@ -57,13 +57,6 @@ class TestBriefPage:
     def test_other_shapes_are_refused_for_the_caller_to_read_whole(self, body: bytes) -> None:
         with pytest.raises(ValueError):
             brief_page(body)
-
-
-@pytest.fixture
-def server() -> Iterator[tuple[ScriptedServer, str]]:
-    scripted = ScriptedServer()
-    with scripted.serve() as base:
-        yield scripted, base
 
 
 class TestBriefListingOverHTTP:
