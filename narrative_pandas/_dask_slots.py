@@ -1,17 +1,22 @@
 """Cluster-wide ``concurrency`` for Dask runs, without a scheduler round trip per job.
 
-The limit is a run-specific :class:`distributed.Semaphore` with ``concurrency`` leases. Taking
+The limit is a run-specific :class:`distributed.Semaphore` of leases covering ``concurrency``
+job slots. Taking
 and returning one lease per job cost two scheduler round trips per row, and the scheduler wakes
 every waiting request on each release: at 0.2 s jobs that was most of the client's CPU. Instead,
 each worker process keeps a :class:`LeasePool`:
 
 - leases are *held* by the pool and handed from a finished job to the next one locally;
+- one lease stands for several job slots (:func:`slots_per_lease`: 8 of a limit of 128, so
+  the semaphore has 16 leases): every scheduler round trip costs the worker about half a
+  millisecond of CPU, and a pool's start, rebalancing and return take 8 times fewer;
 - the pool asks the scheduler for more only while its jobs wait (at most
   ``LEASE_REQUESTS_PER_PROCESS`` requests at once), and returns leases it has not used for
   ``LEASE_LINGER_S`` (so a partition that ends gives them back, and the next partition on the
   same worker finds them);
 - the pools rebalance through the scheduler's metadata store: every ``BOARD_INTERVAL_S`` each
-  pool publishes its demand (leases in use + jobs waiting) and reads the others'; when the
+  pool reads the others' demands (leases in use + leases its waiting jobs need, capped at the
+  limit) and publishes its own when it changed (or is ``BOARD_REFRESH_S`` old); when the
   cluster wants more than ``concurrency``, each pool's share is the max-min fair share, and a
   pool above its share returns leases as its jobs end instead of reusing them;
 - while the worker has another partition of the run to start (``upcoming``), its idle leases
@@ -45,12 +50,14 @@ __all__ = [
     "BOARD_INTERVAL_S",
     "LEASE_LINGER_S",
     "LEASE_REQUESTS_PER_PROCESS",
+    "MAX_SLOTS_PER_LEASE",
     "LeasePool",
     "ProcessSlots",
     "fair_share",
     "on_loop",
     "pool_for",
     "process_slots_for",
+    "slots_per_lease",
 ]
 
 logger = logging.getLogger("narrative_pandas")
@@ -69,6 +76,28 @@ LEASE_LINGER_S = 1.0
 BOARD_INTERVAL_S = 0.5
 #: A demand not refreshed for this long is a gone worker's: ignored.
 BOARD_STALE_S = 5 * BOARD_INTERVAL_S
+#: An unchanged demand is published again after this long (a changed one at once), so the
+#: others see it fresh without a write to the scheduler every ``BOARD_INTERVAL_S``.
+BOARD_REFRESH_S = 2 * BOARD_INTERVAL_S
+#: Most job slots one semaphore lease stands for ...
+MAX_SLOTS_PER_LEASE = 8
+#: ... while the semaphore keeps at least this many leases to share among the pools.
+MIN_LEASES = 16
+
+
+def slots_per_lease(limit: int) -> int:
+    """Job slots per semaphore lease for a cluster-wide ``limit``: the largest divisor of it up
+    to :data:`MAX_SLOTS_PER_LEASE` that leaves :data:`MIN_LEASES` leases (1 for small limits).
+
+    Every scheduler round trip costs a worker about half a millisecond of CPU (its comm layer
+    and two event loops); a lease of 8 slots makes a pool's start, its rebalancing and its
+    return 8 times fewer of them. A divisor, so that the leases cover exactly ``limit`` slots.
+    """
+    best = 1
+    for size in range(2, MAX_SLOTS_PER_LEASE + 1):
+        if limit % size == 0 and limit // size >= MIN_LEASES:
+            best = size
+    return best
 
 
 async def on_loop(loop: asyncio.AbstractEventLoop, method: Callable[[], Any]) -> Any:
@@ -105,25 +134,43 @@ class PoolStats:
 
 
 class _DemandBoard:
-    """Each pool's demand, kept in the scheduler's metadata store under the run's token."""
+    """Each pool's demand, kept in the scheduler's metadata store under the run's token.
+
+    Each exchange reads the run's whole entry (``["narrative-pandas", token]``), so what else
+    the run keeps there (the shared 429 gate, ``dask._SharedGate``) comes with it: the
+    ``listeners`` are called after each read with that entry, instead of reading it themselves.
+    """
 
     def __init__(self, client: Any, token: str, loop: asyncio.AbstractEventLoop) -> None:
         self._client = client
-        self._key = ["narrative-pandas", token, "demand"]
+        self._run_key = ["narrative-pandas", token]
         self._loop = loop
+        self._published: tuple[int, float] | None = None  # demand, monotonic time
+        self.listeners: set[Callable[[Mapping[str, Any]], None]] = set()
 
     async def exchange(self, pool_id: str, demand: int) -> dict[str, int]:
-        """Publish this pool's demand; every fresh demand on the board (this one included)."""
+        """Publish this pool's demand (if it changed, or to refresh it); every fresh demand on
+        the board (this one included)."""
+        last = self._published
+        publish = last is None or last[0] != demand or time.monotonic() - last[1] >= BOARD_REFRESH_S
 
         async def call() -> Any:
-            await self._client.set_metadata([*self._key, pool_id], [demand, time.time()])
-            return await self._client.get_metadata(self._key, default={})
+            if publish:
+                entry = [*self._run_key, "demand", pool_id]
+                await self._client.set_metadata(entry, [demand, time.time()])
+            return await self._client.get_metadata(self._run_key, default={})
 
-        board = await on_loop(self._loop, call)
+        run_entry = await on_loop(self._loop, call)
+        if publish:
+            self._published = (demand, time.monotonic())
+        run_entry = run_entry if isinstance(run_entry, Mapping) else {}
+        for listener in list(self.listeners):
+            listener(run_entry)
+        board = run_entry.get("demand")
         now = time.time()
         fresh = {
             str(name): int(entry[0])
-            for name, entry in dict(board or {}).items()
+            for name, entry in dict(board if isinstance(board, Mapping) else {}).items()
             if isinstance(entry, (list, tuple)) and now - float(entry[1]) < BOARD_STALE_S
         }
         fresh[pool_id] = demand
@@ -135,12 +182,14 @@ class LeasePool:
     """This process's leases of one run's semaphore (use on the narrative runner loop).
 
     Implements the engine's slot protocol (``acquire``/``release``). ``held`` leases are held
-    at the scheduler; ``free`` of them wait for a job here.
+    at the scheduler, each standing for ``per_lease`` job slots; ``free`` slots wait for a job
+    here. The pool never gives out more than ``held * per_lease`` slots, so the cluster never
+    runs more than the semaphore's ``limit * per_lease`` jobs.
     """
 
     semaphore: Any
     worker_loop: asyncio.AbstractEventLoop
-    limit: int
+    limit: int  # leases in the semaphore
     board: _DemandBoard | None = None
     #: Answers (on the runner loop) whether this process has more of the run's partitions under
     #: way than the given number using the pool now; None: never keep idle leases for later.
@@ -153,6 +202,7 @@ class LeasePool:
     kept_for_next: bool = False  # idle leases are kept for a partition still to start here
     stats: PoolStats = field(default_factory=PoolStats)
     pool_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    per_lease: int = 1
     _waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
     _asking: int = 0
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -164,12 +214,7 @@ class LeasePool:
     async def acquire(self) -> None:
         """A lease for one job: a free one at once, else the next one handed back or granted."""
         self._start_board()
-        if self.free and self._above_share():
-            assert self.target is not None
-            extra = min(self.free, self.held - self.target)
-            self.free -= extra
-            self.stats.rebalance_returns += extra
-            self._return(extra)
+        self._shed_above_share()
         if self.free:
             self.free -= 1
             self.stats.local_handoffs += 1
@@ -193,8 +238,11 @@ class LeasePool:
 
     def release_now(self) -> None:
         if self._above_share():
-            self.stats.rebalance_returns += 1
-            self._return(1)
+            self.free += 1  # a whole lease goes back once its slots are all free
+            if self._shed_above_share():
+                self._serve_waiters()
+            else:
+                self._schedule_trim()
         elif self._hand_to_waiter():
             self.stats.local_handoffs += 1
         else:
@@ -214,8 +262,7 @@ class LeasePool:
                 return
             if self.users or not forget():
                 return
-            self._return(self.free)
-            self.free = 0
+            self._return_free()
             if self._board_task is not None:
                 self._board_task.cancel()
 
@@ -233,6 +280,29 @@ class LeasePool:
     def _above_share(self) -> bool:
         return self.target is not None and self.held > self.target
 
+    def _shed_above_share(self) -> bool:
+        """Above the fair share, return the whole leases that free slots make up; any?"""
+        if not self._above_share() or self.free < self.per_lease:
+            return False
+        assert self.target is not None
+        extra = min(self.free // self.per_lease, self.held - self.target)
+        self.free -= extra * self.per_lease
+        self.stats.rebalance_returns += extra
+        self._return(extra)
+        return True
+
+    def _serve_waiters(self) -> None:
+        """Free slots go to waiting jobs (they may be left waiting while above the share)."""
+        while self.free and not self._above_share() and self._hand_to_waiter():
+            self.free -= 1
+            self.stats.local_handoffs += 1
+
+    def _return_free(self) -> None:
+        """Return the whole leases the free slots make up."""
+        count = self.free // self.per_lease
+        self.free -= count * self.per_lease
+        self._return(count)
+
     def _hand_to_waiter(self) -> bool:
         while self._waiters:
             waiter = self._waiters.popleft()
@@ -248,7 +318,8 @@ class LeasePool:
         At or above its fair share a pool does not ask: a lease another pool returns then goes
         to a pool below its share, instead of bouncing between pools at every job's end.
         """
-        wanted = min(self.waiting, LEASE_REQUESTS_PER_PROCESS, self.limit - self.held)
+        leases_for_waiting = -(-self.waiting // self.per_lease)
+        wanted = min(leases_for_waiting, LEASE_REQUESTS_PER_PROCESS, self.limit - self.held)
         if self.target is not None:
             wanted = min(wanted, self.target - self.held)
         while self._asking < wanted:
@@ -277,8 +348,11 @@ class LeasePool:
             return
         self.held += 1
         self.stats.scheduler_acquires += 1
-        if not self._hand_to_waiter():
-            self.free += 1
+        slots = self.per_lease
+        while slots and self._hand_to_waiter():
+            slots -= 1
+        if slots:
+            self.free += slots
             self._schedule_trim()
         self._ask_more()
 
@@ -306,20 +380,18 @@ class LeasePool:
     def _trim_free(self) -> None:
         """Return the leases no job took during the linger, unless a partition is coming."""
         self._trim = None
-        if not self.free or self.waiting:
+        if self.free < self.per_lease or self.waiting:
             return
         if self.upcoming is None:  # nothing to keep them for
-            self._return(self.free)
-            self.free = 0
+            self._return_free()
         else:
             self._spawn(self._trim_unless_kept())
 
     async def _trim_unless_kept(self) -> None:
         if await self._next_partition_coming():
             self._schedule_trim()  # look again after another linger
-        elif self.free and not self.waiting:
-            self._return(self.free)
-            self.free = 0
+        elif self.free >= self.per_lease and not self.waiting:
+            self._return_free()
 
     async def _next_partition_coming(self) -> bool:
         """Ask ``upcoming`` (False without it, or when it fails) and remember the answer."""
@@ -345,20 +417,21 @@ class LeasePool:
         board = self.board
         assert board is not None
         while True:
-            demand = (self.held - self.free) + self.waiting
+            in_use = self.held * self.per_lease - self.free
+            demand = -(-(in_use + self.waiting) // self.per_lease)  # in leases
             if self.free and not self.waiting and await self._next_partition_coming():
                 demand = self.held  # kept for the next partition: others must not count on them
+            # No pool can use more than the whole limit: a capped demand changes no share, and
+            # stays the same while a partition's backlog shrinks (so it is not published again).
+            demand = min(demand, self.limit)
             try:
                 demands = await board.exchange(self.pool_id, demand)
             except Exception:  # sharing is best effort; the semaphore still caps the cluster
                 logger.debug("could not exchange lease demand", exc_info=True)
             else:
                 self.target = fair_share(demands, self.limit)
-                extra = min(self.free, self.held - self.target) if self.target is not None else 0
-                if extra > 0:
-                    self.free -= extra
-                    self.stats.rebalance_returns += extra
-                    self._return(extra)
+                self._shed_above_share()
+                self._serve_waiters()
                 self._ask_more()
             await asyncio.sleep(BOARD_INTERVAL_S)
 
@@ -423,12 +496,16 @@ def pool_for(
     with _registry_lock:
         pool = _pools.get(token)
         if pool is None:
-            semaphore = cluster.Semaphore(max_leases=limit, name=f"narrative-slots-{token}")
+            per_lease = slots_per_lease(limit)
+            leases = limit // per_lease
+            semaphore = cluster.Semaphore(max_leases=leases, name=f"narrative-slots-{token}")
             loop = semaphore.loop.asyncio_loop
             board = _DemandBoard(client, token, loop) if client is not None else None
             # One board entry per process: a pool that follows a retired one takes over its
             # entry, instead of sharing the limit with its stale demand for BOARD_STALE_S.
-            pool = LeasePool(semaphore, loop, limit, board, upcoming, pool_id=_PROCESS_ID)
+            pool = LeasePool(
+                semaphore, loop, leases, board, upcoming, pool_id=_PROCESS_ID, per_lease=per_lease
+            )
             _pools[token] = pool
         pool.users += 1
     _sync.runner_loop().call_soon_threadsafe(pool.joined)

@@ -7,6 +7,7 @@ worker's leases come back quickly and a job longer than the timeout shows leases
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import sys
@@ -24,12 +25,14 @@ import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
 from helpers import wait_until
+from test_dask_slots import _MetadataClient
 from test_notebooks import execute_twice
 
 import narrative_pandas as npd
 import narrative_pandas.dask as npd_dask
 from narrative_pandas._client import Client as HTTPClient
 from narrative_pandas._config import ApiKey, resolve_settings
+from narrative_pandas._dask_slots import _DemandBoard
 from narrative_pandas._demo import REVIEW_PROMPT, REVIEW_SYSTEM, ReviewLabel
 from narrative_pandas._engine import Engine
 from narrative_pandas._plan import build_plan
@@ -497,6 +500,24 @@ class TestSharedRateGate:
         assert share.holds == 1
         assert gate.until == store.value
         await client.aclose()
+
+    async def test_the_gate_comes_with_the_lease_boards_read(self, monkeypatch: Any) -> None:
+        """Fed by the lease pool's board, the gate makes no scheduler round trip of its own;
+        when the board's copy is older than the sharing interval, it reads for itself."""
+        monkeypatch.setattr(npd_dask, "RATE_SHARE_INTERVAL_S", 0.05)
+        client = _MetadataClient()
+        key = ["narrative-pandas", "tok", "429"]
+        wall = time.time() + 3.0
+        await client.set_metadata(key, wall)  # another worker's 429
+        loop = asyncio.get_running_loop()
+        board = _DemandBoard(client, "tok", loop)
+        store = npd_dask._MetadataStore(client, key, loop, board=board)
+        board.listeners.add(store.feed)
+        assert await board.exchange("a", 4) == {"a": 4}
+        reads = client.reads
+        assert await store.read() == wall and client.reads == reads
+        await asyncio.sleep(0.06)
+        assert await store.read() == wall and client.reads == reads + 1
 
 
 class _CountingSlots:

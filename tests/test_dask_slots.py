@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from narrative_pandas import _dask_slots
-from narrative_pandas._dask_slots import LeasePool, fair_share
+from narrative_pandas._dask_slots import LeasePool, _DemandBoard, fair_share, slots_per_lease
 
 
 class _FakeSemaphore:
@@ -113,6 +113,146 @@ class TestLeasePool:
         await pool.release()
         await asyncio.sleep(1.3)  # the cancelled ask times out; the linger returns the lease
         assert semaphore.held == 0 and pool.held == 0
+
+
+class TestLeasesOfSeveralSlots:
+    """One semaphore lease stands for several job slots: fewer scheduler round trips, same cap."""
+
+    def test_slots_per_lease_divides_the_limit_and_leaves_enough_leases(self) -> None:
+        """8 slots of 128; a divisor of odd limits; 1 where 16 leases would not remain."""
+        assert slots_per_lease(128) == 8 and 128 // slots_per_lease(128) == 16
+        assert slots_per_lease(100) == 5
+        assert slots_per_lease(500) == 5
+        assert slots_per_lease(64) == 4
+        assert slots_per_lease(32) == 2
+        assert [slots_per_lease(n) for n in (1, 2, 15, 16, 31, 97)] == [1] * 6
+
+    async def test_never_more_jobs_than_leases_cover(self, monkeypatch: Any) -> None:
+        """Leases of 4 slots, a semaphore of 2: at most 8 jobs at once, 2 acquires for 60 jobs."""
+        monkeypatch.setattr(_dask_slots, "LEASE_LINGER_S", 0.05)
+        semaphore = _FakeSemaphore(2)
+        pool = LeasePool(semaphore, asyncio.get_running_loop(), 2, per_lease=4)
+        running = peak = 0
+
+        async def job() -> None:
+            nonlocal running, peak
+            await pool.acquire()
+            running += 1
+            peak = max(peak, running)
+            assert running <= pool.held * pool.per_lease
+            await asyncio.sleep(0.002)
+            running -= 1
+            await pool.release()
+
+        await asyncio.gather(*(job() for _ in range(60)))
+        assert peak == 8
+        await asyncio.sleep(0.2)  # the linger passes: both leases go back whole
+        assert semaphore.acquires == 2 and semaphore.releases == 2
+        assert pool.held == 0 and pool.free == 0 and semaphore.held == 0
+
+    async def test_one_job_takes_one_lease_and_the_rest_of_it_waits_free(self) -> None:
+        """A lease granted for one waiting job leaves its other slots free for the next jobs."""
+        semaphore = _FakeSemaphore(4)
+        pool = LeasePool(semaphore, asyncio.get_running_loop(), 4, per_lease=4)
+        await pool.acquire()
+        assert pool.held == 1 and pool.free == 3
+        await asyncio.gather(pool.acquire(), pool.acquire(), pool.acquire())
+        assert semaphore.acquires == 1 and pool.free == 0
+
+    async def test_above_share_a_whole_lease_goes_back_once_its_slots_are_free(self) -> None:
+        """Share 1 of 2 leases held: ending jobs' slots stay free (the waiting job waits) until
+        they make a whole lease, which goes back; at its share, the next end serves the job."""
+        semaphore = _FakeSemaphore(4)
+        pool = LeasePool(semaphore, asyncio.get_running_loop(), 4, per_lease=2)
+        for _ in range(4):
+            await pool.acquire()
+        assert pool.held == 2 and pool.free == 0
+        pool.target = 1
+        waiter = asyncio.ensure_future(pool.acquire())
+        await asyncio.sleep(0.01)
+        await pool.release()
+        assert not waiter.done() and pool.free == 1 and semaphore.releases == 0
+        await pool.release()  # two free slots make a lease: it goes back
+        await asyncio.sleep(0.01)
+        assert semaphore.releases == 1 and pool.held == 1 and pool.free == 0
+        assert pool.stats.rebalance_returns == 1 and not waiter.done()
+        await pool.release()  # at its share: the slot goes to the waiting job
+        await asyncio.wait_for(waiter, 1.0)
+        assert semaphore.acquires == 2 and pool.held == 1 and pool.free == 0
+
+
+class _MetadataClient:
+    """The scheduler's metadata store as a worker's client sees it; counts the writes."""
+
+    def __init__(self) -> None:
+        self.store: dict[str, Any] = {}
+        self.writes = 0
+        self.reads = 0
+
+    async def set_metadata(self, key: list[str], value: Any) -> None:
+        self.writes += 1
+        node = self.store
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = value
+
+    async def get_metadata(self, key: list[str], default: Any = None) -> Any:
+        self.reads += 1
+        node: Any = self.store
+        for part in key:
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+
+class TestDemandBoard:
+    """The board reads the others' demands each time, and writes this pool's when it changed."""
+
+    async def test_an_unchanged_demand_is_written_only_to_refresh_it(
+        self, monkeypatch: Any
+    ) -> None:
+        """Five exchanges of the same demand write once; a new demand or an old entry, again."""
+        monkeypatch.setattr(_dask_slots, "BOARD_REFRESH_S", 0.05)
+        client = _MetadataClient()
+        loop = asyncio.get_running_loop()
+        board = _DemandBoard(client, "tok", loop)
+        for _ in range(5):
+            assert await board.exchange("a", 16) == {"a": 16}
+        assert client.writes == 1 and client.reads == 5
+        await board.exchange("a", 9)
+        assert client.writes == 2
+        await asyncio.sleep(0.06)
+        await board.exchange("a", 9)
+        assert client.writes == 3
+
+    async def test_other_pools_demands_are_read_every_time(self) -> None:
+        """Another pool's new demand shows in the next exchange, though ours did not change."""
+        client = _MetadataClient()
+        loop = asyncio.get_running_loop()
+        ours, theirs = _DemandBoard(client, "tok", loop), _DemandBoard(client, "tok", loop)
+        await ours.exchange("a", 16)
+        await theirs.exchange("b", 4)
+        assert await ours.exchange("a", 16) == {"a": 16, "b": 4}
+        await theirs.exchange("b", 16)
+        assert await ours.exchange("a", 16) == {"a": 16, "b": 16}
+
+    async def test_a_backlog_larger_than_the_limit_is_published_as_the_limit(
+        self, monkeypatch: Any
+    ) -> None:
+        """A partition's shrinking backlog of thousands is one unchanged demand: the limit."""
+        monkeypatch.setattr(_dask_slots, "BOARD_INTERVAL_S", 0.01)
+        board = _Board()
+        pool = LeasePool(
+            _FakeSemaphore(4), asyncio.get_running_loop(), 4, board=cast(Any, board), per_lease=2
+        )
+        jobs = [asyncio.ensure_future(pool.acquire()) for _ in range(50)]
+        await asyncio.sleep(0.05)
+        assert board.published and set(board.published[1:]) == {4}
+        for job in jobs:
+            job.cancel()
+        assert pool._board_task is not None
+        pool._board_task.cancel()
 
 
 class _Upcoming:
