@@ -449,6 +449,9 @@ class ProcessSlots:
         await self._semaphore.acquire()
 
     async def release(self) -> None:
+        self.release_now()
+
+    def release_now(self) -> None:
         assert self._semaphore is not None
         self._semaphore.release()
 

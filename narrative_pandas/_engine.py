@@ -175,6 +175,8 @@ class SlotLimiter(Protocol):
 
     ``acquire`` waits for a free slot; ``release`` gives one back. The engine takes one slot per
     job before its POST and gives it back when the job ends or the run stops waiting for it.
+    A limiter whose release never waits may also offer a synchronous ``release_now()``: the
+    engine then calls it at a job's end instead of scheduling a task for ``release``.
     """
 
     async def acquire(self) -> None: ...
@@ -929,7 +931,13 @@ class Engine:
             await slots.release()
 
     def _release_soon(self, key: str) -> None:
-        if self._options.slots is None or key not in self._leases:
+        slots = self._options.slots
+        if slots is None or key not in self._leases:
+            return
+        release_now = getattr(slots, "release_now", None)
+        if release_now is not None:  # a task per job end costs more than the release itself
+            self._leases.discard(key)
+            release_now()
             return
         task = asyncio.create_task(self._release(key))
         self._release_tasks.add(task)

@@ -563,6 +563,33 @@ class TestEngineSlotsOnResume:
         assert engine.report.resumed == 2 and sandbox.stats.jobs_created == 2
         assert slots.acquired == 2 and slots.released == 2
 
+    async def test_a_limiter_that_releases_at_once_is_called_without_a_task(
+        self, sandbox: Sandbox
+    ) -> None:
+        """A limiter with ``release_now`` (the lease pool's) gets every job's slot back through
+        it at the job's end, not through a task per job; none is released twice."""
+        settings = resolve_settings(sandbox.api_key, sandbox.base_url, sandbox.data_plane_id)
+        df = pd.DataFrame({"text": [f"row {i}" for i in range(12)]})
+        plan = build_plan(df, "Text: {text}", output=ReviewLabel, settings=settings)
+        slots = _CountingSlots()
+        now: list[int] = []
+        slots.release_now = lambda: now.append(1)  # type: ignore[attr-defined]
+        async with HTTPClient(
+            sandbox.api_key, sandbox.base_url, data_plane_id=sandbox.data_plane_id
+        ) as client:
+            engine = Engine(
+                client,
+                plan.requests,
+                plan.spec,
+                cache=npd.MemoryCache(),
+                options=dataclasses.replace(plan.options, slots=slots),
+                tracker=make_progress(False, len(df)),
+                run_id="sync-release",
+            )
+            await engine.run()
+        assert engine.report.completed == 12 and sandbox.stats.jobs_created == 12
+        assert slots.acquired == 12 and len(now) == 12 and slots.released == 0
+
 
 class TestNotebook:
     """notebooks/scale_out_dask.ipynb runs top to bottom and is committed without outputs."""
