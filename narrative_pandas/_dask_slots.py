@@ -212,10 +212,12 @@ class LeasePool:
     # ------------------------------------------------------------------ the slot protocol
 
     async def acquire(self) -> None:
-        """A lease for one job: a free one at once, else the next one handed back or granted."""
+        """A slot for one job: a free one at once, else the next one handed back or granted."""
         self._start_board()
         self._shed_above_share()
-        if self.free:
+        # Above the share, the slots left of a partly free lease stay free: taking them would
+        # keep the pool from ever freeing a whole lease for the pools below their share.
+        if self.free and not self._above_share():
             self.free -= 1
             self.stats.local_handoffs += 1
             return

@@ -180,6 +180,43 @@ class TestLeasesOfSeveralSlots:
         await asyncio.wait_for(waiter, 1.0)
         assert semaphore.acquires == 2 and pool.held == 1 and pool.free == 0
 
+    async def test_waiting_jobs_get_the_free_slots_once_the_share_grows(
+        self, monkeypatch: Any
+    ) -> None:
+        """Above its share, a pool keeps slots of a partly used lease free while a job waits;
+        when the board says the other pool is done, that job takes one at once."""
+        monkeypatch.setattr(_dask_slots, "BOARD_INTERVAL_S", 0.01)
+        board = _ContendedBoard()
+        pool = LeasePool(
+            _FakeSemaphore(2), asyncio.get_running_loop(), 2, board=cast(Any, board), per_lease=4
+        )
+        board.other = 0
+        for _ in range(8):
+            await pool.acquire()
+        board.other = 2  # another pool wants the whole limit too: each has a share of 1
+        await asyncio.sleep(0.03)
+        assert pool.target == 1 and pool.held == 2
+        waiter = asyncio.ensure_future(pool.acquire())
+        for _ in range(3):
+            await pool.release()
+        await asyncio.sleep(0.005)
+        assert pool.free == 3 and not waiter.done()  # 3 of 4: not a whole lease to return
+        board.other = 0  # the other pool has finished
+        await asyncio.wait_for(waiter, 1.0)
+        assert pool.target is None and pool.free == 2 and pool.held == 2
+        assert pool._board_task is not None
+        pool._board_task.cancel()
+
+
+class _ContendedBoard:
+    """A board where another pool wants ``other`` leases."""
+
+    def __init__(self) -> None:
+        self.other = 2
+
+    async def exchange(self, pool_id: str, demand: int) -> dict[str, int]:
+        return {pool_id: demand, "other": self.other}
+
 
 class _MetadataClient:
     """The scheduler's metadata store as a worker's client sees it; counts the writes."""
