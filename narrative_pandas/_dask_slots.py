@@ -7,9 +7,10 @@ every waiting request on each release: at 0.2 s jobs that was most of the client
 each worker process keeps a :class:`LeasePool`:
 
 - leases are *held* by the pool and handed from a finished job to the next one locally;
-- one lease stands for several job slots (:func:`slots_per_lease`: 8 of a limit of 128, so
-  the semaphore has 16 leases): every scheduler round trip costs the worker about half a
-  millisecond of CPU, and a pool's start, rebalancing and return take 8 times fewer;
+- one lease stands for several job slots (:func:`slots_per_lease`: 8 of a limit of 128 on 2
+  workers, so the semaphore has 16 leases; smaller leases on more workers): every scheduler
+  round trip costs the worker about half a millisecond of CPU, and a pool's start,
+  rebalancing and return take 8 times fewer;
 - the pool asks the scheduler for more only while its jobs wait (at most
   ``LEASE_REQUESTS_PER_PROCESS`` requests at once), and returns leases it has not used for
   ``LEASE_LINGER_S`` (so a partition that ends gives them back, and the next partition on the
@@ -81,21 +82,27 @@ BOARD_STALE_S = 5 * BOARD_INTERVAL_S
 BOARD_REFRESH_S = 2 * BOARD_INTERVAL_S
 #: Most job slots one semaphore lease stands for ...
 MAX_SLOTS_PER_LEASE = 8
-#: ... while the semaphore keeps at least this many leases to share among the pools.
+#: ... while the semaphore keeps at least this many leases to share among the pools ...
 MIN_LEASES = 16
+#: ... and at least this many per worker process of the cluster (so that each gets a fine share).
+MIN_LEASES_PER_WORKER = 4
 
 
-def slots_per_lease(limit: int) -> int:
-    """Job slots per semaphore lease for a cluster-wide ``limit``: the largest divisor of it up
-    to :data:`MAX_SLOTS_PER_LEASE` that leaves :data:`MIN_LEASES` leases (1 for small limits).
+def slots_per_lease(limit: int, workers: int = 0) -> int:
+    """Job slots per semaphore lease for a cluster-wide ``limit`` on ``workers`` processes: the
+    largest divisor of it up to :data:`MAX_SLOTS_PER_LEASE` that leaves :data:`MIN_LEASES`
+    leases, and :data:`MIN_LEASES_PER_WORKER` per worker (1 for small limits or many workers).
 
     Every scheduler round trip costs a worker about half a millisecond of CPU (its comm layer
     and two event loops); a lease of 8 slots makes a pool's start, its rebalancing and its
     return 8 times fewer of them. A divisor, so that the leases cover exactly ``limit`` slots.
+    Every worker must use the same size: it is chosen once, on the client, and travels with
+    the run's tasks.
     """
+    least = max(MIN_LEASES, MIN_LEASES_PER_WORKER * workers)
     best = 1
     for size in range(2, MAX_SLOTS_PER_LEASE + 1):
-        if limit % size == 0 and limit // size >= MIN_LEASES:
+        if limit % size == 0 and limit // size >= least:
             best = size
     return best
 
@@ -487,11 +494,13 @@ def pool_for(
     limit: int,
     client: Any,
     upcoming: Callable[[int], Awaitable[bool]] | None = None,
+    per_lease: int = 1,
 ) -> Iterator[LeasePool]:
     """This worker process's lease pool for the run ``token`` (call on the task's thread).
 
     ``client`` is the worker's distributed client (for the demand board), or None to use the
-    semaphore alone. The pool outlives a partition by ``LEASE_LINGER_S`` (longer while
+    semaphore alone. ``per_lease``: job slots per lease (:func:`slots_per_lease`, the same on
+    every worker of the run). The pool outlives a partition by ``LEASE_LINGER_S`` (longer while
     ``upcoming`` says another partition of the run is under way here) so that the next
     partition of the run on this worker takes over its leases.
     """
@@ -501,7 +510,8 @@ def pool_for(
     with _registry_lock:
         pool = _pools.get(token)
         if pool is None:
-            per_lease = slots_per_lease(limit)
+            if per_lease < 1 or limit % per_lease:
+                per_lease = 1  # never a lease that would cover more or fewer slots than the limit
             leases = limit // per_lease
             semaphore = cluster.Semaphore(max_leases=leases, name=f"narrative-slots-{token}")
             loop = semaphore.loop.asyncio_loop

@@ -63,7 +63,14 @@ from ._client import MAX_RETRY_AFTER
 from ._client import Client as _HTTPClient
 from ._config import Settings, resolve_settings
 from ._dask_progress import PartitionRelay, RunMonitor, check_destination
-from ._dask_slots import LeasePool, ProcessSlots, on_loop, pool_for, process_slots_for
+from ._dask_slots import (
+    LeasePool,
+    ProcessSlots,
+    on_loop,
+    pool_for,
+    process_slots_for,
+    slots_per_lease,
+)
 from ._exceptions import ConfigurationError, RowsFailedError, RowsFailedWarning
 from ._frame import build_frame
 from ._options import check_options
@@ -135,6 +142,8 @@ class _PartitionTask:
     cache: bool | str
     concurrency: int
     share_rate_limits: bool = True
+    #: Job slots per semaphore lease, chosen on the client for the cluster it sees.
+    slots_per_lease: int = 1
 
     def __repr__(self) -> str:
         return f"<narrative run {self.token}>"
@@ -260,7 +269,7 @@ def _slots_for(
         return
     client = get_client()  # the worker's client, bound here on the task thread
     upcoming = _partitions_under_way(get_worker(), task.token)
-    with pool_for(task.token, task.concurrency, client, upcoming) as pool:
+    with pool_for(task.token, task.concurrency, client, upcoming, task.slots_per_lease) as pool:
         gate = None
         if task.share_rate_limits:
             key = ["narrative-pandas", task.token, "429"]
@@ -519,6 +528,7 @@ def _task(
         data_plane_placeholder="<data_plane_id>",
         **plan_options,
     )
+    concurrency = int(plan_options.get("concurrency", DEFAULT_CONCURRENCY))
     task = _PartitionTask(
         token=uuid.uuid4().hex[:16],
         prompt=prompt,
@@ -526,9 +536,21 @@ def _task(
         settings=settings,
         worker_settings=(base_url, data_plane_id),
         cache=cache,
-        concurrency=int(plan_options.get("concurrency", DEFAULT_CONCURRENCY)),
+        concurrency=concurrency,
+        slots_per_lease=slots_per_lease(concurrency, _cluster_workers()),
     )
     return task, probe, progress
+
+
+def _cluster_workers() -> int:
+    """Worker processes of the client's current cluster (0 without one: the default share)."""
+    try:
+        import distributed
+
+        cluster: Any = distributed
+        return len(cluster.default_client().scheduler_info().get("workers", {}))
+    except Exception:  # no distributed, no client, or a scheduler that does not answer
+        return 0
 
 
 def infer(ddf: dd.DataFrame, prompt: str | None = None, **options: Any) -> dd.DataFrame:

@@ -338,6 +338,18 @@ def _lease_counts(client: Client, token: str) -> dict[str, int]:
 class TestClusterProgressAndLeases:
     """Progress over the whole cluster's rows; leases reused instead of one round trip per job."""
 
+    def test_the_run_chooses_its_lease_size_for_the_cluster_it_sees(
+        self, cluster: Client, frame: pd.DataFrame
+    ) -> None:
+        """On 2 workers a limit of 128 makes leases of 8 slots; the size travels with the
+        run's tasks, so every worker uses the same; without a cluster, the default share."""
+        ddf = dd.from_pandas(frame, npartitions=2)
+        options = {"output": ReviewLabel, "api_key": "k", "data_plane_id": "p"}
+        task, _, _ = npd_dask._task(ddf, "Review: {review}", {**options, "concurrency": 128})
+        assert task.slots_per_lease == 8 and task.concurrency == 128
+        task, _, _ = npd_dask._task(ddf, "Review: {review}", {**options, "concurrency": 100})
+        assert task.slots_per_lease == 5
+
     def test_progress_callable_sees_every_row_of_the_cluster(
         self, cluster: Client, sandbox: Sandbox, frame: pd.DataFrame
     ) -> None:

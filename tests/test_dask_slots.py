@@ -127,6 +127,12 @@ class TestLeasesOfSeveralSlots:
         assert slots_per_lease(32) == 2
         assert [slots_per_lease(n) for n in (1, 2, 15, 16, 31, 97)] == [1] * 6
 
+    def test_more_workers_make_smaller_leases(self) -> None:
+        """At least 4 leases per worker: 8 workers share 128 as 32 leases of 4; 20, as 128."""
+        assert slots_per_lease(128, workers=2) == 8
+        assert slots_per_lease(128, workers=8) == 4
+        assert slots_per_lease(128, workers=20) == 1
+
     async def test_never_more_jobs_than_leases_cover(self, monkeypatch: Any) -> None:
         """Leases of 4 slots, a semaphore of 2: at most 8 jobs at once, 2 acquires for 60 jobs."""
         monkeypatch.setattr(_dask_slots, "LEASE_LINGER_S", 0.05)
