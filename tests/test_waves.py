@@ -100,7 +100,9 @@ class TestFewerPollsPerWave:
         assert sandbox.stats.jobs_created == 300 and sandbox.stats.duplicates == 0
         # About 35 polls by interval alone (the cadence then shrinks with each young wave);
         # by due time ~24: one as each wave comes due, then the interval while it drains.
-        assert out.attrs["narrative"]["polls"] <= 3 * 10
+        # 31 was seen once under a loaded CI run (2 xdist workers on 2 CPUs): 32 still tells
+        # the due-time cadence from the interval alone.
+        assert out.attrs["narrative"]["polls"] <= 32
 
 
 class TestRequestSlots:
