@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import cloudpickle
@@ -398,6 +399,64 @@ class TestClusterProgressAndLeases:
             lambda: (n := _lease_counts(cluster, token))["acquire_total"] == n["release_total"],
             what="every lease returned",
         )
+
+
+def _narrative_tasks_sampled(dask_worker: Any) -> list[str]:
+    """The run's tasks among the threads this worker's profiler samples."""
+    with dask_worker.active_threads_lock:
+        keys = list(dask_worker.active_threads.values())
+    return [str(key) for key in keys if "narrative-infer-" in str(key)]
+
+
+class TestDaskProfiler:
+    """A partition that only waits for its jobs is not sampled by the worker's profiler."""
+
+    def test_waiting_partitions_are_not_sampled(
+        self, cluster: Client, sandbox: Sandbox, frame: pd.DataFrame
+    ) -> None:
+        """While jobs run, no worker lists the run's tasks as threads to sample; the tasks
+        still end normally, and the next task on the same workers is listed while it runs."""
+        sandbox.configure(run_latency=3.0, queue_latency=0.0)
+        ddf = dd.from_pandas(frame.head(4), npartitions=2)
+        out = ddf.narrative.infer(REVIEW_PROMPT, **_options(sandbox, concurrency=4, cache=False))
+        persisted = out.persist()
+        wait_until(lambda: sandbox.stats.jobs_created == 4, timeout=60.0, what="every job sent")
+        assert any(
+            "narrative-infer-" in str(k) for keys in cluster.processing().values() for k in keys
+        )
+        assert cluster.run(_narrative_tasks_sampled) == {w: [] for w in cluster.run(os.getpid)}
+        result = npd_dask.compute(persisted)
+        assert result["narrative_error"].isna().all() and len(result) == 4
+        assert sandbox.stats.jobs_created == 4 and sandbox.stats.duplicate_submissions == 0
+
+        def own_key_is_active() -> bool:
+            from distributed import get_worker
+
+            worker = get_worker()
+            return threading.get_ident() in worker.active_threads
+
+        futures = cluster.map(lambda _: own_key_is_active(), range(2), pure=False)
+        assert cluster.gather(futures) == [True, True]
+
+    def test_the_thread_is_listed_again_when_the_wait_raises(self, monkeypatch: Any) -> None:
+        """The worker's bookkeeping is restored whatever ends the wait."""
+
+        ident = threading.get_ident()
+        worker = SimpleNamespace(
+            active_threads={ident: "narrative-infer-x", 7: "other"},
+            active_threads_lock=threading.Lock(),
+        )
+        import distributed
+
+        monkeypatch.setattr(distributed, "get_worker", lambda: worker)
+        with pytest.raises(KeyboardInterrupt), npd_dask._unsampled():
+            assert worker.active_threads == {7: "other"}
+            raise KeyboardInterrupt
+        assert worker.active_threads == {ident: "narrative-infer-x", 7: "other"}
+        del worker.active_threads[ident]
+        with npd_dask._unsampled():  # a thread the worker does not list stays unlisted
+            pass
+        assert worker.active_threads == {7: "other"}
 
 
 class TestProgressHoweverComputed:
