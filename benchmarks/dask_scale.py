@@ -35,6 +35,8 @@ import dask.dataframe as dd
 import httpx
 import pandas as pd
 import psutil
+from _machine import describe as machine_speed
+from _machine import reference_ms
 from distributed import Client, LocalCluster
 from sandbox_throughput import start_sandbox  # the same launcher (benchmarks/ is on sys.path)
 
@@ -330,6 +332,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     print(f"load average at start {os.getloadavg()[0]:.1f}")
+    speed_before = reference_ms()
     df = make_frame(args.rows)
     proc, settings = start_sandbox(args.latency)
     target = {
@@ -382,6 +385,7 @@ def main() -> int:
             f"{os.getloadavg()[0]:.1f}"
         )
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        print(machine_speed(speed_before))
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=15)

@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from _machine import describe as machine_speed
 from run import ClientProcess, SandboxProcess, Scenario
 
 MB = 1024 * 1024
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\n{args.rows:,} rows, concurrency {args.concurrency}, latency 0; load average "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores\n"
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores; "
+        f"{machine_speed()}\n"
     )
     print("| step | client CPU s | wall s | peak above input MB | requests | file MB |")
     print("|---|---|---|---|---|---|")

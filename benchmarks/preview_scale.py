@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
+from _machine import describe as machine_speed
 
 import narrative_pandas  # noqa: F401  (registers DataFrame.narrative)
 from narrative_pandas._config import resolve_settings
@@ -91,6 +92,7 @@ def main() -> int:
         stage_wall, stage_cpu = timed(call, args.repeat)
         print(f"  {name:<44} {stage_wall:.3f} s wall, {stage_cpu:.3f} s CPU")
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(machine_speed())
     return 0
 
 

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _machine import describe as machine_speed
+from _machine import reference_ms
 
 HERE = Path(__file__).resolve().parent
 Latency = float | tuple[float, float]
@@ -664,6 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     load_before = os.getloadavg()
+    speed_before = reference_ms()
     outcomes: dict[str, Outcome] = {}
     throughput = None
     client: ClientProcess | None = ClientProcess() if args.quick else None  # imports meanwhile
@@ -701,6 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"narrative_pandas benchmarks{' (--quick)' if args.quick else ''}: "
         f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, {load[0]:.2f} after"
     )
+    print(machine_speed(speed_before))
     print(versions())
     if args.quick:
         print("(--quick: small runs in one client process; judge the targets on the full run)")

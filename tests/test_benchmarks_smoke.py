@@ -7,6 +7,7 @@ scenario produced a row, with the columns the issue asks for, and that no scenar
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,12 @@ class TestQuickBenchmark:
         header = next(line for line in quick_output.splitlines() if line.startswith("scenario"))
         for column in COLUMNS:
             assert column in header
+
+    def test_header_gives_the_machines_speed(self, quick_output: str) -> None:
+        """Beside the load average: the fixed workload's time as the run began and ended."""
+        line = next(line for line in quick_output.splitlines() if "speed reference" in line)
+        before, after = (float(x) for x in re.findall(r"([\d.]+) ms", line))
+        assert before > 0 and after > 0
 
     def test_one_row_per_scenario(self, quick_output: str) -> None:
         """Each scenario (a)-(f) and the sandbox's throughput has exactly one table row."""
