@@ -1,10 +1,11 @@
 """How fast this machine is right now: one fixed single-threaded Python workload, timed.
 
-The VM these benchmarks were written on changes speed by up to 1.7x within an hour while its
-load average stays low (the pandas path's CPU per row went from 0.25 to 0.37 ms between two
-runs of the same code 20 minutes apart). The load average cannot show that; this can. Every
-benchmark prints it beside the load average, so CPU figures from two runs can be compared: a
-run whose reference took 1.3x longer ran on a machine 1.3x slower.
+The VM these benchmarks were written on changes speed by up to 2x while its load average stays
+low, for minutes or from one minute to the next (this workload took 14.5 ms, then 29-31 ms a
+minute later; `run.py --only d` gave 0.373 and then 0.249 ms/row for the same code ten minutes
+apart). The load average cannot show that; this can. Every benchmark prints it beside the load
+average (as it began and as it ended, where a run is long), so CPU figures from two runs can be
+compared: a run whose reference took 1.3x longer ran on a machine about 1.3x slower.
 
     python benchmarks/_machine.py
 """
