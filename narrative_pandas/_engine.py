@@ -585,7 +585,9 @@ class Engine:
     # ------------------------------------------------------------------ submit
 
     def _start_submit(self, live: _Live, claim: Claim | None = None) -> None:
-        task = asyncio.create_task(self._submit(live, claim))
+        loop = self._loop  # not asyncio.create_task: a getpid() each on Python 3.11
+        assert loop is not None, "submitting outside run()"
+        task = loop.create_task(self._submit(live, claim))
         self._posting.add(task)
         task.add_done_callback(self._posting.discard)
 
@@ -939,7 +941,9 @@ class Engine:
             self._leases.discard(key)
             release_now()
             return
-        task = asyncio.create_task(self._release(key))
+        loop = self._loop
+        assert loop is not None, "releasing outside run()"
+        task = loop.create_task(self._release(key))
         self._release_tasks.add(task)
         task.add_done_callback(self._release_tasks.discard)
 

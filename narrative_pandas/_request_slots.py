@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 __all__ = ["RequestSlots"]
 
@@ -39,14 +38,9 @@ class RequestSlots:
         """``(reads, writes)`` waiting for a slot."""
         return len(self._reads), len(self._writes)
 
-    @asynccontextmanager
-    async def hold(self, *, read: bool) -> AsyncIterator[None]:
+    def hold(self, *, read: bool) -> _Held:
         """Hold one slot for the body of the ``async with``."""
-        await self._acquire(read)
-        try:
-            yield
-        finally:
-            self._release()
+        return _Held(self, read)
 
     async def _acquire(self, read: bool) -> None:
         queue = self._reads if read else self._writes
@@ -74,3 +68,25 @@ class RequestSlots:
                     waiter.set_result(None)
                     return
         self._free += 1
+
+
+class _Held:
+    """``async with slots.hold(read=...)``: a plain class, not an async generator, since
+    every request enters one."""
+
+    __slots__ = ("_read", "_slots")
+
+    def __init__(self, slots: RequestSlots, read: bool) -> None:
+        self._slots = slots
+        self._read = read
+
+    async def __aenter__(self) -> None:
+        await self._slots._acquire(self._read)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._slots._release()

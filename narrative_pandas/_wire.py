@@ -219,10 +219,13 @@ class _Connection(asyncio.Protocol):
         self._got_bytes = False
         self._last_read = self.loop.time()
         self.transport.write(data)
-        self._timer = self.loop.call_later(self.read_timeout, self._on_timer)
+        if self._timer is None:  # else the armed one re-arms itself from _last_read
+            self._timer = self.loop.call_later(self.read_timeout, self._on_timer)
         return waiter
 
     def _on_timer(self) -> None:
+        """The read timeout's check. One timer per connection outlives its exchanges (none is
+        made and cancelled per request): it lapses when it finds no exchange under way."""
         self._timer = None
         waiter = self._waiter
         if waiter is None or waiter.done():
@@ -234,7 +237,6 @@ class _Connection(asyncio.Protocol):
         self._fail(WireReadTimeout(f"no byte of the answer for {self.read_timeout:g} s"))
 
     def _finish(self, answer: Answer) -> None:
-        self._stop_timer()
         waiter = self._waiter
         self._waiter = None
         if self._pos < len(self._buf):  # bytes past the answer: not a server to keep talking to
@@ -641,7 +643,7 @@ class WireExchange:
             return
         conn.checked_out = False
         if conn.alive and not self.closed:
-            conn.idle_since = asyncio.get_running_loop().time()
+            conn.idle_since = conn.loop.time()  # not get_running_loop(): a getpid() each
             self._idle.append(conn)
             if self._reaper is None:
                 self._schedule_reaper(KEEPALIVE_EXPIRY_S)

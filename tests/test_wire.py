@@ -549,6 +549,34 @@ class TestDeadlines:
                 await get(wire)
             assert (wire.idle_connections, wire._open) == (0, 0)
 
+    async def test_one_read_timer_per_connection_still_times_each_request(self) -> None:
+        """Requests on a kept-alive connection share one read timer (none is made and
+        cancelled per request); a later request's silence still counts from its own send."""
+
+        async def then_silent(peer: Peer, reader: Any, writer: Any, n: int) -> None:
+            for _ in range(20):
+                await peer.read_request(reader)
+                writer.write(ok())
+                await writer.drain()
+            await peer.read_request(reader)
+            await peer.release.wait()
+
+        async with exchange_on(then_silent, max_connections=1, timeout=0.4) as (peer, wire):
+            await get(wire)
+            (conn,) = wire._idle
+            timer = conn._timer
+            assert timer is not None
+            for _ in range(19):
+                await get(wire)
+            assert list(wire._idle) == [conn] and conn._timer is timer  # one timer throughout
+            await asyncio.sleep(0.3)  # the timer was armed over 0.3 s ago: due in under 0.1 s
+            loop = asyncio.get_running_loop()
+            sent = loop.time()
+            with pytest.raises(WireReadTimeout):
+                await get(wire)
+            assert loop.time() - sent >= 0.4 - 0.02  # 0.4 s from this send, not the first's
+            assert peer.connections == 1 and (wire.idle_connections, wire._open) == (0, 0)
+
     async def test_cancelled_exchange_closes_its_connection(self) -> None:
         """A cancelled request (the caller's deadline) never leaves its connection pooled."""
 
