@@ -535,6 +535,8 @@ class ProgressTracker:
         tokens: int = 0,
         force: bool = False,
     ) -> None:
+        if self.callback is None and not self.sinks:
+            return  # progress=False: nobody to tell (and no clock to read per row)
         now = self._clock.now()
         due = bool(self.sinks) and (force or now - self._last_render >= self.min_interval)
         if self.callback is None and not due:
