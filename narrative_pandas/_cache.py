@@ -326,8 +326,8 @@ def _decode_journal(row: Sequence[Any]) -> JournalEntry:
 
 
 def _claimed_entry(row: Sequence[Any], owner: ClaimOwner) -> JournalEntry:
-    """:func:`_decode_journal` of a row just claimed for ``owner``, reusing ``owner`` (every
-    POST claims one: a frozen ``ClaimOwner`` less to build)."""
+    """:func:`_decode_journal` of a row :func:`_decide_claim` just made for ``owner``, reusing
+    ``owner`` (every POST claims one: a frozen ``ClaimOwner`` less to build); both backends."""
     key, job_id, tag, _, submitted_at, state, _, _, _, heartbeat_at = row
     return JournalEntry(key, job_id, tag, owner.run_id, submitted_at, state, owner, heartbeat_at)
 
@@ -1408,10 +1408,7 @@ class SQLiteCache(Cache):
                 if row is None:
                     claims.append(Claim(outcome, found, previous))
                     continue
-                # the row we made names ``owner``: no need to decode it back
-                entry = current[key] = JournalEntry(
-                    key, None, row[2], owner.run_id, row[4], row[5] or "", owner, row[9]
-                )
+                entry = current[key] = _claimed_entry(row, owner)
                 inserts.append(row)
                 claims.append(Claim(outcome, entry, previous))
             if inserts:
