@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -492,9 +492,7 @@ class Engine:
             return
         self._budget.reserve(live.request)
         if self._options.slots is not None:
-            task = asyncio.create_task(self._lease_for_adopted(live.request.key))
-            self._lease_tasks.add(task)
-            task.add_done_callback(self._lease_tasks.discard)
+            self._spawn(self._lease_for_adopted(live.request.key), self._lease_tasks)
         if resumed:
             self.report.resumed += live.request.rows
         self._tracker.transition(live.request.rows, "queued", "pending", key=live.request.key)
@@ -585,11 +583,16 @@ class Engine:
     # ------------------------------------------------------------------ submit
 
     def _start_submit(self, live: _Live, claim: Claim | None = None) -> None:
-        loop = self._loop  # not asyncio.create_task: a getpid() each on Python 3.11
-        assert loop is not None, "submitting outside run()"
-        task = loop.create_task(self._submit(live, claim))
-        self._posting.add(task)
-        task.add_done_callback(self._posting.discard)
+        self._spawn(self._submit(live, claim), self._posting)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]]) -> None:
+        """Run ``work`` as a task of this run's loop, kept in ``tasks`` until it ends (the
+        loop's own ``create_task``: ``asyncio.create_task`` makes a getpid() call on 3.11)."""
+        loop = self._loop
+        assert loop is not None, "a task outside run()"
+        task = loop.create_task(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _submit(self, live: _Live, claim: Claim | None = None) -> None:
         """One submission task: it always ends in an applied result or a row outcome."""
@@ -941,11 +944,7 @@ class Engine:
             self._leases.discard(key)
             release_now()
             return
-        loop = self._loop
-        assert loop is not None, "releasing outside run()"
-        task = loop.create_task(self._release(key))
-        self._release_tasks.add(task)
-        task.add_done_callback(self._release_tasks.discard)
+        self._spawn(self._release(key), self._release_tasks)
 
     async def _lease_for_adopted(self, key: str) -> None:
         """A job resumed from the journal is unfinished too: it holds a slot like any other
