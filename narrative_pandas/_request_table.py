@@ -120,6 +120,34 @@ class RequestTable(Sequence[JobRequest]):
             ]
         return self._built
 
+    def record_json(self) -> str:
+        """Every request as a run record keeps it, ``[[key, 0, [[role, text], ...], estimate],
+        ...]``, as JSON text made column-wise (no request object, no ``json.dumps`` of a list
+        per row: a tenth of the time at 100,000 rows). ``0``: the one shared part."""
+        encode, positions = _encode_string, self.positions
+        estimates = self.estimates.tolist()
+        opens = ["[" + encode(role) + "," for role in self.rendered.roles]
+        columns: list[Any] = [  # each turn's texts as JSON strings, or one for every row
+            repeat(encode(texts))
+            if isinstance(texts, str)
+            else [encode(texts[p]) for p in positions]
+            for texts in self.rendered.texts
+        ]
+        if len(columns) == 1 and isinstance(columns[0], list):  # one templated turn
+            opened = opens[0]
+            items = [
+                f'["{key}",0,[{opened}{text}]],{estimates[position]}]'
+                for key, text, position in zip(self.keys, columns[0], positions, strict=True)
+            ]
+        else:
+            items = [
+                f'["{key}",0,['
+                + ",".join(o + t + "]" for o, t in zip(opens, texts, strict=True))
+                + f"],{estimates[position]}]"
+                for key, position, *texts in zip(self.keys, positions, *columns, strict=False)
+            ]
+        return "[" + ",".join(items) + "]"
+
     def row_bodies(self, row_keys: Sequence[str | None]) -> list[dict[str, Any] | None]:
         """Each row's request body (a new dict per row, None for a skipped row)."""
         common = self.common

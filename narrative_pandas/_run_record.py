@@ -32,6 +32,7 @@ import pandas as pd
 
 from ._exceptions import ConfigurationError
 from ._frame_codec import UnsupportedFrame, decode_frame, encode_frame
+from ._request_table import RequestTable
 from ._request_table import request_commons as commons_of
 
 if TYPE_CHECKING:
@@ -135,12 +136,17 @@ def _plan_blob(
     commons: list[dict[str, Any]],
     request_commons: list[int],
 ) -> bytes:
-    requests = [
-        [r.key, index, [list(m) for m in r.messages], r.prompt_tokens_estimate]
-        for r, index in zip(plan.requests, request_commons, strict=True)
-    ]
-    body = {"row_keys": keys_text, "skipped": skipped, "commons": commons, "requests": requests}
-    return _dumps(body).encode()
+    if isinstance(plan.requests, RequestTable):  # the usual plan: made column-wise
+        requests = plan.requests.record_json()
+    else:
+        requests = _dumps(
+            [
+                [r.key, index, [list(m) for m in r.messages], r.prompt_tokens_estimate]
+                for r, index in zip(plan.requests, request_commons, strict=True)
+            ]
+        )
+    head = _dumps({"row_keys": keys_text, "skipped": skipped, "commons": commons})
+    return f'{head[:-1]},"requests":{requests}}}'.encode()
 
 
 def load_frame(cache: Cache, run_id: str, record: dict[str, Any]) -> pd.DataFrame:

@@ -146,12 +146,11 @@ class TestServicePace:
         assert pace.span_s == pytest.approx(4.5)
 
 
-@pytest.fixture(scope="module")
-def disk_cache_output() -> str:
-    """The stdout of one ``disk_cache.py --quick`` (run once for the module)."""
+def run_disk_cache(*options: str) -> str:
+    """The stdout of ``disk_cache.py`` with ``options``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NARRATIVE_")}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "disk_cache.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / "disk_cache.py"), *options],
         capture_output=True,
         text=True,
         timeout=240,
@@ -160,6 +159,12 @@ def disk_cache_output() -> str:
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def disk_cache_output() -> str:
+    """The stdout of one ``disk_cache.py --quick`` (run once for the module)."""
+    return run_disk_cache("--quick")
 
 
 @pytest.mark.slow
@@ -189,3 +194,13 @@ class TestDiskCacheQuick:
         assert any(line.startswith("PASS file growth over 3 re-runs") for line in lines)
         reruns = [line for line in lines if line.startswith("| re-run")]
         assert [line.split("|")[5].strip() for line in reruns] == ["0", "0", "0"]
+
+    def test_pairs_alternate_and_the_median_is_judged(self) -> None:
+        """Two pairs run memory-disk then disk-memory; the verdict names both ratios."""
+        output = run_disk_cache("--quick", "--rows", "100", "--pairs", "2", "--reruns", "1")
+        steps = [line.split("|")[1].strip() for line in output.splitlines() if line[:2] == "| "]
+        assert steps[1:] == [
+            "memory 1", "disk first 1", "disk first 2", "memory 2", "re-run 1"
+        ]  # fmt: skip
+        verdict = next(line for line in output.splitlines() if "first run's CPU" in line)
+        assert "(pairs: " in verdict and "; median)" in verdict

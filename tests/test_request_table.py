@@ -9,6 +9,7 @@ none.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,32 @@ class TestRequestTable:
             ]
         assert len(requests) == (4 if missing == "skip" else 5)
         assert plan.deduplicated == 1
+
+    @pytest.mark.parametrize(
+        "options",
+        [
+            {"missing": "skip"},
+            {"system": "Be brief ✓.", "messages": [{"role": "assistant", "text": "Sure."}]},
+        ],
+        ids=["one turn", "fixed turns around it"],
+    )
+    def test_record_json_is_what_the_request_objects_give(self, options: dict[str, Any]) -> None:
+        """The run record's requests, made column-wise, load as the per-object form does:
+        quotes, backslashes, newlines and non-ASCII text survive, and fixed turns too."""
+        texts = ['say "hi"', "naïve\nline two", "back\\slash", "emoji 🙂", None, 'say "hi"']
+        df = pd.DataFrame({"t": texts, "n": [0, 1, 2, 3, 4, 0]})  # rows 0 and 5 ask the same
+        messages = options.pop("messages", None)
+        if messages is not None:
+            options["messages"] = [*messages, {"role": "user", "text": "T: {t} #{n}"}]
+        plan = plan_of(df, None if messages is not None else "T: {t} #{n}", **options)
+        table = plan.requests
+        assert isinstance(table, RequestTable)
+        expected = [
+            [r.key, 0, [list(m) for m in r.messages], r.prompt_tokens_estimate] for r in table
+        ]
+        assert json.loads(table.record_json()) == expected
+        assert len(expected) == (4 if options.get("missing") == "skip" else 5)
+        assert len(table.rendered.roles) == (1 if messages is None else 3)
 
     def test_indexing_slicing_and_building_once(self, frame: pd.DataFrame) -> None:
         """Indexes (negative too) and slices give the same requests; iterating twice gives
