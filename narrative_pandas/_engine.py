@@ -368,7 +368,7 @@ class Engine:
         try:
             return await self._run_to_end()
         finally:
-            self._writes.flush()  # normally empty: each poll writes what it ended
+            self._writes.flush()  # what the last polls ended
 
     async def _run_to_end(self) -> dict[str, RowOutcome]:
         try:
@@ -768,7 +768,7 @@ class Engine:
                 mean_latency=self._cadence.mean_latency,
             )
         finally:
-            self._writes.flush()  # what this poll ended, in one write (_finished.py)
+            self._writes.flush(wait=True)  # what polls ended, in one write (_finished.py)
         self.report.direct_gets = self._poller.direct_gets
         self.report.listing_mode = self._poller.sweeper.mode
 

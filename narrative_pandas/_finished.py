@@ -6,24 +6,37 @@ dropping each journal entry as its own call costs a lock (memory) or a queued SQ
 writes them together when it ends: the results first (one ``put_many``), then the journal
 entries they settle. Until then a journal entry still names the finished job, so nothing is
 lost if the process dies in between: the next run collects the job again, without paying twice.
+
+A file's writes wait longer, across polls, up to :data:`FILE_BATCH_S`: results land on random
+pages of the results table's key index (a key is a hash), and each commit rewrites every page
+it touched. Written per poll (~90 results a transaction at zero latency) a result cost ~10 µs of
+commit on a 50,000-row file; gathered for a second (~1,700), ~4 µs.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._cache import Cache, CachedResult
     from ._models import InferenceUsage
 
-__all__ = ["FinishedWrites"]
+__all__ = ["FILE_BATCH_S", "FinishedWrites"]
+
+FILE_BATCH_S = 1.0
+"""Longest a finished row's writes wait for more to join them, with a cache file."""
 
 
 class FinishedWrites:
     """Results and settled journal entries of one run, waiting for the end of the poll."""
 
-    def __init__(self, cache: Cache | None) -> None:
+    def __init__(self, cache: Cache | None, *, clock: Callable[[], float] = time.monotonic):
         self._cache = cache
+        self._clock = clock
+        self._batch_s = FILE_BATCH_S if cache is not None and cache.persistent else 0.0
+        self._since: float | None = None  # when the oldest waiting write was handed in
         self._results: list[CachedResult] = []
         self._settled: list[tuple[str, str]] = []
         self._result_type: Any = None
@@ -44,6 +57,8 @@ class FinishedWrites:
         the write's (``created_at`` 0: one stamp per poll, not a float per row)."""
         if self._cache is None:
             return
+        if self._since is None:
+            self._since = self._clock()
         self._results.append(self._result_type(key, output, usage, job_id, model))
         self._settled.append((key, job_id))
 
@@ -51,6 +66,8 @@ class FinishedWrites:
         """The job ended without an answer to keep, or is gone: drop its journal entry (a newer
         claim of the same key stays)."""
         if self._cache is not None:
+            if self._since is None:
+                self._since = self._clock()
             self._settled.append((key, job_id))
 
     def settled_now(self, key: str, job_id: str) -> None:
@@ -59,11 +76,16 @@ class FinishedWrites:
         if self._cache is not None:
             self._cache.journal_forget(key, job_id)
 
-    def flush(self) -> None:
-        """Write what is waiting: the results in one call, then the journal entries."""
-        cache = self._cache
-        if cache is None or not (self._results or self._settled):
+    def flush(self, *, wait: bool = False) -> None:
+        """Write what is waiting: the results in one call, then the journal entries. ``wait``
+        (a poll's end): leave a file's writes waiting while the oldest is younger than
+        :data:`FILE_BATCH_S`."""
+        cache, since = self._cache, self._since
+        if cache is None or since is None:
             return
+        if wait and self._clock() - since < self._batch_s:
+            return
+        self._since = None
         results, self._results = self._results, []
         settled, self._settled = self._settled, []
         if results:

@@ -37,6 +37,7 @@ from narrative_pandas._cache import (
 from narrative_pandas._clock import FakeClock
 from narrative_pandas._config import resolve_settings
 from narrative_pandas._exceptions import ConfigurationError
+from narrative_pandas._finished import FILE_BATCH_S, FinishedWrites
 from narrative_pandas._models import InferenceUsage, request_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -716,6 +717,56 @@ class TestQueuedRuns:
         assert set(cache.get_many([key(1), key(2), key(3)])) == {key(1), key(3)}
         assert "a result could not be stored" in caplog.text
         cache.close()
+
+
+class TestFinishedWrites:
+    """What a run's polls end is written in batches: a second's worth for a file."""
+
+    def ended(self, writes: FinishedWrites, rows: range) -> None:
+        for i in rows:
+            writes.result(key(i), {"label": "positive"}, None, f"job-{i}", "m")
+
+    def test_a_files_writes_wait_up_to_a_second_across_polls(
+        self, tmp_path: Path, clock: FakeClock
+    ) -> None:
+        """Three polls' results go to the file as one write once the oldest is a second old,
+        and their journal entries go with them; an unforced flush before writes nothing."""
+        cache = SQLiteCache(tmp_path / "c.sqlite")
+        TestQueuedRuns.claimed(cache, 30)
+        for i in range(30):
+            cache.journal_job(key(i), f"job-{i}", f"npd-{i}", "run-a")
+        writes = FinishedWrites(cache, clock=clock.now)
+        calls: list[int] = []
+        put_many = cache.put_many
+        cache.put_many = lambda results: (calls.append(len(list(results))), put_many(results))  # type: ignore[assignment,method-assign]
+        for poll in range(3):
+            self.ended(writes, range(poll * 10, poll * 10 + 10))
+            writes.flush(wait=True)
+            clock.advance(FILE_BATCH_S / 2 - 0.01)
+        assert calls == [] and len(cache) == 0
+        assert len(cache.journal_entries()) == 30  # each finished job still journaled
+        clock.advance(0.02)
+        writes.flush(wait=True)
+        assert calls == [30] and len(cache) == 30
+        assert cache.journal_entries() == []
+        cache.close()
+
+    def test_the_runs_end_writes_what_waits(self, tmp_path: Path, clock: FakeClock) -> None:
+        """A flush without ``wait`` (the run's end) writes at once, however young."""
+        cache = SQLiteCache(tmp_path / "c.sqlite")
+        writes = FinishedWrites(cache, clock=clock.now)
+        self.ended(writes, range(5))
+        writes.flush()
+        assert len(cache) == 5
+        cache.close()
+
+    def test_the_in_memory_cache_is_written_every_poll(self, clock: FakeClock) -> None:
+        """Nothing to gain from waiting in memory: each poll's results are there at once."""
+        cache = MemoryCache()
+        writes = FinishedWrites(cache, clock=clock.now)
+        self.ended(writes, range(5))
+        writes.flush(wait=True)
+        assert len(cache) == 5
 
 
 class TestNoSecretOnDisk:
