@@ -590,6 +590,17 @@ class Cache(abc.ABC):
         """Record the job id of ``key``. ``submitted_at`` stays the intent's time when the intent
         with the same tag is still the entry, else it is now."""
 
+    def journal_jobs(self, jobs: Sequence[tuple[str, str, str]], run_id: str | None) -> None:
+        """:meth:`journal_job` for many ``(key, job_id, tag)`` (a wave's answers: one queued
+        write for a file instead of one per row)."""
+        for key, job_id, tag in jobs:
+            self.journal_job(key, job_id, tag, run_id)
+
+    def journal_forget_many(self, settled: Iterable[tuple[str, str]]) -> None:
+        """:meth:`journal_forget` for many ``(key, job_id)`` (what polls settled)."""
+        for key, job_id in settled:
+            self.journal_forget(key, job_id)
+
     @abc.abstractmethod
     def journal_get_many(
         self, keys: Iterable[str], max_age: float | None = None
@@ -1433,6 +1444,14 @@ class SQLiteCache(Cache):
     def journal_forget(self, key: str, job_id: str) -> None:
         self._execute_soon(_FORGET, [(key, job_id)], _JOURNAL, "journal forget")
 
+    def journal_forget_many(self, settled: Iterable[tuple[str, str]]) -> None:
+        if type(self).journal_forget is not SQLiteCache.journal_forget:  # a subclass hooks it
+            super().journal_forget_many(settled)
+            return
+        rows = list(settled)
+        if rows:
+            self._execute_soon(_FORGET, rows, _JOURNAL, "journal forget")
+
     def journal_heartbeat(self, owner: ClaimOwner, at: float | None = None) -> int:
         now = self._now() if at is None else at
         cursor = self._write(
@@ -1450,6 +1469,15 @@ class SQLiteCache(Cache):
         row = _journal_row(key, job_id, tag, run_id, now, "submitted", None, now)
         # lost in a kill, the claim stays: taken over and reconciled by its tag
         self._execute_soon(_record_jobs, [row], _JOURNAL, "journal entry")
+
+    def journal_jobs(self, jobs: Sequence[tuple[str, str, str]], run_id: str | None) -> None:
+        if type(self).journal_job is not SQLiteCache.journal_job:  # a subclass hooks it
+            super().journal_jobs(jobs, run_id)
+            return
+        now = self._now()
+        rows = [_journal_row(k, j, t, run_id, now, "submitted", None, now) for k, j, t in jobs]
+        if rows:
+            self._execute_soon(_record_jobs, rows, _JOURNAL, "journal entry")
 
     def journal_get_many(
         self, keys: Iterable[str], max_age: float | None = None

@@ -144,6 +144,8 @@ class ClaimBook:
         #: Claims waiting for the next batch, by ``check_results``: (key, tag, answer).
         self._pending: dict[bool, list[tuple[str, str, asyncio.Future[Claim]]]] = {}
         self._batcher: asyncio.Task[None] | None = None
+        #: Job ids answered since the loop last turned: (key, job_id, tag), one write for all.
+        self._jobs: list[tuple[str, str, str]] = []
         # Whose queued writes never block: SQLiteCache's (its writer thread makes them).
         from ._cache import SQLiteCache
 
@@ -217,8 +219,26 @@ class ClaimBook:
 
     async def job(self, key: str, job_id: str, tag: str) -> None:
         """Record the job id of our claim (queued: a kill before it is written leaves the
-        claim, which the next run reconciles through the listing)."""
-        await self._queue(lambda: self.cache.journal_job(key, job_id, tag, self.owner.run_id))
+        claim, which the next run reconciles through the listing). For a file, the job ids
+        answered in one turn of the loop (a wave's POSTs) are queued as one write when it ends
+        (:meth:`write_jobs`)."""
+        if not self._queues_writes:
+            await self._call(lambda: self.cache.journal_job(key, job_id, tag, self.owner.run_id))
+            return
+        self._jobs.append((key, job_id, tag))
+        if len(self._jobs) == 1:
+            asyncio.get_running_loop().call_soon(self.write_jobs)
+
+    def write_jobs(self) -> None:
+        """Queue the gathered job ids now. Called when the loop turns, and before anything that
+        must follow them in the file (dropping a finished job's entry, the run's end)."""
+        jobs, self._jobs = self._jobs, []
+        if not jobs:
+            return
+        try:
+            self.cache.journal_jobs(jobs, self.owner.run_id)
+        except Exception:  # the jobs exist and are polled; their claims still mark them unsettled
+            logger.warning("could not journal %d job id(s)", len(jobs), exc_info=True)
 
     async def unknown(self, key: str) -> None:
         """Our POST's outcome is unknown: the claim stays until the listing settles it."""

@@ -306,13 +306,16 @@ class Engine:
         )
         self._cadence = PollCadence(options.poll_interval)
         self._counts: dict[TokenCounts, TokenCounts] = {}
-        self._writes = FinishedWrites(cache)
         self._largest_page = 0
         self._release_tasks: set[asyncio.Task[None]] = set()
         self._lease_tasks: set[asyncio.Task[None]] = set()
         # The submit side: claims in the journal, POSTs, unknown outcomes (see _submitter).
         self._claims = (
             ClaimBook(cache, run_id, max_age=options.journal_max_age) if cache is not None else None
+        )
+        # What polls ended, written in batches; the job ids gathered before go first.
+        self._writes = FinishedWrites(
+            cache, first=self._claims.write_jobs if self._claims is not None else None
         )
         self._reconciler = Reconciler(client, data_plane_id=options.data_plane_id)
         self._submitter = Submitter(
@@ -395,6 +398,7 @@ class Engine:
     async def _end_submit_side(self) -> None:
         await self._reconciler.close()
         if self._claims is not None:
+            self._claims.write_jobs()  # job ids answered in the run's last turn of the loop
             await self._claims.stop_heartbeat()
 
     async def _serve_from_cache(self) -> None:

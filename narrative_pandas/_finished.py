@@ -32,8 +32,15 @@ FILE_BATCH_S = 1.0
 class FinishedWrites:
     """Results and settled journal entries of one run, waiting for the end of the poll."""
 
-    def __init__(self, cache: Cache | None, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        cache: Cache | None,
+        *,
+        first: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._cache = cache
+        self._first = first  # writes that must reach the file before these (the job ids)
         self._clock = clock
         self._batch_s = FILE_BATCH_S if cache is not None and cache.persistent else 0.0
         self._since: float | None = None  # when the oldest waiting write was handed in
@@ -74,6 +81,8 @@ class FinishedWrites:
         """:meth:`settled`, written at once: the request is about to be claimed again (its job
         is gone), and a claim must not find the old job still journaled and poll it again."""
         if self._cache is not None:
+            if self._first is not None:
+                self._first()
             self._cache.journal_forget(key, job_id)
 
     def flush(self, *, wait: bool = False) -> None:
@@ -86,9 +95,11 @@ class FinishedWrites:
         if wait and self._clock() - since < self._batch_s:
             return
         self._since = None
+        if self._first is not None:
+            self._first()
         results, self._results = self._results, []
         settled, self._settled = self._settled, []
         if results:
             cache.put_many(results)
-        for key, job_id in settled:
-            cache.journal_forget(key, job_id)
+        if settled:
+            cache.journal_forget_many(settled)

@@ -746,7 +746,10 @@ class TestFinishedWrites:
         assert calls == [] and len(cache) == 0
         assert len(cache.journal_entries()) == 30  # each finished job still journaled
         clock.advance(0.02)
-        writes.flush(wait=True)
+        with cache._writer._commit:  # the writer thread cannot start a transaction meanwhile
+            writes.flush(wait=True)
+            labels = [item.label for item in cache._writer._state.queue]
+        assert labels == ["result", "journal forget"]  # one queued write each, results first
         assert calls == [30] and len(cache) == 30
         assert cache.journal_entries() == []
         cache.close()

@@ -21,6 +21,7 @@ from narrative_pandas import _claims
 from narrative_pandas._cache import Cache, ClaimOwner, JournalEntry, MemoryCache, SQLiteCache
 from narrative_pandas._claims import CLAIM_STALE_S, live_run, owner_alive, process_owner
 from narrative_pandas._clock import FakeClock
+from narrative_pandas._finished import FinishedWrites
 from narrative_pandas.sandbox import Sandbox
 from narrative_pandas.sandbox._knobs import SandboxConfig
 
@@ -276,6 +277,70 @@ class TestClaimBatches:
         assert [type(a) for a in answers] == [sqlite3.OperationalError] * 5
         with pytest.raises(sqlite3.OperationalError):  # a later claim is asked again, not lost
             await asyncio.wait_for(book.claim("k9", "npd-9"), timeout=10)
+
+
+class TestJobIdWrites:
+    """A wave's job ids are one queued write of a file, and never land after their removal."""
+
+    async def test_job_ids_answered_in_one_turn_are_one_queued_write(self, tmp_path: Path) -> None:
+        """Fifty POSTs answered in one turn of the loop queue one write of fifty rows (not
+        fifty), and every claim then names its job."""
+        cache = SQLiteCache(tmp_path / "jobs.sqlite")
+        book = _claims.ClaimBook(cache, "run-j", max_age=None)
+        await book.claim_many([(f"k{i}", f"npd-{i}") for i in range(50)])
+        queued: list[int] = []
+        queue_write = cache._writer.execute_soon
+
+        def counting(sql: Any, rows: Any, *args: Any, **kwargs: Any) -> None:
+            queued.append(len(rows))
+            queue_write(sql, rows, *args, **kwargs)
+
+        cache._writer.execute_soon = counting  # type: ignore[method-assign]
+        for i in range(50):  # answered within one turn of the loop
+            await book.job(f"k{i}", f"job-{i}", f"npd-{i}")
+        assert queued == []  # gathered until the loop turns
+        await asyncio.sleep(0)
+        assert queued == [50]
+        entries = {e.key: e for e in cache.journal_entries()}
+        assert {k: (e.job_id, e.state) for k, e in entries.items()} == {
+            f"k{i}": (f"job-{i}", "submitted") for i in range(50)
+        }
+        cache.close()
+
+    async def test_a_job_that_ends_in_the_same_turn_leaves_no_entry(self, tmp_path: Path) -> None:
+        """A job id still gathered when its job's end is written goes to the file first, so
+        the removal finds it: nothing stays journaled for a finished job."""
+        cache = SQLiteCache(tmp_path / "ended.sqlite")
+        book = _claims.ClaimBook(cache, "run-e", max_age=None)
+        await book.claim_many([("k1", "npd-1"), ("k2", "npd-2")])
+        writes = FinishedWrites(cache, first=book.write_jobs)
+        await book.job("k1", "job-1", "npd-1")
+        await book.job("k2", "job-2", "npd-2")
+        writes.settled("k1", "job-1")
+        writes.flush()  # before the loop turned: the job ids are written first
+        assert [(e.key, e.job_id) for e in cache.journal_entries()] == [("k2", "job-2")]
+        await asyncio.sleep(0)  # nothing is left to write twice
+        assert [(e.key, e.job_id) for e in cache.journal_entries()] == [("k2", "job-2")]
+        cache.close()
+
+    async def test_a_journal_that_cannot_take_job_ids_only_warns(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The jobs exist and are polled either way: a failing write is a warning, not an error
+        in the loop."""
+
+        class Broken(SQLiteCache):
+            def journal_jobs(self, jobs: Any, run_id: str | None) -> None:
+                raise sqlite3.OperationalError("disk I/O error")
+
+        cache = Broken(tmp_path / "broken.sqlite")
+        book = _claims.ClaimBook(cache, "run-b", max_age=None)
+        await book.job("k1", "job-1", "npd-1")
+        await book.job("k2", "job-2", "npd-2")
+        with caplog.at_level("WARNING", logger="narrative_pandas"):
+            await asyncio.sleep(0)
+        assert [r.getMessage() for r in caplog.records] == ["could not journal 2 job id(s)"]
+        cache.close()
 
 
 class TestOwnerLiveness:
