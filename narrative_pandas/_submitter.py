@@ -141,6 +141,10 @@ class Submitter:
             except (APIStatusError, APIConnectionError) as exc:
                 # 429/502/503 after the client's retries, or a request that was never sent.
                 await self._release(request)
+                if isinstance(exc, APIConnectionError) and not self._trusted():
+                    # This run never reached the service, even through the client's retries:
+                    # a wrong base_url or no network. Say so now, not after minutes of rounds.
+                    return SubmitResult("fatal", error=exc)
                 return SubmitResult("retry", error=exc)
             except Exception as exc:  # unknown: 500/504, timeout, cut after sending, bad JSON...
                 logger.info("a POST's outcome is unknown (%s); reconciling", type(exc).__name__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import threading
 from typing import Any, Literal
 
@@ -332,6 +333,31 @@ class TestBadInputRaisesBeforeSending:
             )
         assert "sk-wrong-key-123" not in str(caught.value)
         assert sandbox.stats.requests == 1
+
+    def test_an_unreachable_service_raises_instead_of_retrying_for_minutes(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Nothing listens at base_url: once the client's own retries are spent, the run stops
+        with the connection error, naming base_url, and no row is put back in the queue."""
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        client = npd.Client(
+            api_key="sk-test",
+            base_url=f"http://127.0.0.1:{port}",
+            data_plane_id="dp",
+            max_retries=1,
+        )
+        with (
+            caplog.at_level("INFO", logger="narrative_pandas"),
+            pytest.raises(npd.APIConnectionError) as caught,
+        ):
+            numbers(50).narrative.infer(
+                "Number: {n}", output=Parity, client=client, cache=False, progress=False
+            )
+        assert f"could not talk to http://127.0.0.1:{port}" in str(caught.value)
+        assert "base_url" in str(caught.value)
+        assert "requeueing" not in caplog.text
 
     def test_unknown_data_plane_raises_after_one_request(
         self, sandbox: Sandbox, target: dict[str, str]
