@@ -30,7 +30,8 @@ FILE_BATCH_S = 1.0
 
 
 class FinishedWrites:
-    """Results and settled journal entries of one run, waiting for the end of the poll."""
+    """Results and settled journal entries of one run, waiting for the end of the poll (with a
+    cache file, for up to :data:`FILE_BATCH_S`)."""
 
     def __init__(
         self,
