@@ -315,7 +315,9 @@ class Engine:
         )
         # What polls ended, written in batches; the job ids gathered before go first.
         self._writes = FinishedWrites(
-            cache, first=self._claims.write_jobs if self._claims is not None else None
+            cache,
+            first=self._claims.write_jobs if self._claims is not None else None,
+            call_later=lambda delay, write: asyncio.get_running_loop().call_later(delay, write),
         )
         self._reconciler = Reconciler(client, data_plane_id=options.data_plane_id)
         self._submitter = Submitter(

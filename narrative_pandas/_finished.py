@@ -7,10 +7,11 @@ writes them together when it ends: the results first (one ``put_many``), then th
 entries they settle. Until then a journal entry still names the finished job, so nothing is
 lost if the process dies in between: the next run collects the job again, without paying twice.
 
-A file's writes wait longer, across polls, up to :data:`FILE_BATCH_S`: results land on random
-pages of the results table's key index (a key is a hash), and each commit rewrites every page
-it touched. Written per poll (~90 results a transaction at zero latency) a result cost ~10 µs of
-commit on a 50,000-row file; gathered for a second (~1,700), ~4 µs.
+A file's writes wait longer, across polls, up to :data:`FILE_BATCH_S` (then the next poll or
+a timer writes them): results land on random pages of the results table's key index (a key is
+a hash), and each commit rewrites every page it touched. Written per poll (~90 results a
+transaction at zero latency) a result cost ~10 µs of commit on a 50,000-row file; gathered for
+a second (~1,700), ~4 µs.
 """
 
 from __future__ import annotations
@@ -39,10 +40,15 @@ class FinishedWrites:
         *,
         first: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        call_later: Callable[[float, Callable[[], None]], object] | None = None,
     ) -> None:
         self._cache = cache
         self._first = first  # writes that must reach the file before these (the job ids)
         self._clock = clock
+        # Writes left waiting get a timer, so they never wait for a poll long after their second
+        # (polls of long jobs are many seconds apart); without one, the next poll writes them.
+        self._call_later = call_later
+        self._timer_set = False
         self._batch_s = FILE_BATCH_S if cache is not None and cache.persistent else 0.0
         self._since: float | None = None  # when the oldest waiting write was handed in
         self._results: list[CachedResult] = []
@@ -93,7 +99,11 @@ class FinishedWrites:
         cache, since = self._cache, self._since
         if cache is None or since is None:
             return
-        if wait and self._clock() - since < self._batch_s:
+        age = self._clock() - since
+        if wait and age < self._batch_s:
+            if self._call_later is not None and not self._timer_set:
+                self._timer_set = True
+                self._call_later(self._batch_s - age, self._due)
             return
         self._since = None
         if self._first is not None:
@@ -104,3 +114,7 @@ class FinishedWrites:
             cache.put_many(results)
         if settled:
             cache.journal_forget_many(settled)
+
+    def _due(self) -> None:
+        self._timer_set = False
+        self.flush()

@@ -40,11 +40,23 @@ def python_script(path: Path, code: str) -> Path:
     return path
 
 
+#: Runs the script given after it as ``__main__``, with Ctrl-C raising KeyboardInterrupt as in a
+#: terminal: a test runner started as a background job of a non-interactive shell (``cmd &``)
+#: has SIGINT ignored, its children inherit that, and Python then installs no handler.
+_CTRL_C_AS_IN_A_TERMINAL = (
+    "import os, runpy, signal, sys; "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv = sys.argv[1:]; sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0]))); "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
 def spawn(script: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start ``python script`` with the repo importable, capturing its output."""
+    """Start ``python script`` with the repo importable, capturing its output (Ctrl-C, i.e.
+    SIGINT, raises KeyboardInterrupt in it whatever the test runner inherited)."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.Popen(
-        [sys.executable, str(script), *args],
+        [sys.executable, "-c", _CTRL_C_AS_IN_A_TERMINAL, str(script), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

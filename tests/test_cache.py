@@ -754,6 +754,24 @@ class TestFinishedWrites:
         assert cache.journal_entries() == []
         cache.close()
 
+    def test_writes_left_waiting_get_a_timer(self, tmp_path: Path, clock: FakeClock) -> None:
+        """Polls of long jobs are seconds apart: writes left waiting are written by a timer at
+        their second (one timer however many polls leave them), not at the next poll."""
+        cache = SQLiteCache(tmp_path / "c.sqlite")
+        timers: list[tuple[float, Callable[[], None]]] = []
+        writes = FinishedWrites(
+            cache, clock=clock.now, call_later=lambda delay, write: timers.append((delay, write))
+        )
+        self.ended(writes, range(3))
+        clock.advance(0.25)
+        writes.flush(wait=True)
+        writes.flush(wait=True)
+        assert [delay for delay, _ in timers] == [pytest.approx(FILE_BATCH_S - 0.25)]
+        assert len(cache) == 0
+        timers[0][1]()
+        assert len(cache) == 3
+        cache.close()
+
     def test_the_runs_end_writes_what_waits(self, tmp_path: Path, clock: FakeClock) -> None:
         """A flush without ``wait`` (the run's end) writes at once, however young."""
         cache = SQLiteCache(tmp_path / "c.sqlite")
