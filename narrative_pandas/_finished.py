@@ -16,6 +16,7 @@ a second (~1,700), ~4 µs.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from ._models import InferenceUsage
 
 __all__ = ["FILE_BATCH_S", "FinishedWrites"]
+
+logger = logging.getLogger("narrative_pandas")
 
 FILE_BATCH_S = 1.0
 """Longest a finished row's writes wait for more to join them, with a cache file."""
@@ -117,4 +120,7 @@ class FinishedWrites:
 
     def _due(self) -> None:
         self._timer_set = False
-        self.flush()
+        try:
+            self.flush()
+        except Exception:  # a loop callback: say so; the journal still names every job
+            logger.warning("could not write finished rows to the cache", exc_info=True)

@@ -772,6 +772,28 @@ class TestFinishedWrites:
         assert len(cache) == 3
         cache.close()
 
+    def test_a_timer_that_cannot_write_only_warns(
+        self, tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The timer is a loop callback: a failing write is a warning there, not an error that
+        only asyncio's handler would see."""
+        cache = SQLiteCache(tmp_path / "c.sqlite")
+        timers: list[Callable[[], None]] = []
+        writes = FinishedWrites(
+            cache, clock=clock.now, call_later=lambda delay, write: timers.append(write)
+        )
+
+        def refuse(results: Any) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        cache.put_many = refuse  # type: ignore[method-assign]
+        self.ended(writes, range(2))
+        writes.flush(wait=True)
+        with caplog.at_level("WARNING", logger="narrative_pandas"):
+            timers[0]()
+        assert "could not write finished rows to the cache" in caplog.text
+        cache.close()
+
     def test_the_runs_end_writes_what_waits(self, tmp_path: Path, clock: FakeClock) -> None:
         """A flush without ``wait`` (the run's end) writes at once, however young."""
         cache = SQLiteCache(tmp_path / "c.sqlite")
