@@ -16,10 +16,11 @@ from pydantic import BaseModel
 
 from ._cache import Cache, resolve_cache
 from ._config import Settings, resolve_settings
-from ._engine import EngineOptions, JobRequest
+from ._engine import EngineOptions
 from ._exceptions import ConfigurationError
 from ._fold import Folding
 from ._frame import METADATA_COLUMNS, output_column_names
+from ._job_request import JobRequest
 from ._options import check_options
 from ._plan import DEFAULT_CONCURRENCY, DEFAULT_MODEL, RunPlan, build_plan, no_cyclic_gc
 from ._resultinfo import result_attrs

@@ -2,10 +2,11 @@
 
 Every body of a run repeats the same data plane, model, inference config (with the whole output
 schema) and tags; only the messages and the per-request tag differ. So the shared parts are
-encoded once per :class:`~narrative_pandas._engine.RequestCommon`, and a POST's bytes are those
-parts joined around the row's messages (``json``'s C string encoder, as for the request key):
-no dict built per POST, no ``json.dumps`` of the schema per POST. The bytes decode to exactly
-:attr:`JobRequest.body <narrative_pandas._engine.JobRequest.body>` (a test checks it).
+encoded once per :class:`~narrative_pandas._job_request.RequestCommon`, and a POST's bytes are
+those parts joined around the row's messages (``json``'s C string encoder, as for the request
+key): no dict built per POST, no ``json.dumps`` of the schema per POST. The bytes decode to
+exactly :attr:`JobRequest.body <narrative_pandas._job_request.JobRequest.body>` (a test checks
+it).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import json
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ._job_request import LIBRARY_TAG
 from ._transport import EncodedBody
 
 if TYPE_CHECKING:
-    from ._engine import JobRequest, RequestCommon
+    from ._job_request import JobRequest, RequestCommon
 
 __all__ = ["EncodedBody", "encode_body"]
 
@@ -42,8 +44,6 @@ def _shared(common: RequestCommon) -> tuple[str, str]:
     found = _parts.get(id(common))
     if found is not None and found[0] is common:
         return found[1], found[2]
-    from ._engine import LIBRARY_TAG  # not at the top: the engine imports the submitter, us
-
     head = (
         '{"data_plane_id":'
         + _compact(common.data_plane_id)

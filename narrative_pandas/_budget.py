@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ._models import InferenceUsage
 
 if TYPE_CHECKING:
-    from ._engine import JobRequest
+    from ._job_request import JobRequest
 
 __all__ = ["CHARS_PER_TOKEN", "TokenBudget", "estimate_tokens"]
 

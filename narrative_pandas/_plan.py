@@ -16,11 +16,12 @@ import pandas as pd
 from pydantic import BaseModel, ValidationError
 
 from ._config import Settings
-from ._engine import EngineOptions, JobRequest, RequestCommon, request_tag
+from ._engine import EngineOptions
 from ._examples import example_turns
 from ._exceptions import ConfigurationError, OptionTypeError, UnknownModelWarning
 from ._frame import check_collisions
 from ._gc_pause import no_cyclic_gc
+from ._job_request import JobRequest, RequestCommon, request_tag
 from ._models import KNOWN_MODELS, InferenceConfig
 from ._request_table import RequestTable, key_parts, plan_requests, request_keys
 from ._schema import OutputSpec

@@ -61,7 +61,7 @@ class RenderedColumns:
 
     def texts_at(self, position: int) -> str | tuple[str, ...]:
         """The texts of the row at ``position``: a bare string for a single turn (what a
-        :class:`~._engine.JobRequest` keeps beside the shared roles)."""
+        :class:`~._job_request.JobRequest` keeps beside the shared roles)."""
         if len(self.texts) == 1:
             text = self.texts[0]
             return text if isinstance(text, str) else text[position]

@@ -7,7 +7,7 @@ around its own messages, and with one templated turn (the usual case) the same t
 turn's JSON-escaped text. So the shared head (with the whole output schema and any fixed turns)
 is hashed once, and each row costs one string escape (``json``'s C encoder), one hash-state copy
 and one digest. Rows are deduplicated by key with one dict, and a
-:class:`~narrative_pandas._engine.JobRequest` is built only when the engine asks for the
+:class:`~narrative_pandas._job_request.JobRequest` is built only when the engine asks for the
 requests; ``preview`` and a fully cached re-run never do.
 """
 
@@ -22,7 +22,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from ._engine import LIBRARY_TAG, TAG_PREFIX, JobRequest, RequestCommon
+from ._job_request import LIBRARY_TAG, TAG_PREFIX, JobRequest, RequestCommon
 from ._render import RenderedColumns
 
 __all__ = ["RequestTable", "key_parts", "plan_requests", "request_commons", "request_keys"]

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from ._claims import ClaimBook
     from ._client import Client
     from ._clock import Clock
-    from ._engine import JobRequest
+    from ._job_request import JobRequest
 
 __all__ = ["ABSENT_ROUNDS", "SubmitResult", "Submitter"]
 

@@ -9,7 +9,7 @@ from helpers import SENTIMENT_SCHEMA
 
 from narrative_pandas._body import encode_body
 from narrative_pandas._config import Settings
-from narrative_pandas._engine import JobRequest
+from narrative_pandas._job_request import JobRequest
 from narrative_pandas._plan import build_plan
 
 

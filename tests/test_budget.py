@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 import narrative_pandas as npd
 from narrative_pandas._budget import TokenBudget
-from narrative_pandas._engine import JobRequest, RequestCommon
+from narrative_pandas._job_request import JobRequest, RequestCommon
 from narrative_pandas._models import InferenceUsage
 from narrative_pandas.sandbox import Sandbox
 

@@ -19,7 +19,7 @@ from helpers import SENTIMENT_SCHEMA
 
 import narrative_pandas as npd
 from narrative_pandas._config import resolve_settings
-from narrative_pandas._engine import JobRequest, RequestCommon
+from narrative_pandas._job_request import JobRequest, RequestCommon
 from narrative_pandas._plan import RunPlan, build_plan
 from narrative_pandas._request_table import RequestTable, request_commons, request_keys
 from narrative_pandas._template import MessageTemplates
