@@ -56,7 +56,7 @@ class CachedAnswers:
     def from_rows(cls, rows: Sequence[ResultRow]) -> CachedAnswers:
         """Decode stored rows (``Cache.result_rows``) with two JSON parses in all.
 
-        Raises ``ValueError`` when a stored value is not what ``_encode_result`` writes (a
+        Raises ``ValueError`` when a stored value is not what ``encode_result`` writes (a
         damaged file): the caller then decodes row by row, which says which one.
         """
         # Each stored output is one JSON object, so joining them makes one JSON array; parsed by
@@ -98,7 +98,7 @@ class CachedAnswers:
 
 
 def _parse(text: str) -> Any:
-    """JSON text to Python values (NaN and Infinity as ``_encode_result`` writes them)."""
+    """JSON text to Python values (NaN and Infinity as ``encode_result`` writes them)."""
     try:
         return pydantic_core.from_json(text, allow_inf_nan=True)
     except ValueError as exc:  # the same error json.loads gives, for the caller's fallback
@@ -121,7 +121,7 @@ _KEY, _OUTPUT, _USAGE, _JOB_ID = itemgetter(0), itemgetter(1), itemgetter(2), it
 
 def _all_counts(usages: list[Any]) -> list[list[int | None]]:
     """The three token counts of every stored usage, one list per count."""
-    if None not in usages:  # what _encode_result writes: every usage has every count
+    if None not in usages:  # what encode_result writes: every usage has every count
         try:
             columns = [list(c) for c in zip(*map(itemgetter(*_COUNTS), usages), strict=True)]
         except (KeyError, TypeError):
@@ -133,7 +133,7 @@ def _all_counts(usages: list[Any]) -> list[list[int | None]]:
 
 def _counts(usages: list[Any], name: str) -> list[int | None]:
     """One token count per stored usage (None where there is none)."""
-    try:  # what _encode_result writes: every usage has every count
+    try:  # what encode_result writes: every usage has every count
         counts = [None if u is None else u[name] for u in usages]
     except (KeyError, TypeError):
         if not all(u is None or type(u) is dict for u in usages):

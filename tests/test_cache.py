@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from narrative_pandas import _cache
+from narrative_pandas import _cache_sqlite
 from narrative_pandas._cache import (
     SCHEMA_VERSION,
     Cache,
@@ -709,7 +709,9 @@ class TestQueuedRuns:
         bad = [(key(2), None, None, None, None, 0.0)]  # output is NOT NULL
         with cache._writer._commit:
             cache.put(result(1))
-            cache._execute_soon(_cache._PUT, bad, frozenset({"results"}), "result", early=True)
+            cache._execute_soon(
+                _cache_sqlite._PUT, bad, frozenset({"results"}), "result", early=True
+            )
             cache.put(result(3))
             assert cache._writer.pending == 1
         with caplog.at_level("WARNING", logger="narrative_pandas"):
