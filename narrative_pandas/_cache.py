@@ -66,7 +66,8 @@ Where
 * ``cache=False``: nothing is cached or journaled.
 
 Modules: ``_cache_base`` (the records, their encoding, the rule of claims, the interface),
-``_cache_memory``, ``_cache_sqlite`` (with ``_sqlite_writer``, its writer thread); this one
+``_cache_memory``, ``_cache_sqlite`` (built on ``_sqlite_store`` and its writer thread
+``_sqlite_writer``, with ``_cache_sqlite_journal`` and ``_cache_sqlite_runs``); this one
 re-exports them and turns a ``cache=`` argument into a cache.
 """
 
@@ -86,9 +87,10 @@ from ._cache_base import (
     decode_result,
 )
 from ._cache_memory import MemoryCache
-from ._cache_sqlite import SCHEMA_VERSION, SQLiteCache
+from ._cache_sqlite import SQLiteCache
 from ._decision_log import JournalDecision
 from ._exceptions import ConfigurationError
+from ._sqlite_store import SCHEMA_VERSION
 
 __all__ = [
     "SCHEMA_VERSION",

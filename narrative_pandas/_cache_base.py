@@ -22,11 +22,7 @@ from typing import Any, Literal
 import pydantic_core
 
 from . import _config
-from ._decision_log import (
-    JournalDecision,
-    Verdict,
-    decision_row,
-)
+from ._decision_log import JournalDecision, Verdict, decision_row
 from ._exceptions import ConfigurationError
 from ._models import InferenceUsage, shared
 

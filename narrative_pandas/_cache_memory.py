@@ -33,10 +33,7 @@ from ._cache_base import (
     run_summary,
     unique_keys,
 )
-from ._decision_log import (
-    JournalDecision,
-    ordered,
-)
+from ._decision_log import JournalDecision, ordered
 
 logger = logging.getLogger("narrative_pandas")
 
