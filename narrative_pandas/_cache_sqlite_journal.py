@@ -25,6 +25,7 @@ from ._decision_log import INSERT_DECISION, JournalDecision, ensure_table, read_
 from ._sqlite_store import SQLiteStore, select_keys
 
 logger = logging.getLogger("narrative_pandas")
+
 _JOURNAL_COLUMNS = (
     "key, job_id, tag, run_id, submitted_at, state, owner_host, owner_pid, owner_nonce, "
     "heartbeat_at"
