@@ -288,6 +288,13 @@ class SQLiteStore(Cache):
                 logger.debug("cache %s is locked; retrying in %.2fs", self.path, delay)
                 time.sleep(delay)
 
+    def _open_here(self) -> None:
+        """Open this process's connection if it is not yet open, so the file exists with its
+        tables before the writer thread opens it (and a forked child gets its own)."""
+        if self._conn is None or self._pid != os.getpid():
+            with self._lock:
+                self._connection()
+
     def _read(
         self,
         action: Callable[[sqlite3.Connection], _T],
@@ -309,9 +316,7 @@ class SQLiteStore(Cache):
         Waits while another process holds the lock, up to ``timeout`` seconds, then raises
         :class:`~narrative_pandas.CacheLockedError` (nothing is written then).
         """
-        if self._conn is None or self._pid != os.getpid():
-            with self._lock:
-                self._connection()  # the file exists with its tables before the writer opens it
+        self._open_here()
         value: _T = self._writer.write(action, tables)
         return value
 
@@ -322,9 +327,7 @@ class SQLiteStore(Cache):
         label: str = "write",
     ) -> None:
         """Queue ``action`` for the writer thread and return at once (see ``_sqlite_writer``)."""
-        if self._conn is None or self._pid != os.getpid():
-            with self._lock:
-                self._connection()
+        self._open_here()
         self._writer.write_soon(action, tables, label)
 
     def _execute_soon(
@@ -338,9 +341,7 @@ class SQLiteStore(Cache):
     ) -> None:
         """Queue ``sql`` for each row of parameters (the writer batches runs of the same sql;
         ``early``: see :meth:`SQLiteWriter.execute_soon`)."""
-        if self._conn is None or self._pid != os.getpid():
-            with self._lock:
-                self._connection()
+        self._open_here()
         self._writer.execute_soon(sql, rows, tables, label, early=early)
 
     def flush(self, timeout: float | None = None) -> None:
